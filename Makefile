@@ -1,0 +1,27 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both create .venv/ on first use and reuse it after;
+# the stamp file is named after pyproject.toml's hash, so a change of dependencies reinstalls.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: demo test install clean-venv
+
+demo: $(STAMP)
+	$(VENV)/bin/maemi demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build (see ../shared/notes/dependencies.md).
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+clean-venv:
+	rm -rf $(VENV)
