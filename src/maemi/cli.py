@@ -52,7 +52,41 @@ def data_inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Count images per class; list sizes, formats, bit depths, duplicates and unreadable files."""
-    _not_built("data inspect", 2)
+    from maemi.data.datasets import DatasetError, inspect_dataset
+
+    try:
+        report = inspect_dataset(root, progress=not as_json)
+    except DatasetError as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    _print_inspect_report(report)
+
+
+def _print_inspect_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{report['root']}[/]: {report['images']} images readable of {report['files']} image files")
+    if report["classes"]:
+        table = Table("class", "images")
+        for name, n in report["classes"].items():
+            table.add_row(name, str(n))
+        if report["unlabelled"]:
+            table.add_row("(no class folder)", str(report["unlabelled"]))
+        console.print(table)
+    for key in ("sizes", "formats", "modes", "bit_depths"):
+        items = list(report[key].items())
+        shown = ", ".join(f"{k} ({v})" for k, v in items[:8]) + (f", ... {len(items) - 8} more" if len(items) > 8 else "")
+        console.print(f"{key.replace('_', ' ')}: {shown or '-'}")
+    console.print(f"exact duplicates: {len(report['duplicates'])} group(s)")
+    for group in report["duplicates"]:
+        console.print("  " + " == ".join(group))
+    console.print(f"unreadable: {len(report['unreadable'])}")
+    for bad in report["unreadable"]:
+        console.print(f"  {bad['path']}: {bad['reason']}", markup=False)
 
 
 @data_app.command("split")
@@ -62,18 +96,95 @@ def data_split(
     val: float = typer.Option(0.1, "--val", min=0.0, max=0.9, help="Fraction for validation."),
     test: float = typer.Option(0.2, "--test", min=0.0, max=0.9, help="Fraction for test."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    group_pattern: Optional[str] = typer.Option(
+        None, "--group-pattern", help="Regex on file names; files whose match (or first group) is equal stay together."
+    ),
 ) -> None:
     """Deterministic stratified split; duplicates never straddle two splits."""
-    _not_built("data split", 2)
+    from maemi.data.datasets import DatasetError, check_samples, scan_dataset, split_dataset
+    from maemi.fileio import atomic_write_json
+
+    try:
+        good, bad, facts = check_samples(scan_dataset(root), progress=True)
+        split = split_dataset(good, {k: v["sha256"] for k, v in facts.items()}, val=val, test=test, seed=seed,
+                              group_pattern=group_pattern)
+    except (DatasetError, ValueError) as e:
+        _fail(str(e))
+    split["root"] = str(root)
+    split["unreadable"] = bad
+    atomic_write_json(out, split)
+    sizes = ", ".join(f"{k} {len(split[k])}" for k in ("train", "val", "test"))
+    typer.echo(f"wrote {out}: {sizes}" + (f"; {len(bad)} unreadable file(s) left out" if bad else ""))
 
 
 # ------------------------------------------------------------------------------------------- later issues fill these
 
 
 @app.command()
-def teach() -> None:
+def teach(
+    root: Path = typer.Argument(..., help="Dataset folder (root/<class>/<image>) or a CSV manifest (path,label)."),
+    out: Path = typer.Option(..., "--out", help="Instruction records to write (JSONL)."),
+    teacher: str = typer.Option("measure", "--teacher", help="measure (offline, from scikit-image) or openai."),
+    profile: str = typer.Option("sem", "--profile", help="Question set: sem, neu, kth, cmi or generic."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."),
+    model: Optional[str] = typer.Option(None, "--model", help="Teacher model name at the endpoint."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="Requests in flight (openai teacher)."),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds per request before it is retried."),
+    max_retries: int = typer.Option(6, "--max-retries", min=0, help="Retries on 429, 5xx and timeouts."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Reply cache (default: .teach-cache/ beside OUT)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: skip records already in OUT."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT."),
+    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Where failed replies go (default: OUT.rejects.jsonl)."),
+    compare: int = typer.Option(0, "--compare", min=0, help="Records per comparison strategy (inter-/intra-class, spatial)."),
+    few_shot: int = typer.Option(0, "--few-shot", min=0, help="Few-shot classification records."),
+    shots: int = typer.Option(3, "--shots", min=1, help="Demonstrations per few-shot record."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images (classes in turn)."),
+    price_in: Optional[float] = typer.Option(None, "--price-per-1k-input", help="Cost estimate: price per 1k prompt tokens."),
+    price_out: Optional[float] = typer.Option(None, "--price-per-1k-output", help="Price per 1k completion tokens."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
     """Distil instruction data (JSONL) from a teacher: measured (offline) or an OpenAI-compatible endpoint."""
-    _not_built("teach", 3)
+    import os
+
+    from maemi.data.datasets import DatasetError
+    from maemi.teachers.measure import MeasureTeacher
+    from maemi.teachers.pipeline import TeachConfig, default_rejects_path, teach as run_teach
+    from maemi.teachers.questions import get_profile
+
+    try:
+        get_profile(profile)
+    except ValueError as e:
+        _fail(str(e))
+    if teacher == "measure":
+        chosen = MeasureTeacher(profile)
+        concurrency = 1  # CPU-bound in this process: threads would only contend for the GIL
+    elif teacher == "openai":
+        if not base_url or not model:
+            _fail("--teacher openai needs --base-url and --model")
+        from maemi.teachers.remote import OpenAITeacher
+
+        chosen = OpenAITeacher(base_url, model, os.environ.get(api_key_env), timeout=timeout, max_retries=max_retries,
+                               cache_dir=cache_dir or out.parent / ".teach-cache")
+    else:
+        _fail(f"unknown teacher {teacher!r}; choose measure or openai")
+    config = TeachConfig(profile=profile, compare=compare, few_shot=few_shot, shots=shots, concurrency=concurrency,
+                         limit=limit, price_per_1k_input=price_in, price_per_1k_output=price_out)
+    try:
+        report = run_teach(root, out, chosen, config, rejects_path=rejects, resume=resume, overwrite=overwrite,
+                           progress=not quiet)
+    except (DatasetError, FileExistsError) as e:
+        _fail(str(e))
+    typer.echo(f"{out}: {report.records} records written for {report.answered} images"
+               + (f" ({report.skipped_done} already done)" if report.skipped_done else ""))
+    for bad in report.unreadable:
+        typer.echo(f"skipped unreadable {bad['path']}: {bad['reason']}", err=True)
+    if report.rejects:
+        typer.echo(f"{report.rejects} rejected replies in {rejects or default_rejects_path(out)}", err=True)
+    if teacher == "openai":
+        cost = report.cost(config)
+        typer.echo(f"tokens: {report.prompt_tokens} prompt + {report.completion_tokens} completion "
+                   f"({report.cached} replies from cache)" + (f"; estimated cost {cost:.4f}" if cost is not None else ""))
 
 
 @app.command()
@@ -125,7 +236,9 @@ def demo(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """The main job end to end on the built-in synthetic corpus."""
-    _not_built("demo", 5)
+    from maemi.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=out, per_class=per_class, seed=seed), log=typer.echo)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -1,0 +1,72 @@
+"""`maemi demo`: the main job end to end on the built-in synthetic corpus.
+
+Each step writes its output under one folder and is skipped when that output is already there, so a second run reuses
+what is done. The steps that exist today: synthesise the corpus, inspect it, split it, distil instruction data with
+the offline measure teacher. Training and evaluation join when they land (issue #5).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from maemi.fileio import atomic_write_json
+
+
+@dataclass
+class DemoConfig:
+    out: Path = Path("maemi-demo")
+    per_class: int = 20
+    seed: int = 0
+    val: float = 0.1
+    test: float = 0.2
+
+
+def _step(name: str, done: bool, run: Callable[[], str], log: Callable[[str], None]) -> None:
+    if done:
+        log(f"[{name}] already done, reusing it")
+        return
+    t0 = time.perf_counter()
+    summary = run()
+    log(f"[{name}] {summary} ({time.perf_counter() - t0:.1f} s)")
+
+
+def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
+    from maemi.data.datasets import check_samples, inspect_dataset, scan_dataset, split_dataset
+    from maemi.data.synth import SEM_CLASSES, synthesize
+
+    corpus, inspect_path, split_path = cfg.out / "corpus", cfg.out / "inspect.json", cfg.out / "splits.json"
+    expected = cfg.per_class * len(SEM_CLASSES)
+
+    def synth_done() -> bool:
+        meta = corpus / "metadata.jsonl"
+        if not meta.is_file():
+            return False
+        rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+        return len(rows) == expected and all(r.get("seed") is not None for r in rows)
+
+    def do_synth() -> str:
+        synthesize(corpus, per_class=cfg.per_class, seed=cfg.seed)
+        return f"{expected} micrographs in {len(SEM_CLASSES)} classes -> {corpus}"
+
+    def do_inspect() -> str:
+        report = inspect_dataset(corpus)
+        atomic_write_json(inspect_path, report)
+        return (f"{report['images']} images, {len(report['classes'])} classes, {len(report['duplicates'])} duplicate "
+                f"groups, {len(report['unreadable'])} unreadable -> {inspect_path}")
+
+    def do_split() -> str:
+        good, bad, facts = check_samples(scan_dataset(corpus))
+        split = split_dataset(good, {k: v["sha256"] for k, v in facts.items()}, cfg.val, cfg.test, cfg.seed)
+        split["root"] = str(corpus)
+        atomic_write_json(split_path, split)
+        return f"train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} -> {split_path}"
+
+    synth_ok = synth_done()
+    _step("synth", synth_ok, do_synth, log)
+    _step("inspect", synth_ok and inspect_path.is_file(), do_inspect, log)
+    _step("split", synth_ok and split_path.is_file(), do_split, log)
+    return {"corpus": corpus, "inspect": inspect_path, "splits": split_path}
