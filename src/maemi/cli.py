@@ -43,7 +43,15 @@ def synth(
     classes: Optional[str] = typer.Option(None, "--classes", help="Comma-separated subset of the ten SEM classes."),
 ) -> None:
     """Synthesise the built-in corpus: SEM-like micrographs in ten classes with ground truth."""
-    _not_built("synth", 2)
+    from maemi.data.synth import synthesize  # imported here: scikit-image is slow to import for other commands
+
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    try:
+        records = synthesize(out, per_class, seed, names)
+    except ValueError as error:
+        _fail(str(error))
+    n_classes = len({r["class"] for r in records})
+    typer.echo(f"wrote {len(records)} images in {n_classes} classes to {out} (ground truth: {out / 'metadata.jsonl'})")
 
 
 @data_app.command("inspect")
@@ -140,6 +148,8 @@ def teach(
     few_shot: int = typer.Option(0, "--few-shot", min=0, help="Few-shot classification records."),
     shots: int = typer.Option(3, "--shots", min=1, help="Demonstrations per few-shot record."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N images (classes in turn)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="A split file from `maemi data split`."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="With --split: teach only this side (train, val, test)."),
     price_in: Optional[float] = typer.Option(None, "--price-per-1k-input", help="Cost estimate: price per 1k prompt tokens."),
     price_out: Optional[float] = typer.Option(None, "--price-per-1k-output", help="Price per 1k completion tokens."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
@@ -168,8 +178,16 @@ def teach(
                                cache_dir=cache_dir or out.parent / ".teach-cache")
     else:
         _fail(f"unknown teacher {teacher!r}; choose measure or openai")
+    only = None
+    if (split is None) != (subset is None):
+        _fail("--split and --subset go together")
+    if split is not None:
+        sides = json.loads(split.read_text())
+        if subset not in sides or not isinstance(sides[subset], list):
+            _fail(f"{split}: has no subset {subset!r} (it has {[k for k in ('train', 'val', 'test') if k in sides]})")
+        only = frozenset(sides[subset])
     config = TeachConfig(profile=profile, compare=compare, few_shot=few_shot, shots=shots, concurrency=concurrency,
-                         limit=limit, price_per_1k_input=price_in, price_per_1k_output=price_out)
+                         limit=limit, only=only, price_per_1k_input=price_in, price_per_1k_output=price_out)
     try:
         report = run_teach(root, out, chosen, config, rejects_path=rejects, resume=resume, overwrite=overwrite,
                            progress=not quiet)
@@ -193,28 +211,140 @@ def train() -> None:
     _not_built("train", 5)
 
 
+def _load_assistant(run: Path, device: str, batch_size: int):
+    from maemi.assistant import Assistant
+
+    try:
+        return Assistant.load(run, device=device, batch_size=batch_size)
+    except (ValueError, OSError) as e:  # RunError, CheckpointError: both name the file
+        _fail(str(e))
+
+
+def _echo_json(rows: list[dict]) -> None:
+    typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+
+
+_RUN_HELP = "Run directory written by `maemi train --out`."
+_DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)."
+
+
 @app.command(name="eval")
-def evaluate() -> None:
-    """Evaluate a trained run: captioning/VQA metrics and zero-/few-shot classification."""
-    _not_built("eval", 5)
+def evaluate(
+    run: Path = typer.Argument(..., help=_RUN_HELP),
+    data: Path = typer.Option(..., "--data", help="Test instruction records (JSONL), e.g. from the split's test images."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Images root of the records (default: the run's)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and report.md go (default: RUN/eval)."),
+    shots: int = typer.Option(5, "--shots", min=0, help="Few-shot demonstrations from the training images; 0: none."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N records."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts per forward pass."),
+    examples: int = typer.Option(4, "--examples", min=0, help="Example answers shown in the report."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffled-images control."),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Evaluate a trained run: captioning/VQA metrics (with a shuffled-images control) and zero-/few-shot
+    classification; writes metrics.json and report.md."""
+    from maemi.evaluate.evaluate import EvalConfig, evaluate_run
+    from maemi.evaluate.metrics import MeteorUnavailable
+    from maemi.evaluate.report import format_metrics_table
+
+    assistant = _load_assistant(run, device, batch_size)
+    config = EvalConfig(shots=shots, limit=limit, batch_size=batch_size, examples=examples, seed=seed)
+    target = out or run / "eval"
+    try:
+        metrics = evaluate_run(run, data, images=images, out=target, config=config, assistant=assistant,
+                               progress=not quiet)
+    except (ValueError, OSError, MeteorUnavailable) as e:
+        _fail(str(e))
+    typer.echo(format_metrics_table(metrics))
+    typer.echo(f"\nreport: {target / 'report.md'}  metrics: {target / 'metrics.json'}")
 
 
 @app.command()
-def ask() -> None:
-    """Ask a trained model a question about one or more micrographs."""
-    _not_built("ask", 5)
+def ask(
+    run: Path = typer.Argument(..., help=_RUN_HELP),
+    items: list[str] = typer.Argument(..., help='IMAGE [IMAGE...] "QUESTION": the last argument is the question, '
+                                                "unless it is given with --question."),
+    question: Optional[str] = typer.Option(None, "--question", "-q", help="The question; every argument is then an image."),
+    context: Optional[str] = typer.Option(None, "--context", help="Your description added to the prompt (sample notes, "
+                                                                   "instrument metadata)."),
+    together: bool = typer.Option(False, "--together", help="One question about all the images together (a comparison) "
+                                                            "instead of one answer per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {images, question, context, answer}."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+) -> None:
+    """Ask a trained model a question about one or more micrographs: one answer per image, in order."""
+    images = list(items) if question is not None else list(items[:-1])
+    question = question if question is not None else items[-1]
+    if not images:
+        _fail('no image given: maemi ask RUN IMAGE [IMAGE...] "QUESTION" (or -q QUESTION)')
+    assistant = _load_assistant(run, device, batch_size)
+    queries = [images] if together else [[image] for image in images]
+    try:
+        answers = assistant.ask(queries, question, context=context)
+    except ValueError as e:  # ImageReadError names the file; an over-long prompt says so
+        _fail(str(e))
+    if as_json:
+        _echo_json([{"images": q, "question": question, "context": context, "answer": a}
+                    for q, a in zip(queries, answers)])
+    elif len(queries) == 1:
+        typer.echo(answers[0])
+    else:
+        for q, a in zip(queries, answers):
+            typer.echo(f"{q[0]}: {a}")
 
 
 @app.command()
-def caption() -> None:
-    """Caption micrographs with a trained model."""
-    _not_built("caption", 5)
+def caption(
+    run: Path = typer.Argument(..., help=_RUN_HELP),
+    images: list[str] = typer.Argument(..., help="Image files."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption}."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+) -> None:
+    """Caption micrographs with a trained model (the caption question it was trained on)."""
+    assistant = _load_assistant(run, device, batch_size)
+    try:
+        captions = assistant.caption(images)
+    except ValueError as e:  # ImageReadError names the file; RunError a run trained without captions
+        _fail(str(e))
+    if as_json:
+        _echo_json([{"image": image, "caption": text} for image, text in zip(images, captions)])
+    elif len(images) == 1:
+        typer.echo(captions[0])
+    else:
+        for image, text in zip(images, captions):
+            typer.echo(f"{image}: {text}")
 
 
 @app.command()
-def classify() -> None:
+def classify(
+    run: Path = typer.Argument(..., help=_RUN_HELP),
+    images: list[str] = typer.Argument(..., help="Image files."),
+    shots: int = typer.Option(0, "--shots", min=0, help="0: zero-shot; K: K demonstrations most similar to each image."),
+    support: Optional[Path] = typer.Option(None, "--support", help="Labelled images for the demonstrations (class "
+                                                                   "folders or CSV manifest); default: the run's training images."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Classes listed per image."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, shots, predictions: [{label, "
+                                                       "probability}]}."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+) -> None:
     """Classify micrographs, zero-shot or few-shot with demonstrations picked by similarity."""
-    _not_built("classify", 5)
+    assistant = _load_assistant(run, device, batch_size)
+    try:
+        ranked = assistant.classify(images, shots=shots, support=support, top_k=top_k)
+    except (ValueError, OSError) as e:  # unreadable image, bad support folder, missing training records
+        _fail(str(e))
+    if as_json:
+        _echo_json([{"image": image, "shots": shots,
+                     "predictions": [{"label": label, "probability": p} for label, p in row]}
+                    for image, row in zip(images, ranked)])
+        return
+    for image, row in zip(images, ranked):
+        shown = ", ".join(f"{label} {p:.3f}" for label, p in row)
+        typer.echo(f"{image}: {shown}" if len(images) > 1 else shown)
 
 
 @app.command()

@@ -1,0 +1,835 @@
+"""The offline teacher: answers every question of a profile from what scikit-image measures on the image.
+
+It stands in for the paper's GPT-4V teacher when no endpoint may be used (Srinivas et al. 2024, "teaching via data"):
+the numbers come from `measurements.measure` (segmentation, region properties, nearest neighbours, GLCM texture), the
+words from thresholds on those numbers, kept in the one table THRESHOLDS, so that a word never contradicts a number.
+Sizes are in nm when the metadata gives the pixel size, otherwise in pixels, and the answer says which.
+Phrasing varies between images (choices seeded by the image's SHA-256) but a given image always gets the same text.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from skimage.color import rgb2gray
+
+from maemi.data.datasets import file_sha256
+from maemi.data.images import find_info_bar, load_image
+from maemi.teachers.measurements import Measurements, measure
+from maemi.teachers.questions import Profile, Question, TeacherReply, get_profile
+
+# Every adjective the teacher uses comes from one of these cut-offs.
+THRESHOLDS = {
+    "countable_min": 1,  # fewer segmented objects: describe a continuous surface, not objects
+    "uniform_cv": 0.25,  # diameter CV (std / mean) below: "uniform in size"
+    "varied_cv": 0.5,  # above: "widely varied"
+    "clustered_r": 0.8,  # Clark-Evans R below: clustered (R = 1 for a random Poisson pattern)
+    "ordered_r": 1.3,  # above: evenly spaced
+    "round_circularity": 0.8,  # 4*pi*area/perimeter^2 at or above (with a low aspect ratio): round
+    "irregular_circularity": 0.5,  # below: irregular outline
+    "elongated_aspect": 3.0,  # major/minor axis at or above: elongated (wire-, fibre-like)
+    "oblong_aspect": 1.5,  # at or above: oblong
+    "touching_nn_ratio": 1.15,  # nearest-neighbour distance / mean diameter below: touching or fused
+    "separated_nn_ratio": 2.0,  # above: well separated
+    "aligned_coherence": 0.5,  # orientation coherence at or above: a preferred direction
+    "dense_fraction": 0.4,  # area fraction at or above: densely covered
+    "sparse_fraction": 0.1,  # below: sparse
+    "bright_mean": 0.6,  # mean grey level (0-1) at or above: bright
+    "dark_mean": 0.35,  # below: dark
+    "high_contrast_std": 0.2,  # grey-level standard deviation at or above: high contrast
+    "low_contrast_std": 0.08,  # below: low contrast
+    "rough_glcm_contrast": 5.0,  # grey-level co-occurrence contrast (32 levels) at or above: rough
+    "smooth_glcm_contrast": 2.5,  # below: smooth
+    "outlier_size_ratio": 2.5,  # largest / mean diameter above: some objects stand out (defects, debris)
+    "colour_saturation": 0.05,  # mean channel spread (0-1) above: false colour
+}
+
+# What the paper's SEM classes are, as nouns, and what they are used for.
+LABEL_NOUNS = {
+    "biological": "biological structures",
+    "fibres": "fibres",
+    "films_coated_surface": "features of a coated film",
+    "mems_devices_and_electrodes": "MEMS device and electrode structures",
+    "nanowires": "nanowires",
+    "particles": "nanoparticles",
+    "patterned_surface": "features of a patterned surface",
+    "porous_sponge": "pores of a sponge-like material",
+    "powder": "powder grains",
+    "tips": "tip structures",
+}
+LABEL_USES = {
+    "biological": "biomedical research, such as the study of cells and tissues",
+    "fibres": "filtration membranes, composites and textiles",
+    "films_coated_surface": "protective, optical or electronic coatings",
+    "mems_devices_and_electrodes": "sensors, actuators and microelectronic devices",
+    "nanowires": "nanoelectronics, sensors and battery electrodes",
+    "particles": "catalysis, drug delivery and inks",
+    "patterned_surface": "lithography, photonics and microfabrication",
+    "porous_sponge": "filtration, catalysis supports and energy storage",
+    "powder": "additive manufacturing, sintering and pigments",
+    "tips": "scanning probe microscopy and field emission",
+}
+INSTRUMENT_FIELDS = {"eht_kv": "EHT {} kV", "wd_mm": "working distance {} mm", "detector": "{} detector"}
+# ASTM D1654, Table 1: rating of failure at the scribe by mean creepage from the scribe (mm).
+ASTM_D1654_CREEPAGE_MM = {
+    "10": "0", "9": "0 to 0.5", "8": "0.5 to 1.0", "7": "1.0 to 2.0", "6": "2.0 to 3.0", "5": "3.0 to 5.0",
+    "4": "5.0 to 7.0", "3": "7.0 to 10.0", "2": "10.0 to 13.0", "1": "13.0 to 16.0", "0": "more than 16",
+}
+
+
+def fmt_number(v: float) -> str:
+    """Three significant figures, with thousands separators: 1,234 / 245 / 24.5 / 2.45 / 0.526."""
+    a = abs(v)
+    if a >= 100:
+        return f"{v:,.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}" if a >= 1 or a == 0 else f"{v:.3g}"
+
+
+def _objects_phrase(n: int) -> str:
+    return "1 object" if n == 1 else f"{n} objects"
+
+
+def _pct(fraction: float) -> str:
+    return f"{fraction * 100:.1f}%"
+
+
+@dataclass
+class ImageFacts:
+    """One image's measurements plus what the dataset says about it; renders lengths and words from the numbers."""
+
+    m: Measurements
+    label: str | None
+    metadata: dict
+    info_bar_px: int
+    colourful: bool
+    profile: str
+
+    # ---------------------------------------------------------------- numbers as text
+    @property
+    def unit(self) -> str:
+        return "nm" if self.m.nm_per_pixel else "px"
+
+    def length(self, px: float) -> str:
+        return f"{fmt_number(self.m.to_nm(px) if self.m.nm_per_pixel else px)} {self.unit}"
+
+    @property
+    def scale_note(self) -> str:
+        if self.m.nm_per_pixel:
+            return f"(at {fmt_number(self.m.nm_per_pixel)} nm per pixel)"
+        return "(in pixels: the image's scale is not known)"
+
+    # ---------------------------------------------------------------- words from thresholds
+    @property
+    def countable(self) -> bool:
+        return self.m.object_count >= THRESHOLDS["countable_min"]
+
+    @property
+    def cv(self) -> float:
+        return self.m.diameter_std_px / self.m.diameter_mean_px if self.m.diameter_mean_px > 0 else 0.0
+
+    @property
+    def uniformity(self) -> str:
+        if self.cv < THRESHOLDS["uniform_cv"]:
+            return "uniform in size"
+        return "widely varied in size" if self.cv > THRESHOLDS["varied_cv"] else "moderately varied in size"
+
+    @property
+    def pattern_known(self) -> bool:
+        return self.m.clark_evans_r is not None and self.m.nn_distance_mean_px is not None  # 3 objects or more
+
+    @property
+    def arrangement(self) -> str:
+        r = self.m.clark_evans_r
+        if r is None:
+            return "isolated"
+        if r < THRESHOLDS["clustered_r"]:
+            return "clustered"
+        return "evenly spaced" if r > THRESHOLDS["ordered_r"] else "randomly scattered"
+
+    @property
+    def shape(self) -> str:
+        ar, c = self.m.aspect_ratio_mean, self.m.circularity_mean
+        if ar >= THRESHOLDS["elongated_aspect"]:
+            return "elongated"
+        if ar >= THRESHOLDS["oblong_aspect"]:
+            return "oblong"
+        if c >= THRESHOLDS["round_circularity"]:
+            return "round"
+        return "irregular" if c < THRESHOLDS["irregular_circularity"] else "roughly rounded"
+
+    @property
+    def nn_ratio(self) -> float:
+        nn = self.m.nn_distance_mean_px
+        return nn / self.m.diameter_mean_px if nn is not None and self.m.diameter_mean_px > 0 else float("inf")
+
+    @property
+    def contact(self) -> str:
+        if not self.pattern_known:
+            return "isolated"
+        if self.nn_ratio < THRESHOLDS["touching_nn_ratio"]:
+            return "touching or fused"
+        return "well separated" if self.nn_ratio > THRESHOLDS["separated_nn_ratio"] else "close but mostly separate"
+
+    @property
+    def aligned(self) -> bool:
+        return self.m.orientation_deg is not None and self.m.orientation_coherence >= THRESHOLDS["aligned_coherence"]
+
+    @property
+    def coverage(self) -> str:
+        af = self.m.area_fraction
+        if af >= THRESHOLDS["dense_fraction"]:
+            return "densely covered"
+        return "sparsely covered" if af < THRESHOLDS["sparse_fraction"] else "moderately covered"
+
+    @property
+    def brightness(self) -> str:
+        b = self.m.brightness_mean
+        return "bright" if b >= THRESHOLDS["bright_mean"] else "dark" if b < THRESHOLDS["dark_mean"] else "neutral"
+
+    @property
+    def contrast(self) -> str:
+        s = self.m.brightness_std
+        if s >= THRESHOLDS["high_contrast_std"]:
+            return "high"
+        return "low" if s < THRESHOLDS["low_contrast_std"] else "moderate"
+
+    @property
+    def roughness(self) -> str:
+        c = self.m.glcm_contrast
+        if c >= THRESHOLDS["rough_glcm_contrast"]:
+            return "rough"
+        return "smooth" if c < THRESHOLDS["smooth_glcm_contrast"] else "finely textured"
+
+    @property
+    def outlier_ratio(self) -> float:
+        return self.m.diameter_max_px / self.m.diameter_mean_px if self.m.diameter_mean_px > 0 else 0.0
+
+    @property
+    def has_outliers(self) -> bool:
+        return self.countable and self.outlier_ratio > THRESHOLDS["outlier_size_ratio"]
+
+    @property
+    def noun(self) -> str:
+        if self.label and self.label.lower() in LABEL_NOUNS:
+            return LABEL_NOUNS[self.label.lower()]
+        if self.profile == "sem":
+            return {"elongated": "elongated nanostructures", "round": "nanoparticles"}.get(self.shape, "nanostructures")
+        return "features"
+
+    @property
+    def label_text(self) -> str:
+        return (self.label or "").replace("_", " ").lower()
+
+    @property
+    def magnification(self) -> str:
+        mag = self.metadata.get("magnification")
+        return f"magnified {fmt_number(float(mag))} times" if mag else ""
+
+    # ---------------------------------------------------------------- reusable sentences
+    def size_sentence(self) -> str:
+        m = self.m
+        return (f"mean equivalent diameter {self.length(m.diameter_mean_px)} (standard deviation "
+                f"{self.length(m.diameter_std_px)}, range {self.length(m.diameter_min_px)} to "
+                f"{self.length(m.diameter_max_px)})")
+
+    def count_sentence(self) -> str:
+        return f"{self.m.object_count} {self.noun}" if self.countable else "no separate objects"
+
+    def orientation_sentence(self) -> str:
+        m = self.m
+        if self.aligned:
+            return (f"they are aligned, about {m.orientation_deg:.0f} degrees from the horizontal "
+                    f"(orientation coherence {m.orientation_coherence:.2f})")
+        return f"there is no preferred direction (orientation coherence {m.orientation_coherence:.2f})"
+
+
+Answerer = Callable[[ImageFacts, Callable[[list[str]], str]], tuple[str, str]]
+
+
+# ------------------------------------------------------------------------------------------ one answerer per aspect
+def _material(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if f.label and f.profile != "sem":
+        short = pick([f"The material is {f.label_text}.", f"It is {f.label_text}."])
+    elif f.label:
+        short = pick([f"It shows {f.noun}, labelled {f.label_text}.", f"The image shows {f.noun} ({f.label_text})."])
+    else:
+        short = f"Judging by shape alone (no label is given), it shows {f.noun}."
+    if f.countable:
+        detail = (f"The segmentation finds {_objects_phrase(m.object_count)}, {f.shape} (mean circularity "
+                  f"{m.circularity_mean:.2f}, aspect ratio {m.aspect_ratio_mean:.2f}), with {f.size_sentence()} "
+                  f"{f.scale_note}.")
+    else:
+        detail = (f"No separate objects can be counted; it is a continuous {f.roughness} surface "
+                  f"(co-occurrence contrast {m.glcm_contrast:.2f}).")
+    return short, f"{short} {detail}"
+
+
+def _scale(f: ImageFacts, pick) -> tuple[str, str]:
+    m, md = f.m, f.metadata
+    if not m.nm_per_pixel:
+        short = "The scale is not given, so sizes here are in pixels."
+        return short, (f"{short} The field of view is {m.width_px} x {m.height_px} pixels; the scale bar in the "
+                       "information bar cannot be read by a measuring teacher without the pixel size.")
+    fov = f"{f.length(m.width_px)} x {f.length(m.height_px)}"
+    bar = f"; the scale bar represents {fmt_number(float(md['scale_bar_nm']))} nm" if md.get("scale_bar_nm") else ""
+    short = f"One pixel is {fmt_number(m.nm_per_pixel)} nm{bar}."
+    long = (f"{short} The {m.width_px} x {m.height_px}-pixel field of view spans {fov}"
+            + (f", {f.magnification}" if f.magnification else "") + ". All sizes below are in nanometres.")
+    return short, long
+
+
+def _shape(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if not f.countable:
+        short = f"There are no distinct objects; the surface is continuous and {f.roughness}."
+        return short, f"{short} Co-occurrence contrast {m.glcm_contrast:.2f}, edge density {m.edge_density:.3f}."
+    short = pick([f"The {f.noun} are mostly {f.shape}.", f"Mostly {f.shape} {f.noun}."])
+    long = (f"{short} Their mean circularity is {m.circularity_mean:.2f} (1 is a perfect circle) and their mean "
+            f"aspect ratio {m.aspect_ratio_mean:.2f}; {f.orientation_sentence()}.")
+    return short, long
+
+
+def _phases(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if f.countable:
+        short = (f"Two phases are distinguishable by grey level: the objects ({_pct(m.area_fraction)} of the area) "
+                 "and the background.")
+    else:
+        short = "No distinct layers or phases stand out; the grey levels vary continuously."
+    return short, (f"{short} The brightness has mean {m.brightness_mean:.2f} and standard deviation "
+                   f"{m.brightness_std:.2f} on a 0-1 scale, a {f.contrast} contrast.")
+
+
+def _uniformity(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if not f.countable:
+        short = "There are no separate objects to compare; the texture itself is the structure."
+        return short, f"{short} Size heterogeneity {m.size_heterogeneity:.2f}."
+    short = f"They are {f.uniformity} (coefficient of variation {f.cv:.2f}) and mostly {f.shape} in shape."
+    return short, (f"{short} Sizes {f.scale_note}: {f.size_sentence()}; mean circularity "
+                   f"{m.circularity_mean:.2f}, aspect ratio {m.aspect_ratio_mean:.2f}.")
+
+
+def _size(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if not f.countable:
+        short = "No separate objects can be measured; the structure is continuous."
+        return short, f"{short} The field of view is {f.length(m.width_px)} x {f.length(m.height_px)}."
+    width = ""
+    if f.shape == "elongated":  # for wires and fibres the width is the size that matters
+        short = pick([f"About {f.length(m.width_mean_px)} wide and {f.length(m.length_mean_px)} long on average.",
+                      f"Typically about {f.length(m.width_mean_px)} wide, {f.length(m.length_mean_px)} long."])
+        width = f" The mean equivalent diameter is {f.length(m.diameter_mean_px)}."
+    else:
+        short = pick([f"About {f.length(m.diameter_mean_px)} across on average.",
+                      f"Typically about {f.length(m.diameter_mean_px)} in equivalent diameter."])
+    return short, (f"{short} Over {_objects_phrase(m.object_count)} {f.scale_note}: {f.size_sentence()}; "
+                   f"they are {f.uniformity}.{width}")
+
+
+def _spatial(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if not f.countable:
+        short = "There are no separate objects to be distributed; the structure covers the image."
+        return short, f"{short} The area fraction of the segmented phase is {_pct(m.area_fraction)}."
+    if not f.pattern_known:
+        short = f"There are only {m.object_count}, too few to tell how they are distributed."
+        return short, f"{short} They cover {_pct(m.area_fraction)} of the area."
+    short = f"The {f.noun} are {f.arrangement} across the image."
+    return short, (f"{short} The Clark-Evans ratio is {m.clark_evans_r:.2f} (1 for a random pattern, lower when "
+                   f"clustered, higher when evenly spaced); the mean nearest-neighbour distance is "
+                   f"{f.length(m.nn_distance_mean_px)} and the objects cover {_pct(m.area_fraction)} of the area.")
+
+
+def _aggregation(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if not f.countable:
+        short = "No: there are no separate objects that could aggregate."
+        return short, short
+    if not f.pattern_known:
+        short = f"No: with {m.object_count} object(s) there is nothing to aggregate."
+        return short, short
+    clustered = f.arrangement == "clustered"
+    bundled = f.shape == "elongated" and f.aligned
+    if clustered or f.contact == "touching or fused" or bundled:
+        what = "bundling of aligned objects" if bundled else "aggregation into clusters" if clustered else "contact"
+        short = f"Yes, there is {what}."
+    else:
+        short = f"No clear aggregation: the objects are {f.contact} and {f.arrangement}."
+    return short, (f"{short} Clark-Evans ratio {m.clark_evans_r:.2f}; nearest-neighbour distance "
+                   f"{f.length(m.nn_distance_mean_px)} for a mean diameter of {f.length(m.diameter_mean_px)} "
+                   f"(ratio {f.nn_ratio:.2f}); orientation coherence {m.orientation_coherence:.2f}.")
+
+
+def _texture(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    short = pick([f"The surface looks {f.roughness}.", f"A {f.roughness} surface."])
+    direction = "a directional" if f.aligned else "an isotropic"
+    return short, (f"{short} The grey-level co-occurrence contrast is {m.glcm_contrast:.2f} and homogeneity "
+                   f"{m.glcm_homogeneity:.2f}; edges cover {_pct(m.edge_density)} of the pixels, with {direction} "
+                   f"texture (orientation coherence {m.orientation_coherence:.2f}).")
+
+
+def _defects(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if f.has_outliers:
+        short = "A few objects stand out, much larger than the rest: possible defects, impurities or agglomerates."
+    else:
+        short = "No obvious defects or impurities: no object stands out from the size distribution."
+    return short, (f"{short} The largest object is {f.length(m.diameter_max_px)} across, {f.outlier_ratio:.1f} "
+                   f"times the mean of {f.length(m.diameter_mean_px)}; the surface is {f.roughness} "
+                   f"(co-occurrence contrast {m.glcm_contrast:.2f}).")
+
+
+def _composition(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    varied = f.contrast != "low"
+    short = ("Yes, brightness varies, which may reflect composition or topography." if varied
+             else "Little: the brightness is nearly even, with no clear compositional contrast.")
+    return short, (f"{short} The grey levels have a {f.contrast} spread (standard deviation {m.brightness_std:.2f} "
+                   f"around a mean of {m.brightness_mean:.2f}); in SEM, brightness also depends on edges and "
+                   "topography, so contrast alone does not prove a change of composition.")
+
+
+def _markers(f: ImageFacts, pick) -> tuple[str, str]:
+    bar = (f"an instrument information bar of {f.info_bar_px} pixels at the bottom" if f.info_bar_px
+           else "no instrument information bar")
+    short = "No element labels or markers are visible."
+    return short, f"{short} The image has {bar}; no overlay maps or labels elements."
+
+
+def _contact(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if not f.countable:
+        short = "The structure is continuous, so there are no separate objects to touch."
+        return short, short
+    if not f.pattern_known:
+        short = f"There are only {m.object_count}, isolated from one another."
+        return short, short
+    short = f"The {f.noun} are {f.contact}."
+    return short, (f"{short} Neighbours are {f.length(m.nn_distance_mean_px)} apart centre to centre, "
+                   f"{f.nn_ratio:.2f} times their mean diameter of {f.length(m.diameter_mean_px)}.")
+
+
+def _boundaries(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    clear = f.contrast != "low"
+    short = ("Yes, boundaries are clear against the background." if clear
+             else "Boundaries are faint: the objects differ little from the background.")
+    return short, (f"{short} The grey-level standard deviation is {m.brightness_std:.2f} ({f.contrast} contrast) "
+                   f"and edges cover {_pct(m.edge_density)} of the image.")
+
+
+def _matrix(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if not f.countable:
+        short = "No separate matrix is visible; the material fills the field of view."
+        return short, f"{short} Brightness {m.brightness_mean:.2f}, {f.roughness} texture."
+    short = f"The {f.noun} sit on a background that fills {_pct(1 - m.area_fraction)} of the area."
+    return short, (f"{short} The image is {f.coverage} ({_pct(m.area_fraction)} covered); nothing in the grey levels "
+                   "points to a solvent or polymer matrix, which a single micrograph cannot identify.")
+
+
+def _foreign(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    short = ("Possibly: a few objects are much larger than the rest." if f.has_outliers
+             else "No: every segmented object falls within the main size distribution.")
+    bar = " Apart from the instrument information bar, nothing else is present." if f.info_bar_px else ""
+    return short, (f"{short} The largest object is {f.outlier_ratio:.1f} times the mean size "
+                   f"({f.length(m.diameter_max_px)} against {f.length(m.diameter_mean_px)}).{bar}")
+
+
+def _modality(f: ImageFacts, pick) -> tuple[str, str]:
+    technique = f.metadata.get("technique") or ("SEM" if f.profile == "sem" else "an image of unknown modality")
+    short = f"It is {'an ' if technique[0] in 'AEIOUS' else ''}{technique} image."
+    extra = [form.format(f.metadata[k]) for k, form in INSTRUMENT_FIELDS.items() if f.metadata.get(k) is not None]
+    long = (f"{short} The grey-scale, topographic look with an information bar is typical of scanning electron "
+            "microscopy" + (f"; the metadata gives {', '.join(extra)}" if extra else "") + ".")
+    return short, long
+
+
+def _post_processing(f: ImageFacts, pick) -> tuple[str, str]:
+    if f.colourful:
+        short = "Yes: the image is in colour, which in electron microscopy means false colouring."
+    else:
+        short = "No sign of post-processing: it is a plain grey-scale image without false colour or 3D rendering."
+    return short, f"{short} Its mean brightness is {f.m.brightness_mean:.2f} with {f.contrast} contrast."
+
+
+def _active_sites(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if f.countable:
+        short = f"The {f.noun} themselves are the regions with distinct properties, about {_pct(m.area_fraction)} of the area."
+    else:
+        short = "No regions stand out as distinct; the surface looks alike throughout."
+    return short, (f"{short} A micrograph shows structure, not function: which sites are active would need "
+                   f"spectroscopy or tests. The contrast here is {f.contrast} (standard deviation {m.brightness_std:.2f}).")
+
+
+def _dynamics(f: ImageFacts, pick) -> tuple[str, str]:
+    short = "It is a static image."
+    return short, (f"{short} A single frame records one moment; any process (growth, sintering, corrosion) can only "
+                   "be inferred from the structure it left behind.")
+
+
+def _use(f: ImageFacts, pick) -> tuple[str, str]:
+    key = (f.label or "").lower()
+    if key in LABEL_USES:
+        short = f"Likely uses: {LABEL_USES[key]}."
+    else:
+        short = f"The application cannot be told from the image alone; {f.noun} of this kind have many uses."
+    return short, f"{short} The guess rests on the category ({f.label_text or 'unknown'}) and the measured morphology " \
+                  f"({f.shape}, {f.uniformity if f.countable else 'continuous'})."
+
+
+def _origin(f: ImageFacts, pick) -> tuple[str, str]:
+    # `maemi synth` records its generator seed next to the ground truth; other datasets say "synthetic": true.
+    if f.metadata.get("synthetic") or ("seed" in f.metadata and "object_count" in f.metadata):
+        short = "It is a simulated image: the dataset marks it as generated, not recorded on an instrument."
+    else:
+        short = "It appears to be an experimental micrograph of a real sample."
+    return short, f"{short} It has {'an' if f.info_bar_px else 'no'} instrument information bar."
+
+
+def _caption(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    kind = {"sem": "SEM image", "neu": "steel surface image", "kth": "texture image", "cmi": "corrosion panel image"}
+    what = kind.get(f.profile, "image")
+    mag = f", {f.magnification}" if f.magnification else ""
+    if f.countable:
+        group = {"clustered": f"clusters of {f.shape} {f.noun}", "evenly spaced": f"evenly spaced {f.shape} {f.noun}",
+                 "randomly scattered": f"randomly scattered {f.shape} {f.noun}",
+                 "isolated": f"isolated {f.shape} {f.noun}"}[f.arrangement]
+        tail = {"touching or fused": "many of them touching", "well separated": "each distinct from the others",
+                "close but mostly separate": "close together but mostly separate",
+                "isolated": "with no close neighbours"}[f.contact]
+        short = pick([f"This {what} shows {group}, {tail}{mag}.", f"The {what} shows {group}, {tail}{mag}."])
+        many = f"There are {m.object_count} of them" if m.object_count > 1 else "There is one"
+        long = (f"{short} {many}, {f.uniformity}, with a {f.size_sentence()} "
+                f"{f.scale_note}, covering {_pct(m.area_fraction)} of the field. The surface is {f.roughness} and the "
+                f"image {f.brightness} with {f.contrast} contrast.")
+    else:
+        short = pick([f"This {what} shows a continuous, {f.roughness} surface{mag}.",
+                      f"The {what} shows a {f.roughness}, continuous surface{mag}."])
+        long = (f"{short} The texture is {'directional' if f.aligned else 'isotropic'} (orientation coherence "
+                f"{m.orientation_coherence:.2f}) and the image {f.brightness} with {f.contrast} contrast.")
+    if f.label:
+        long += f" It belongs to the category {f.label_text}."
+    return short, long
+
+
+def _classify(f: ImageFacts, pick) -> tuple[str, str]:
+    if not f.label:
+        short = f"Unlabelled; by its measurements it shows {f.noun}."
+        return short, short
+    short = f.label
+    return short, f"This image belongs to the category {f.label_text}: it shows {f.count_sentence()}, " \
+                  f"{f.roughness} and {f.brightness} overall."
+
+
+# Steel surface defects (NEU), textures (KTH), corrosion panels (CMI), generic images.
+def _central_feature(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    what = {"neu": f"{f.label_text} defect", "cmi": f"panel rated {f.label_text}"}.get(f.profile, f.label_text)
+    what = what if f.label else "surface"
+    if f.countable:
+        short = f"The {what} shows {m.object_count} {f.shape} marks, {f.arrangement}."
+    else:
+        short = f"The {what} is a continuous, {f.roughness} texture."
+    return short, f"{short} {f.orientation_sentence().capitalize()}; the marks cover {_pct(m.area_fraction)} " \
+                  f"of the image."
+
+
+def _contrast(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    short = f"The contrast between the defect and the surrounding texture is {f.contrast}."
+    return short, (f"{short} The grey-level standard deviation is {m.brightness_std:.2f} and the co-occurrence "
+                   f"contrast {m.glcm_contrast:.2f}, with homogeneity {m.glcm_homogeneity:.2f}.")
+
+
+def _orientation(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if f.aligned:
+        short = f"The linear features run about {m.orientation_deg:.0f} degrees from the horizontal."
+    else:
+        short = "There is no dominant orientation."
+    return short, f"{short} The orientation coherence is {m.orientation_coherence:.2f} and the texture " \
+                  f"anisotropy {m.anisotropy:.2f}."
+
+
+def _dispersion(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if not f.countable:
+        short = "Neither: the pattern covers the whole image."
+        return short, f"{short} No separate marks are segmented; the texture contrast is {m.glcm_contrast:.2f}."
+    if not f.pattern_known:
+        short = f"There are only {m.object_count} isolated marks."
+        return short, f"{short} They cover {_pct(m.area_fraction)} of the image."
+    if f.arrangement == "clustered":
+        short = "They are centralised: the marks gather in clusters."
+    else:
+        short = f"They are dispersed: the marks are {f.arrangement} over the image."
+    return short, f"{short} Clark-Evans ratio {m.clark_evans_r:.2f} over {m.object_count} segmented marks " \
+                  f"covering {_pct(m.area_fraction)}."
+
+
+def _overall_brightness(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    short = f"The image is {f.brightness} overall."
+    return short, f"{short} Its mean grey level is {m.brightness_mean:.2f} on a 0-1 scale, with a {f.contrast} " \
+                  f"contrast (standard deviation {m.brightness_std:.2f})."
+
+
+def _colour(f: ImageFacts, pick) -> tuple[str, str]:
+    tone = "in colour" if f.colourful else "grey"
+    short = f"The surface appears {tone}, {f.brightness} in tone."
+    return short, f"{short} Mean grey level {f.m.brightness_mean:.2f}, contrast {f.contrast}."
+
+
+def _pattern(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    kind = "a directional, striated pattern" if f.aligned else "an isotropic pattern"
+    short = f"It shows {kind}, {f.roughness} in grain."
+    return short, f"{short} Co-occurrence contrast {m.glcm_contrast:.2f}, edge density {m.edge_density:.3f}; " \
+                  f"{f.orientation_sentence()}."
+
+
+def _texture_uniformity(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    even = f.cv < THRESHOLDS["uniform_cv"] or not f.countable
+    short = "The texture is uniform across the image." if even else "The texture varies across the image."
+    return short, f"{short} Size heterogeneity {m.size_heterogeneity:.2f}, co-occurrence homogeneity " \
+                  f"{m.glcm_homogeneity:.2f}."
+
+
+def _severity(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    short = f"Corrosion marks cover {_pct(m.area_fraction)} of the panel."
+    rating = f" The panel is rated {f.label}." if f.label else ""
+    where = f" They are {f.arrangement} and {f.contact}." if f.pattern_known else ""
+    return short, f"{short}{where} The contrast is {f.contrast}.{rating}"
+
+
+def _scribe_pattern(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    if f.aligned:
+        short = f"The corrosion follows a line about {m.orientation_deg:.0f} degrees from the horizontal, along the scribe."
+    else:
+        short = f"The corrosion has no dominant direction: {f.arrangement} marks around the scribe."
+    return short, f"{short} Orientation coherence {m.orientation_coherence:.2f}; the marks cover " \
+                  f"{_pct(m.area_fraction)} of the panel, {f.contact}."
+
+
+def _rating_meaning(f: ImageFacts, pick) -> tuple[str, str]:
+    if not f.label or f.label not in ASTM_D1654_CREEPAGE_MM:
+        short = "The rating is not known for this panel."
+        return short, f"{short} ASTM D1654 rates panels 0-10 by the mean creepage from the scribe."
+    short = f"Rating {f.label}: a mean creepage from the scribe of {ASTM_D1654_CREEPAGE_MM[f.label]} mm."
+    return short, f"{short} ASTM D1654 rates scribed panels from 10 (no creepage) down to 0 (more than 16 mm); " \
+                  "higher ratings mean better corrosion resistance."
+
+
+def _objects(f: ImageFacts, pick) -> tuple[str, str]:
+    m = f.m
+    short = f"There are {f.count_sentence()}." if f.countable else "No separate objects: a continuous structure."
+    return short, f"{short} They cover {_pct(m.area_fraction)} of the image and are mostly {f.shape}."
+
+
+ANSWERERS: dict[str, Answerer] = {
+    "basics.material": _material, "basics.scale": _scale,
+    "morphology.shape": _shape, "morphology.phases": _phases, "morphology.uniformity": _uniformity,
+    "size_distribution.size": _size, "size_distribution.spatial": _spatial,
+    "size_distribution.aggregation": _aggregation,
+    "surface.texture": _texture, "surface.defects": _defects,
+    "composition.contrast": _composition, "composition.markers": _markers,
+    "interactions.contact": _contact, "interactions.boundaries": _boundaries,
+    "environment.matrix": _matrix, "environment.foreign_objects": _foreign,
+    "technique.modality": _modality, "technique.post_processing": _post_processing,
+    "functional.active_sites": _active_sites, "functional.dynamics": _dynamics,
+    "application.use": _use, "application.origin": _origin,
+    "caption.describe": _caption, "classify.category": _classify,
+    "defect.central_feature": _central_feature, "defect.contrast": _contrast, "defect.orientation": _orientation,
+    "defect.dispersion": _dispersion, "defect.boundaries": _boundaries, "defect.brightness": _overall_brightness,
+    "texture.material": _material, "texture.colour": _colour, "texture.pattern": _pattern,
+    "texture.uniformity": _texture_uniformity, "texture.lighting": _overall_brightness,
+    "corrosion.dominant_feature": _central_feature, "corrosion.severity": _severity,
+    "corrosion.scribe_pattern": _scribe_pattern, "corrosion.rating_meaning": _rating_meaning,
+    "appearance.objects": _objects, "appearance.size": _size, "appearance.arrangement": _spatial,
+    "appearance.texture": _texture, "appearance.brightness": _overall_brightness,
+}
+
+
+# ------------------------------------------------------------------------------------------ multi-image comparisons
+def _name(i: int, f: ImageFacts) -> str:
+    return f"image {i + 1}" + (f" ({f.label_text})" if f.label else "")
+
+
+def _compare_table(facts: list[ImageFacts]) -> str:
+    return "; ".join(
+        f"{_name(i, f)}: {f.m.object_count} objects, mean size {f.length(f.m.diameter_mean_px)}, "
+        f"area fraction {_pct(f.m.area_fraction)}, brightness {f.m.brightness_mean:.2f}"
+        for i, f in enumerate(facts)
+    )
+
+
+def _differences(facts: list[ImageFacts]) -> list[tuple[float, str]]:
+    """(relative spread, sentence) per measured property, most different first."""
+    unit = facts[0].unit
+    props = {  # name: (value, as text, what the larger value means)
+        "object count": (lambda f: float(f.m.object_count), lambda v: f"{v:.0f}", "more objects"),
+        "mean size": (lambda f: f.m.to_nm(f.m.diameter_mean_px) if f.m.nm_per_pixel else f.m.diameter_mean_px,
+                      lambda v: f"{fmt_number(v)} {unit}", "larger objects"),
+        "area fraction": (lambda f: f.m.area_fraction, _pct, "denser coverage"),
+        "brightness": (lambda f: f.m.brightness_mean, lambda v: f"{v:.2f}", "the brighter surface"),
+        "texture contrast": (lambda f: f.m.glcm_contrast, lambda v: f"{v:.2f}", "the rougher surface"),
+    }
+    if len({f.unit for f in facts}) > 1:  # sizes in nm and in px cannot be compared
+        del props["mean size"]
+    out = []
+    for name, (get, text, more) in props.items():
+        values = [get(f) for f in facts]
+        hi, lo = max(values), min(values)
+        spread = (hi - lo) / max(abs(hi), 1e-9)
+        if text(hi) == text(lo):  # equal as far as the answer can tell
+            out.append((0.0, f"they have the same {name} ({text(hi)})"))
+            continue
+        winner = values.index(hi)  # first of equals: deterministic
+        out.append((spread, f"{_name(winner, facts[winner])} has {more} ({name} {text(hi)} against {text(lo)})"))
+    return sorted(out, key=lambda t: -t[0])
+
+
+def _inter_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
+    diffs = _differences(facts)
+    short = (f"They differ most in that {diffs[0][1]}." if diffs[0][0] > 0
+             else "Their measurements do not tell them apart; only their categories differ.")
+    return short, f"{short} Also, {diffs[1][1]}. Measured: {_compare_table(facts)}."
+
+
+def _intra_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
+    shared = [w for w in ("shape", "arrangement", "roughness", "brightness") if len({getattr(f, w) for f in facts}) == 1]
+    words = {"shape": f"{facts[0].shape} objects", "arrangement": f"a {facts[0].arrangement} arrangement",
+             "roughness": f"a {facts[0].roughness} surface", "brightness": f"a {facts[0].brightness} tone"}
+    label = f"the category {facts[0].label_text}" if facts[0].label else "one category"
+    common = ", ".join(words[w] for w in shared) if shared else "no single measured trait, only their category"
+    short = f"They belong to {label} and share {common}."
+    diffs = _differences(facts)
+    why = f"They look different because {diffs[0][1]}." if diffs[0][0] > 0 else "Their measurements agree."
+    return short, f"{short} {why} Measured: {_compare_table(facts)}."
+
+
+def _spatial_heterogeneity(facts: list[ImageFacts], pick) -> tuple[str, str]:
+    het = [f.m.size_heterogeneity for f in facts]
+    most = int(np.argmax(het))
+    short = f"{_name(most, facts[most]).capitalize()} is the most heterogeneous (size heterogeneity {het[most]:.2f})."
+    per = "; ".join(f"{_name(i, f)}: heterogeneity {f.m.size_heterogeneity:.2f}, sizes {f.length(f.m.diameter_min_px)}"
+                    f" to {f.length(f.m.diameter_max_px)}, {f.uniformity}" for i, f in enumerate(facts))
+    return short, f"{short} {per[0].upper()}{per[1:]}."
+
+
+COMPARE_ANSWERERS = {
+    "compare.inter_class": _inter_class, "compare.intra_class": _intra_class, "compare.spatial": _spatial_heterogeneity,
+}
+
+
+# ------------------------------------------------------------------------------------------ the teacher
+def load_for_measuring(path: Path, info_bar_height_px: int | None = None) -> tuple[np.ndarray, int, bool]:
+    """(grey image above the info bar, info bar height in px, whether the file is in false colour).
+
+    The bar's height comes from the metadata when given (the synthetic corpus knows it), else it is detected."""
+    image = load_image(path)  # (H, W) for grey content, (H, W, 3) for colour
+    colourful = image.ndim == 3 and float((image.max(axis=2) - image.min(axis=2)).mean()) > THRESHOLDS["colour_saturation"]
+    grey = rgb2gray(image).astype(np.float32) if image.ndim == 3 else image
+    height = grey.shape[0]
+    if info_bar_height_px is not None:
+        top = height - int(info_bar_height_px)
+    else:
+        top = find_info_bar(grey)
+        top = height if top is None else top
+    return grey[:top], height - top, colourful
+
+
+class MeasureTeacher:
+    """Answers from measurements. Same interface as OpenAITeacher; deterministic; thread-safe."""
+
+    name = "measure"
+
+    def __init__(self, profile: Profile | str = "sem") -> None:
+        self.profile = get_profile(profile) if isinstance(profile, str) else profile
+        self._cache: dict[str, tuple[Measurements, int, bool, str]] = {}
+        self._lock = threading.Lock()
+
+    def measure_image(self, path: Path, metadata: dict | None = None) -> tuple[Measurements, int, bool, str]:
+        """(measurements, info bar height, colourful, sha256) of one image, cached by path."""
+        key = str(path)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        metadata = metadata or {}
+        grey, bar, colourful = load_for_measuring(path, metadata.get("info_bar_height_px"))
+        nm = metadata.get("nm_per_pixel")
+        result = (measure(grey, nm_per_pixel=float(nm) if nm else None), bar, colourful, file_sha256(path))
+        with self._lock:
+            self._cache[key] = result
+        return result
+
+    def facts(self, path: Path, label: str | None, metadata: dict | None) -> tuple[ImageFacts, str]:
+        m, bar, colourful, sha = self.measure_image(Path(path), metadata)
+        return ImageFacts(m, label, dict(metadata or {}), bar, colourful, self.profile.name), sha
+
+    def answer(
+        self,
+        images: list[Path],
+        questions: list[Question],
+        *,
+        label: str | None = None,
+        metadata: dict | None = None,
+        instruction: str = "",  # accepted for interface parity; the measured answers need no prompt
+    ) -> TeacherReply:
+        """One image: answer each question. Several images (compare questions): `metadata` holds per-image lists,
+        {"labels": [...], "nm_per_pixel": [...], ...}, as the pipeline sends them to any teacher."""
+        if not images:
+            raise ValueError("answer() needs at least one image")
+        if len(images) == 1:
+            facts, sha = self.facts(images[0], label, metadata)
+            answers = {}
+            for q in questions:
+                if q.key not in ANSWERERS:
+                    raise KeyError(f"the measure teacher has no answer for question {q.key!r}")
+                answers[q.key] = self._both_lengths(lambda pick: ANSWERERS[q.key](facts, pick), sha, q.key)
+            return TeacherReply(answers=answers)
+        per_image = _split_metadata(metadata or {}, len(images))
+        pairs = [self.facts(p, md.get("label"), md) for p, md in zip(images, per_image)]
+        facts_list = [f for f, _ in pairs]
+        seed = "+".join(sha for _, sha in pairs)
+        answers = {}
+        for q in questions:
+            if q.key not in COMPARE_ANSWERERS:
+                raise KeyError(f"the measure teacher has no multi-image answer for question {q.key!r}")
+            answers[q.key] = self._both_lengths(lambda pick: COMPARE_ANSWERERS[q.key](facts_list, pick), seed, q.key)
+        return TeacherReply(answers=answers)
+
+    @staticmethod
+    def _both_lengths(render: Callable, seed: str, key: str) -> dict[str, str]:
+        # The long answer restates the short one, so both must come from the same phrasing choices.
+        rng = random.Random(f"{seed}:{key}")
+        short, long = render(lambda options: options[rng.randrange(len(options))])
+        return {"short": short, "long": long}
+
+
+def _split_metadata(metadata: dict, n: int) -> list[dict]:
+    """{"labels": [a, b], "nm_per_pixel": [x, y]} -> [{"label": a, "nm_per_pixel": x}, {"label": b, ...}]."""
+    out: list[dict] = [{} for _ in range(n)]
+    for key, values in metadata.items():
+        if not isinstance(values, list) or len(values) != n:
+            raise ValueError(f"multi-image metadata {key!r} must be a list of {n} values, got {values!r:.80}")
+        for i, v in enumerate(values):
+            out[i]["label" if key == "labels" else key] = v
+    return out

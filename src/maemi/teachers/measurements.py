@@ -1,0 +1,245 @@
+"""What a micrograph really shows, measured with scikit-image: the facts the offline teacher speaks from.
+
+Segmentation follows the usual particle-analysis recipe: Gaussian denoising, background flattening (a coarse median
+of the image), Otsu's threshold (Otsu, IEEE SMC 9, 1979), removal of specks, and a distance-transform watershed that
+splits touching objects (Beucher & Meyer 1993; the scikit-image "watershed segmentation" example). Then:
+- spacing: nearest-neighbour distances and the Clark-Evans ratio R (Clark & Evans, Ecology 35, 1954);
+- texture: grey-level co-occurrence contrast and homogeneity (Haralick et al., IEEE SMC 3, 1973); Canny edge density;
+- orientation: the structure tensor; coherence (l1 - l2) / (l1 + l2) (Bigun & Granlund, ICCV 1987).
+All sizes are in pixels; `to_nm` converts when the scale is known. Deterministic: no random state anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from skimage.feature import canny, graycomatrix, graycoprops, structure_tensor
+from skimage.filters import threshold_otsu
+from skimage.measure import label, regionprops_table
+from skimage.morphology import remove_small_holes, remove_small_objects, skeletonize
+from skimage.segmentation import watershed
+from skimage.transform import resize
+
+MIN_OBJECT_AREA_PX = 20  # smaller bright specks are noise at the resolutions we see (smallest real object ~50 px)
+ISOTROPIC_BELOW_COHERENCE = 0.15  # below this the image has no dominant orientation
+GLCM_LEVELS = 32
+TEXTURE_MAX_SIDE = 256  # co-occurrence texture on a downsampled copy: fast, and steady across image sizes
+EDGE_MAX_SIDE = 512
+HETEROGENEITY_GRID = 4  # tiles per side for the spatial spread of object size
+
+
+@dataclass
+class Measurements:
+    """Sizes in pixels; nm_per_pixel is set when the scale is known. JSON-serialisable with dataclasses.asdict."""
+
+    width_px: int
+    height_px: int
+    nm_per_pixel: float | None
+    brightness_mean: float  # on [0, 1] grey
+    brightness_std: float
+    foreground: str  # "bright" or "dark": which phase the objects are (the minority phase after thresholding)
+    object_count: int
+    area_fraction: float  # foreground (segmented objects) fraction of the analysed area
+    diameter_mean_px: float  # equivalent diameter (of a disk of the same area)
+    diameter_std_px: float
+    diameter_min_px: float
+    diameter_max_px: float
+    width_mean_px: float  # local thickness, twice the distance from the centre line to the edge: a wire's width
+    length_mean_px: float  # area / width: a wire's length (pi/4 of the diameter for a disk)
+    circularity_mean: float  # 4 pi A / P^2, 1 for a disk
+    aspect_ratio_mean: float  # major / minor axis of the fitted ellipse
+    orientation_deg: float | None  # dominant orientation, 0-180 degrees counter-clockwise from horizontal
+    orientation_coherence: float  # 0 isotropic .. 1 all structure in one direction
+    nn_distance_mean_px: float | None  # mean nearest-neighbour distance between object centroids
+    clark_evans_r: float | None  # R < 1 clustered, about 1 random, > 1 ordered
+    glcm_contrast: float
+    glcm_homogeneity: float
+    edge_density: float  # fraction of pixels on Canny edges
+    anisotropy: float  # energy-weighted local coherence: 1 when structures are locally line-like, whatever direction
+    size_heterogeneity: float  # coefficient of variation of the mean object size over a grid of tiles
+
+    def to_nm(self, px: float) -> float | None:
+        return None if self.nm_per_pixel is None else px * self.nm_per_pixel
+
+
+def _as_grey(grey: np.ndarray) -> np.ndarray:
+    grey = np.asarray(grey)
+    if grey.ndim != 2:
+        raise ValueError(f"measure() needs a 2-D grey image, got an array of shape {grey.shape}")
+    if min(grey.shape) < 16:
+        raise ValueError(f"image too small to measure: {grey.shape[1]}x{grey.shape[0]} pixels (need 16x16)")
+    if np.issubdtype(grey.dtype, np.integer):
+        return grey.astype(np.float32) / np.iinfo(grey.dtype).max
+    grey = grey.astype(np.float32)
+    if not np.isfinite(grey).all():
+        raise ValueError("image contains NaN or infinite values")
+    return np.clip(grey, 0.0, 1.0)
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    if factor <= 1:
+        return image
+    h, w = image.shape[0] // factor * factor, image.shape[1] // factor * factor
+    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))  # [h/f, w/f]
+
+
+def _background(image: np.ndarray) -> np.ndarray:
+    """Slowly varying illumination: a median over windows a quarter of the short side, computed at low resolution.
+
+    A median ignores objects covering less than half of each window, where a Gaussian blur would be pulled up by them.
+    """
+    factor = max(1, min(image.shape) // 64)
+    small = _block_mean(image, factor)
+    window = max(3, min(small.shape) // 4) | 1
+    background = ndimage.gaussian_filter(ndimage.median_filter(small, size=window, mode="reflect"), window / 4)
+    return resize(background, image.shape, order=1, mode="edge").astype(np.float32)
+
+
+def _split_touching(mask: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Label objects; an object whose distance transform has several separate peaks is split between them.
+
+    Peaks are where the distance stays above its object's maximum less h, h half that maximum (at least 2 px): the
+    neck between two touching disks dips far below both centres and separates their peaks, while the ridge of a wire
+    or fibre stays within a pixel or two of its top, so wires are never cut into pieces. A watershed on the distance
+    then draws the boundary along the neck. (A global threshold per object rather than h-domes: 10x faster, and it
+    only misses a grain less than half the size of the one it touches.)
+    """
+    labels = label(mask, connectivity=2)
+    n = int(labels.max())
+    if n == 0:
+        return labels
+    inside = labels > 0
+    top = np.zeros(n + 1, np.float32)
+    np.maximum.at(top, labels[inside], distance[inside])
+    floor = 0.4 * top
+    peaks, _ = ndimage.label((distance > floor[labels]) & inside, structure=np.ones((3, 3)))
+    peak_owner = np.zeros(peaks.max() + 1, int)
+    peak_owner[peaks[inside]] = labels[inside]
+    next_label = n + 1
+    boxes = ndimage.find_objects(labels)
+    for region in np.flatnonzero(np.bincount(peak_owner[1:], minlength=n + 1) >= 2):
+        box = boxes[region - 1]
+        own = labels[box] == region
+        parts = watershed(-distance[box], np.where(own, peaks[box], 0), mask=own)
+        view = labels[box]
+        for k in np.unique(parts[own])[1:]:  # the first part keeps the object's label
+            view[parts == k] = next_label
+            next_label += 1
+    return labels
+
+
+def _orientation(flat: np.ndarray) -> tuple[float | None, float, float]:
+    """Dominant orientation (degrees, screen convention), its global coherence, and the mean local coherence."""
+    small = _block_mean(flat, max(1, max(flat.shape) // 512))
+    a_rr, a_rc, a_cc = structure_tensor(small, sigma=2, order="rc")
+    # global tensor: the dominant gradient direction over the whole image; structures run perpendicular to it
+    rr, rc, cc = float(a_rr.mean()), float(a_rc.mean()), float(a_cc.mean())
+    energy = rr + cc
+    coherence = math.hypot(cc - rr, 2 * rc) / energy if energy > 0 else 0.0
+    gradient_deg = math.degrees(0.5 * math.atan2(2 * rc, cc - rr))  # from +column towards +row (downwards)
+    orientation = (90.0 - gradient_deg) % 180 if coherence >= ISOTROPIC_BELOW_COHERENCE else None
+    local = np.hypot(a_cc - a_rr, 2 * a_rc).sum()
+    anisotropy = float(local / (a_rr + a_cc).sum()) if energy > 0 else 0.0
+    return orientation, float(coherence), anisotropy
+
+
+def _texture(image: np.ndarray) -> tuple[float, float, float]:
+    """GLCM contrast and homogeneity (downsampled, 32 grey levels, 4 directions) and Canny edge density."""
+    small = _block_mean(image, math.ceil(max(image.shape) / TEXTURE_MAX_SIDE))
+    levels = np.clip((small * GLCM_LEVELS).astype(np.uint8), 0, GLCM_LEVELS - 1)
+    glcm = graycomatrix(levels, [1], [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=GLCM_LEVELS, symmetric=True, normed=True)
+    contrast = float(graycoprops(glcm, "contrast").mean())
+    homogeneity = float(graycoprops(glcm, "homogeneity").mean())
+    edges = canny(_block_mean(image, math.ceil(max(image.shape) / EDGE_MAX_SIDE)), sigma=2)
+    return contrast, homogeneity, float(edges.mean())
+
+
+def _heterogeneity(centroids: np.ndarray, diameters: np.ndarray, shape: tuple[int, int]) -> float:
+    """Coefficient of variation of the tile means of object size (tiles holding at least 3 objects; 0 if < 4 tiles)."""
+    if len(diameters) < 12:
+        return 0.0
+    g = HETEROGENEITY_GRID
+    tile = (np.minimum(centroids[:, 0] * g // shape[0], g - 1) * g + np.minimum(centroids[:, 1] * g // shape[1], g - 1))
+    tile = tile.astype(int)
+    counts = np.bincount(tile, minlength=g * g)
+    sums = np.bincount(tile, weights=diameters, minlength=g * g)
+    means = sums[counts >= 3] / counts[counts >= 3]
+    return float(means.std() / means.mean()) if len(means) >= 4 else 0.0
+
+
+def measure(grey: np.ndarray, nm_per_pixel: float | None = None) -> Measurements:
+    """Measure a grey micrograph (float in [0, 1] or integer; the info bar already cropped)."""
+    image = _as_grey(grey)
+    h, w = image.shape
+    smooth = ndimage.gaussian_filter(image, 1.0)
+    flat = smooth - _background(smooth)
+
+    threshold = threshold_otsu(flat) if flat.max() > flat.min() else float(flat.max())
+    mask = flat > threshold
+    foreground = "bright"
+    if mask.mean() > 0.5:  # objects are the minority phase: dark pores or pits on a bright surface
+        mask, foreground = ~mask, "dark"
+    mask = remove_small_objects(mask, max_size=MIN_OBJECT_AREA_PX - 1)
+    mask = remove_small_holes(mask, max_size=MIN_OBJECT_AREA_PX - 1)
+    distance = ndimage.distance_transform_edt(mask).astype(np.float32)
+    labels = _split_touching(mask, distance)
+
+    table = regionprops_table(labels, properties=("label", "area", "centroid", "axis_major_length", "axis_minor_length", "perimeter"))
+    ids, area = table["label"], table["area"].astype(float)
+    centroids = np.stack([table["centroid-0"], table["centroid-1"]], axis=1) if len(ids) else np.zeros((0, 2))
+    diameters = np.sqrt(4 * area / np.pi)
+    # thickness: twice the distance to the edge along the skeleton. The distance counts to the nearest background
+    # pixel and skeleton pixels sit up to half a pixel off the true centre line, so a band N pixels wide reads
+    # N = 2d - 1 (odd N) or N = 2d (even N): 2d - 0.5 on average
+    skeleton = skeletonize(mask)
+    on_skeleton = labels[skeleton]
+    ridge_sum = np.bincount(on_skeleton, weights=distance[skeleton], minlength=labels.max() + 1)[ids]
+    ridge_count = np.bincount(on_skeleton, minlength=labels.max() + 1)[ids]
+    widths = np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5, diameters)
+    perimeter = np.maximum(table["perimeter"], 1.0)
+    circularity = np.clip(4 * np.pi * area / perimeter**2, 0, 1)
+    aspect = table["axis_major_length"] / np.maximum(table["axis_minor_length"], 1.0)
+
+    nn_mean = clark_evans = None
+    if len(ids) >= 3:
+        nearest, _ = cKDTree(centroids).query(centroids, k=2)
+        nn_mean = float(nearest[:, 1].mean())
+        clark_evans = nn_mean / (0.5 * math.sqrt(h * w / len(ids)))  # expected NN distance of a Poisson pattern
+
+    orientation, coherence, anisotropy = _orientation(flat)
+    contrast, homogeneity, edge_density = _texture(image)
+
+    def stat(values: np.ndarray, fn) -> float:
+        return float(fn(values)) if len(values) else 0.0
+
+    return Measurements(
+        width_px=w,
+        height_px=h,
+        nm_per_pixel=None if nm_per_pixel is None else float(nm_per_pixel),
+        brightness_mean=float(image.mean()),
+        brightness_std=float(image.std()),
+        foreground=foreground,
+        object_count=int(len(ids)),
+        area_fraction=float(mask.mean()),
+        diameter_mean_px=stat(diameters, np.mean),
+        diameter_std_px=stat(diameters, np.std),
+        diameter_min_px=stat(diameters, np.min),
+        diameter_max_px=stat(diameters, np.max),
+        width_mean_px=stat(widths, np.mean),
+        length_mean_px=stat(area / np.maximum(widths, 1.0), np.mean),
+        circularity_mean=stat(circularity, np.mean),
+        aspect_ratio_mean=stat(aspect, np.mean),
+        orientation_deg=orientation,
+        orientation_coherence=coherence,
+        nn_distance_mean_px=nn_mean,
+        clark_evans_r=clark_evans,
+        glcm_contrast=contrast,
+        glcm_homogeneity=homogeneity,
+        edge_density=edge_density,
+        anisotropy=anisotropy,
+        size_heterogeneity=_heterogeneity(centroids, diameters, (h, w)),
+    )

@@ -1,0 +1,86 @@
+"""Measurements on synthetic micrographs agree with the generator's ground truth (the measurement never reads it)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from maemi.data.synth import make_micrograph
+from maemi.teachers.measurements import Measurements, measure
+
+W, H = 768, 576  # large enough for realistic object sizes, small enough to be quick
+
+
+def _micrograph(name: str, seed: int, arrangement: str | None = None) -> tuple[np.ndarray, dict]:
+    image, truth = make_micrograph(name, seed, 0, width=W, height=H, arrangement=arrangement)
+    return image[: H - truth["info_bar_height_px"]].astype(np.float32) / 255, truth
+
+
+@pytest.mark.parametrize("name", ["Particles", "Powder", "Nanowires", "Fibres"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_count_and_size_match_the_truth(name, seed):
+    grey, truth = _micrograph(name, seed)
+    m = measure(grey, truth["nm_per_pixel"])
+    assert abs(m.object_count - truth["object_count"]) <= 0.1 * truth["object_count"], (m.object_count, truth)
+    # the generator's size is the equivalent diameter, or the width of wires and fibres; the measurement has both
+    size_px = m.width_mean_px if truth["size_kind"] == "width" else m.diameter_mean_px
+    assert m.to_nm(size_px) == pytest.approx(truth["size_mean_nm"], rel=0.15)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_orientation_of_aligned_nanowires(seed):
+    grey, truth = _micrograph("Nanowires", seed, arrangement="ordered")
+    m = measure(grey)
+    assert m.orientation_deg is not None
+    difference = abs(m.orientation_deg - truth["orientation_deg"]) % 180
+    assert min(difference, 180 - difference) <= 10
+    assert m.orientation_coherence > 0.3 and m.aspect_ratio_mean > 5
+
+
+def test_round_particles_have_no_orientation():
+    grey, _ = _micrograph("Particles", 0)
+    m = measure(grey)
+    assert m.orientation_deg is None and m.circularity_mean > 0.8 and m.aspect_ratio_mean < 1.5
+
+
+def test_clark_evans_orders_the_arrangements():
+    r = {a: [measure(_micrograph("Particles", seed, a)[0]).clark_evans_r for seed in (0, 1, 2)]
+         for a in ("ordered", "random", "clustered")}
+    for seed in range(3):
+        assert r["ordered"][seed] > r["random"][seed] > r["clustered"][seed], r
+    assert min(r["ordered"]) > 1.5 and max(r["clustered"]) < 1.0
+
+
+def test_deterministic_and_json_serialisable():
+    grey, truth = _micrograph("Powder", 4)
+    a, b = measure(grey, truth["nm_per_pixel"]), measure(grey.copy(), truth["nm_per_pixel"])
+    assert asdict(a) == asdict(b)
+    assert json.loads(json.dumps(asdict(a)))["object_count"] == a.object_count
+    assert Measurements(**asdict(a)) == a
+
+
+def test_dark_pores_are_the_foreground_of_a_sponge():
+    grey, truth = _micrograph("Porous_Sponge", 0)
+    m = measure(grey)
+    if truth["porosity"] < 0.5:
+        assert m.foreground == "dark"
+        assert m.area_fraction == pytest.approx(truth["porosity"], abs=0.1)
+    else:
+        assert m.foreground == "bright"
+        assert 1 - m.area_fraction == pytest.approx(truth["porosity"], abs=0.1)
+
+
+def test_small_images_and_bad_input():
+    neu_sized = np.random.default_rng(0).random((200, 200))
+    m = measure(neu_sized)
+    assert m.width_px == m.height_px == 200 and m.nm_per_pixel is None and m.to_nm(3.0) is None
+    assert measure((neu_sized * 255).astype(np.uint8)).brightness_mean == pytest.approx(m.brightness_mean, abs=0.01)
+    with pytest.raises(ValueError, match="2-D"):
+        measure(np.zeros((32, 32, 3)))
+    with pytest.raises(ValueError, match="too small"):
+        measure(np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="NaN"):
+        measure(np.full((32, 32), np.nan))
