@@ -23,6 +23,8 @@ class DemoConfig:
     seed: int = 0
     val: float = 0.1
     test: float = 0.2
+    compare: int = 20  # multi-image comparison records per strategy, training side
+    few_shot: int = 60  # few-shot classification records, training side
 
 
 def _step(name: str, done: bool, run: Callable[[], str], log: Callable[[str], None]) -> None:
@@ -69,4 +71,21 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     _step("synth", synth_ok, do_synth, log)
     _step("inspect", synth_ok and inspect_path.is_file(), do_inspect, log)
     _step("split", synth_ok and split_path.is_file(), do_split, log)
-    return {"corpus": corpus, "inspect": inspect_path, "splits": split_path}
+
+    # Instruction data per side of the split, so that no record mixes training and test images.
+    data = {side: cfg.out / f"{side}.jsonl" for side in ("train", "val", "test")}
+    for side, path in data.items():
+        def do_teach(side=side, path=path) -> str:
+            from maemi.teachers.measure import MeasureTeacher
+            from maemi.teachers.pipeline import TeachConfig, teach
+
+            only = frozenset(json.loads(split_path.read_text())[side])
+            extra = {"compare": cfg.compare, "few_shot": cfg.few_shot} if side == "train" else {}
+            tmp = path.with_name(path.name + ".partial")
+            report = teach(corpus, tmp, MeasureTeacher("sem"), TeachConfig(profile="sem", only=only, **extra),
+                           resume=tmp.exists(), progress=False)
+            tmp.replace(path)  # the step counts as done only once its file is complete
+            return f"{report.records} records about {report.answered} images -> {path}"
+
+        _step(f"teach {side}", synth_ok and path.is_file(), do_teach, log)
+    return {"corpus": corpus, "inspect": inspect_path, "splits": split_path, "data": data}
