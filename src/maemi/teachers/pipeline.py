@@ -29,7 +29,7 @@ from maemi.data.images import ImageReadError
 from maemi.teachers.measure import MeasureTeacher
 from maemi.teachers.questions import (LENGTHS, Profile, Question, TeacherReply, TeacherReplyError,
                                       check_reply, get_profile)
-from maemi.teachers.records import RecordWriter, make_record
+from maemi.teachers.records import RecordWriter, few_shot_prompt, make_record
 from maemi.teachers.remote import TeacherRequestError
 from maemi.teachers.sampling import (HandcraftedEmbedder, ImageEmbedder, few_shot_demos, inter_class_pairs,
                                      intra_class_pairs, spatial_heterogeneous)
@@ -298,7 +298,7 @@ def _few_shot_records(samples: list[Sample], embs, profile: Profile, config: Tea
         support = [i for i in labelled if i != qi]
         demos = [support[j] for j in few_shot_demos(embs[qi], embs[support], config.shots)]
         members = [samples[i] for i in demos] + [samples[qi]]
-        prompt = "".join(f"<image>\n{q.text} {samples[i].label}.\n" for i in demos) + f"<image>\n{q.text}"
+        prompt = few_shot_prompt(q.text, [samples[i].label for i in demos])
         records.append(make_record([s.relpath for s in members], prompt, samples[qi].label, task="classify",
                                    family="few_shot", length="short", label=samples[qi].label, teacher="label",
                                    question_key="classify.few_shot", meta={"profile": profile.name,

@@ -16,7 +16,8 @@ One JSON object per line, LLaVA's conversation format (Liu et al. 2023, "Visual 
      "meta": {"profile": "neu"}}
 
 The human turn holds exactly one `<image>` token per entry of `images`, in order; a single-image prompt starts with
-`<image>\\n`. Few-shot records interleave demonstrations: `<image>\\nCategory: patches.\\n<image>\\n...` then the query.
+`<image>\\n`. Few-shot records interleave demonstrations (`few_shot_prompt`):
+`<image>\\n<question> patches.\\n<image>\\n...<image>\\n<question>`, the query last.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ _REQUIRED = {"id": str, "images": list, "conversations": list, "task": str, "fam
 
 class RecordError(ValueError):
     """A record that does not follow the format above; the message names the file:line (or record) and the problem."""
+
+
+def few_shot_prompt(question: str, demo_labels: list[str] | tuple[str, ...]) -> str:
+    """The human turn of a few-shot classification record: demonstrations "<image>\\n{question} {label}.\\n" (least
+    similar first), then "<image>\\n{question}" for the query. Teaching and inference both build it here."""
+    return "".join(f"{IMAGE_TOKEN}\n{question} {label}.\n" for label in demo_labels) + f"{IMAGE_TOKEN}\n{question}"
 
 
 def make_record(

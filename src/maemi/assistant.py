@@ -1,0 +1,279 @@
+"""Using a trained MAEMI: ask, caption and classify micrographs in batches. The one inference API behind the CLI, the
+evaluation, the server and folder screening.
+
+A run directory (`maemi train --out runs/NAME`) holds the best model (MAEMI.save_pretrained) and run.json: the
+images root, the training records, the classes with the answer text each class was trained with, and the human text
+of the classify and caption questions. `Assistant.load(run)` puts the model in eval mode with every DyLoRA adapter at
+r_max.
+
+Prompts are built as the training records are, so the model sees at inference what it learnt from:
+- a question about N images: one `<image>` per image, then the user's auxiliary description ("Context: ...") as the
+  paper's multimodal prompt has it, then the question;
+- zero-shot classification: `<image>\\n` + the classify question; the class answers are ranked by the summed
+  log-likelihood of each (model.score), and a softmax over those gives probabilities;
+- few-shot classification with K shots: demonstrations are the K support images whose cls embedding is most
+  cosine-similar to the query's, most similar last (RICES), interleaved exactly as the teacher's few-shot records
+  (`teachers.records.few_shot_prompt`).
+
+References: Srinivas et al. 2024 (MAEMI: multimodal prompts, few-shot by cls-embedding similarity); open_flamingo's
+RICES (L2-normalised features, top-k, most similar demonstration last); LLaVA users' most wanted: batch inference.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from maemi.data.datasets import scan_dataset
+from maemi.data.images import ImagePreprocessConfig, load_model_input, to_model_input
+from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
+from maemi.model.lora import set_dylora_rank_
+from maemi.teachers.records import few_shot_prompt, read_records
+from maemi.teachers.sampling import few_shot_demos
+
+RUN_FILE = "run.json"
+
+# A path to an image file, a loaded image (H, W) or (H, W, 3) (uint8, or float in [0, 1]), or a model input tensor
+# [3, S, S] already preprocessed (the evaluation caches those).
+ImageInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
+
+
+class RunError(ValueError):
+    """A run directory that cannot be used: run.json missing or lacking what a method needs."""
+
+
+def question_prompt(n_images: int, question: str, context: str | None = None) -> str:
+    """One `<image>` per image, the optional context, then the question (make_record's layout, plus context). A
+    question that places its own `<image>` tokens is kept as written."""
+    context_line = f"Context: {context.strip()}\n" if context and context.strip() else ""
+    if IMAGE_TOKEN in question:
+        return context_line + question
+    return f"{IMAGE_TOKEN}\n" * n_images + context_line + question
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def read_run(run_dir: str | os.PathLike) -> dict:
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise RunError(f"{path}: no such file; is {run_dir} a run directory written by `maemi train`?")
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path}: not valid JSON ({e.msg})") from None
+    if not isinstance(run, dict):
+        raise RunError(f"{path}: expected a JSON object")
+    return run
+
+
+def _is_one_image(x: object) -> bool:
+    return isinstance(x, (str, os.PathLike, np.ndarray, torch.Tensor))
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start: start + size]
+
+
+@dataclass
+class SupportSet:
+    """Labelled images for few-shot demonstrations, with their cls embeddings (rows L2-normalised)."""
+
+    paths: list[Path]
+    labels: list[str]
+    embeddings: np.ndarray  # [N, Dv]
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+
+class Assistant:
+    def __init__(self, model: MAEMI, run: dict, run_dir: Path, batch_size: int = 16, image_cache: int = 1024) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model = model.eval()
+        if model.config.text.lora is not None:
+            set_dylora_rank_(model.text.model, model.config.text.lora.r_max)  # adapters at full rank for inference
+        self.run, self.run_dir, self.batch_size = run, Path(run_dir), batch_size
+        self.image_config = ImagePreprocessConfig(size=model.config.vision.image_size)
+        self._supports: dict[str, SupportSet] = {}
+        # Keyed by (path, mtime, size) so a file rewritten in place is read again (a long-lived server).
+        self._cached_file = functools.lru_cache(maxsize=image_cache)(self._read_file)
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 16,
+             text_path: str | os.PathLike | None = None) -> Assistant:
+        """The run's best model on `device` ("auto": CUDA when available), ready for inference."""
+        run = read_run(run_dir)
+        model = MAEMI.from_pretrained(run_dir, text_path=text_path, map_location=resolve_device(device))
+        return cls(model, run, Path(run_dir), batch_size=batch_size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def run_value(self, key: str) -> object:
+        """A run.json value a method needs; RunError naming the file and key if it is missing or empty."""
+        value = self.run.get(key)
+        if value in (None, "", [], {}):
+            raise RunError(f"{self.run_dir / RUN_FILE}: no {key!r}; the run was trained without the records it needs")
+        return value
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.run_value("classes"))
+
+    def class_answer(self, label: str) -> str:
+        """The answer text a class was trained with (the label itself unless run.json says otherwise)."""
+        return (self.run.get("class_answers") or {}).get(label, label)
+
+    # -------------------------------------------------------------------------------------------------- images
+
+    def _read_file(self, path: str, mtime_ns: int, size: int) -> torch.Tensor:
+        return load_model_input(path, self.image_config)
+
+    def image_tensor(self, image: ImageInput) -> torch.Tensor:
+        """Model input [3, S, S] in [-1, 1]. Raises ImageReadError naming the file for an unreadable one."""
+        if isinstance(image, torch.Tensor):
+            expected = (self.model.config.vision.channels, self.image_config.size, self.image_config.size)
+            if tuple(image.shape) != expected or not torch.is_floating_point(image):
+                raise ValueError(f"an image tensor must be a preprocessed float [3, S, S] = {list(expected)}, got "
+                                 f"{image.dtype} {list(image.shape)}")
+            return image
+        if isinstance(image, np.ndarray):
+            pixels = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
+            return to_model_input(pixels, self.image_config)
+        path = Path(image)
+        try:
+            stat = path.stat()
+        except OSError:
+            return load_model_input(path, self.image_config)  # raises ImageReadError with the file and the cause
+        return self._cached_file(str(path), stat.st_mtime_ns, stat.st_size)
+
+    # -------------------------------------------------------------------------------------------------- generation
+
+    def answer(self, items: Sequence[tuple[Sequence[ImageInput], str]], gen: GenerationConfig | None = None,
+               progress: bool = False) -> list[str]:
+        """(images, prompt with one <image> per image) -> the generated answer, for each item, in batches."""
+        gen = gen or GenerationConfig(max_new_tokens=self.model.config.decoder.max_len)
+        processor = self.model.processor
+        answers: list[str] = []
+        bar = tqdm(total=len(items), desc="answer", unit="q", disable=not progress)
+        for chunk in _batches(items, self.batch_size):
+            samples = [processor([self.image_tensor(x) for x in images], prompt) for images, prompt in chunk]
+            answers += self.model.generate(processor.collate(samples), gen)
+            bar.update(len(chunk))
+        bar.close()
+        return answers
+
+    def ask(self, images: ImageInput | Sequence[ImageInput | Sequence[ImageInput]], question: str,
+            context: str | None = None, gen: GenerationConfig | None = None, progress: bool = False) -> list[str]:
+        """One answer per query. `images`: one image (one query), a list of images (one query each) or a list of
+        lists (each inner list is one query about several images, e.g. a comparison)."""
+        if not question or not question.strip():
+            raise ValueError("ask: the question is empty")
+        queries = [[images]] if _is_one_image(images) else [
+            list(item) if not _is_one_image(item) else [item] for item in images]
+        if not queries or any(not q for q in queries):
+            raise ValueError("ask: no images given")
+        return self.answer([(q, question_prompt(len(q), question.strip(), context)) for q in queries], gen, progress)
+
+    def caption(self, images: ImageInput | Sequence[ImageInput], gen: GenerationConfig | None = None,
+                progress: bool = False) -> list[str]:
+        """A caption per image, asked with the caption question the run was trained on."""
+        return self.ask(images, str(self.run_value("caption_prompt")), gen=gen, progress=progress)
+
+    # -------------------------------------------------------------------------------------------------- few-shot
+
+    def support_set(self, support: str | os.PathLike | None = None, progress: bool = False) -> SupportSet:
+        """The labelled images demonstrations come from: a dataset folder or CSV manifest (scan_dataset), or None for
+        the run's training images (run.json images_root + the labels of the training records). Embedded once."""
+        key = "<train>" if support is None else str(Path(support).resolve())
+        if key not in self._supports:
+            paths, labels = self._support_images(support)
+            self._supports[key] = SupportSet(paths, labels, self.embed(paths, progress=progress))
+        return self._supports[key]
+
+    def _support_images(self, support: str | os.PathLike | None) -> tuple[list[Path], list[str]]:
+        if support is not None:
+            samples = [s for s in scan_dataset(support) if s.label is not None]
+            if not samples:
+                raise ValueError(f"{support}: no labelled images (expected class folders root/<class>/<image> or a "
+                                 f"manifest with a label column)")
+            return [s.path for s in samples], [s.label for s in samples]
+        root = Path(str(self.run_value("images_root")))
+        by_image: dict[str, str] = {}
+        for rec in read_records(str(self.run_value("train_data"))):
+            if len(rec["images"]) == 1 and isinstance(rec.get("label"), str):
+                by_image.setdefault(rec["images"][0], rec["label"])
+        if not by_image:
+            raise RunError(f"{self.run['train_data']}: no single-image record with a label to use as demonstrations")
+        return [root / rel for rel in sorted(by_image)], [by_image[rel] for rel in sorted(by_image)]
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[ImageInput], progress: bool = False) -> np.ndarray:
+        """cls embeddings [N, Dv] of the images, rows L2-normalised (cosine similarity is then a dot product)."""
+        rows = []
+        for chunk in tqdm(list(_batches(images, self.batch_size)), desc="embed", unit="batch", disable=not progress):
+            cls = self.model.image_embedding(torch.stack([self.image_tensor(x) for x in chunk]))  # [b, Dv]
+            rows.append(torch.nn.functional.normalize(cls.float(), dim=-1).cpu().numpy())
+        return np.concatenate(rows) if rows else np.zeros((0, self.model.config.vision.dim), dtype=np.float32)
+
+    def demonstrations(self, images: Sequence[ImageInput], shots: int, support: SupportSet) -> list[list[int]]:
+        """For each query, the indices into `support` of its `shots` most similar images, most similar last."""
+        if not 1 <= shots <= len(support.paths):
+            raise ValueError(f"shots must be between 1 and the {len(support.paths)} support images, got {shots}")
+        return [few_shot_demos(query, support.embeddings, shots).tolist() for query in self.embed(images)]
+
+    # -------------------------------------------------------------------------------------------------- classify
+
+    def classify(self, images: ImageInput | Sequence[ImageInput], shots: int = 0,
+                 support: str | os.PathLike | None = None, top_k: int | None = 5, progress: bool = False
+                 ) -> list[list[tuple[str, float]]]:
+        """Per image, the top_k (None: all) classes with probabilities, most likely first. shots=0: zero-shot over
+        the run's classes; shots=K: K demonstrations from `support` (None: the training images), ranked over the
+        support set's classes. Probabilities are a softmax over the candidates' summed log-likelihoods."""
+        images = [images] if _is_one_image(images) else list(images)
+        if not images:
+            raise ValueError("classify: no images given")
+        if shots < 0:
+            raise ValueError(f"shots must be 0 (zero-shot) or more, got {shots}")
+        question = str(self.run_value("classify_prompt")).replace(IMAGE_TOKEN, "").strip()
+        if shots == 0:
+            classes = self.classes
+            items = [([image], question_prompt(1, question)) for image in images]
+        else:
+            support_set = self.support_set(support, progress=progress)
+            classes = support_set.classes
+            demos = self.demonstrations(images, shots, support_set)
+            items = [([support_set.paths[i] for i in demo] + [image],
+                      few_shot_prompt(question, [support_set.labels[i] for i in demo]))
+                     for image, demo in zip(images, demos)]
+        candidates = [self.class_answer(c) for c in classes]
+        processor = self.model.processor
+        results: list[list[tuple[str, float]]] = []
+        bar = tqdm(total=len(items), desc=f"classify ({shots}-shot)", unit="img", disable=not progress)
+        for chunk in _batches(items, self.batch_size):
+            batch = processor.collate([processor([self.image_tensor(x) for x in imgs], prompt)
+                                       for imgs, prompt in chunk])
+            probs = self.model.score(batch, candidates).softmax(dim=-1).cpu()  # [b, C]
+            for row in probs:
+                order = row.argsort(descending=True)[:top_k].tolist()
+                results.append([(classes[i], float(row[i])) for i in order])
+            bar.update(len(chunk))
+        bar.close()
+        return results

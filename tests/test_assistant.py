@@ -1,0 +1,278 @@
+"""The inference API (maemi.assistant) and `maemi ask|caption|classify` on a tiny run trained here: three visibly
+different classes of 40x40 images (dark, bright, striped), a tiny BERT text encoder, a few dozen steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from maemi.assistant import Assistant, RunError, question_prompt
+from maemi.teachers.records import few_shot_prompt
+from maemi.cli import app
+from maemi.data.datasets import scan_dataset
+from maemi.data.images import ImagePreprocessConfig, ImageReadError, load_image, load_model_input
+from maemi.model import MAEMI, AnswerVocab
+from maemi.model.lora import dylora_modules, sample_dylora_rank_
+from maemi.teachers.pipeline import TeachConfig, _few_shot_records
+from maemi.teachers.questions import get_profile
+from maemi.teachers.records import make_record
+from tiny_text_models import one_thread, save_tiny_bert, tiny_config  # noqa: F401
+
+CLASSES = ("bright", "dark", "striped")
+CAPTION_Q = "Describe this image."
+CLASSIFY_Q = "What category does this image belong to?"
+BRIGHT_Q = "Is the image bright or dark?"
+COMPARE_Q = "Which image is brighter?"
+CAPTIONS = {"bright": "A bright, even field with fine grain.", "dark": "A dark, even field with fine grain.",
+            "striped": "Vertical stripes cross the whole field."}
+BRIGHTNESS = {"bright": "Bright.", "dark": "Dark.", "striped": "Neither: it is striped."}
+
+
+def draw(label: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0, 0.05, (40, 40))
+    if label == "striped":
+        base = np.tile((np.arange(40) // 4 % 2).astype(float), (40, 1))  # vertical: no flat rows like an info bar
+    else:
+        base = np.full((40, 40), 0.85 if label == "bright" else 0.15)
+    return np.clip(base + noise, 0, 1)
+
+
+def write_images(root: Path, per_class: int, seed: int) -> list[str]:
+    rels = []
+    for c, label in enumerate(CLASSES):
+        for i in range(per_class):
+            rel = f"{label}/{label}_{seed}_{i}.png"
+            (root / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((draw(label, seed * 100 + c * 10 + i) * 255).astype(np.uint8)).save(root / rel)
+            rels.append(rel)
+    return rels
+
+
+def image_records(rels: list[str]) -> list[dict]:
+    records = []
+    for rel in rels:
+        label = rel.split("/")[0]
+        for key, question, answer, task in (("caption.describe", CAPTION_Q, CAPTIONS[label], "caption"),
+                                            ("classify.category", CLASSIFY_Q, label, "classify"),
+                                            ("basics.brightness", BRIGHT_Q, BRIGHTNESS[label], "vqa")):
+            records.append(make_record([rel], question, answer, task=task, family=key.split(".")[0], length="short",
+                                       label=label, teacher="test", question_key=key))
+    by_label = {label: [r for r in rels if r.startswith(label + "/")] for label in CLASSES}
+    for dark, bright in zip(by_label["dark"], by_label["bright"]):
+        for pair, answer in (([dark, bright], "The second image."), ([bright, dark], "The first image.")):
+            records.append(make_record(pair, COMPARE_Q, answer, task="compare", family="compare.brightness",
+                                       length="short", label=[p.split("/")[0] for p in pair], teacher="test",
+                                       question_key="compare.brightness"))
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def build_tiny_run(base: Path, steps: int = 150) -> dict:
+    """Images (2 train + 1 test per class), train/test records, and runs/tiny trained on the train records."""
+    torch.set_num_threads(1)  # module-scoped callers: the autouse one_thread fixture is not active yet
+    images = base / "images"
+    train_rels, test_rels = write_images(images, 2, seed=0), write_images(images, 1, seed=1)
+    train, test = image_records(train_rels), image_records(test_rels)
+    train_path, test_path = write_jsonl(base / "train.jsonl", train), write_jsonl(base / "test.jsonl", test)
+
+    vocab = AnswerVocab.train([r["conversations"][1]["value"] for r in train], vocab_size=300)
+    torch.manual_seed(0)
+    model = MAEMI(tiny_config(save_tiny_bert(base / "bert"), vocab), vocab)
+    processor, preprocess = model.processor, ImagePreprocessConfig(size=32)
+    batch = processor.collate([processor([load_model_input(images / p, preprocess) for p in r["images"]],
+                                         r["conversations"][0]["value"], r["conversations"][1]["value"])
+                               for r in train])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+    ranks = torch.Generator().manual_seed(0)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        sample_dylora_rank_(model.text.model, ranks)
+        loss = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    run = base / "runs" / "tiny"
+    model.eval()
+    model.save_pretrained(run)
+    (run / "run.json").write_text(json.dumps({
+        "images_root": str(images), "train_data": str(train_path), "val_data": None, "image_size": 32,
+        "classes": sorted(CLASSES), "class_answers": {c: c for c in CLASSES}, "classify_prompt": CLASSIFY_Q,
+        "caption_prompt": CAPTION_Q, "train_config": {"steps": steps}, "best": {"epoch": 0, "val_loss": None}}))
+    return {"run": run, "images": images, "train": train_rels, "test": test_rels, "test_data": test_path,
+            "losses": losses}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    threads = torch.get_num_threads()
+    built = build_tiny_run(tmp_path_factory.mktemp("tiny"))
+    torch.set_num_threads(threads)
+    return built
+
+
+@pytest.fixture(scope="module")
+def assistant(tiny):
+    return Assistant.load(tiny["run"], device="cpu", batch_size=4)
+
+
+def paths(tiny, rels: list[str]) -> list[Path]:
+    return [tiny["images"] / rel for rel in rels]
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+
+def test_prompts_follow_the_training_records():
+    record = make_record(["a.png", "b.png"], COMPARE_Q, "x", task="compare", family="f", length="short", label=None,
+                         teacher="t", question_key="k")
+    assert question_prompt(2, COMPARE_Q) == record["conversations"][0]["value"]
+    assert question_prompt(1, "What is it?", context="  Sample 7, 5 kV.  ") == (
+        "<image>\nContext: Sample 7, 5 kV.\nWhat is it?")
+    assert question_prompt(2, "Compare <image> with <image>.") == "Compare <image> with <image>."
+
+
+def test_few_shot_prompt_is_the_teachers_few_shot_record(tmp_path):
+    root = tmp_path / "ds"
+    write_images(root, 2, seed=3)
+    samples = scan_dataset(root)
+    embeddings = np.eye(len(samples), dtype=np.float32) + 0.1 * np.arange(len(samples))[:, None]
+    profile = get_profile("generic")
+    (record,) = _few_shot_records(samples, embeddings, profile, TeachConfig(few_shot=1, shots=3))
+    demo_labels = [rel.split("/")[0] for rel in record["images"][:-1]]
+    assert few_shot_prompt(profile.classify_question.text, demo_labels) == record["conversations"][0]["value"]
+
+
+# ------------------------------------------------------------------------------------------------ the API
+
+
+def test_load_gives_an_eval_model_with_adapters_at_full_rank(tiny, assistant):
+    assert tiny["losses"][-1] < 0.2 * tiny["losses"][0]
+    assert not assistant.model.training
+    r_max = assistant.model.config.text.lora.r_max
+    assert {a.rank for a in dylora_modules(assistant.model.text.model)} == {r_max}
+    assert assistant.classes == sorted(CLASSES)
+
+
+def test_caption_and_ask_give_the_trained_answers_in_batches(tiny, assistant):
+    train = paths(tiny, tiny["train"])
+    labels = [p.parent.name for p in train]
+    assert assistant.caption(train) == [CAPTIONS[label] for label in labels]  # 6 images, batches of 4
+    assert assistant.ask(train, BRIGHT_Q) == [BRIGHTNESS[label] for label in labels]
+    one = train[0]
+    assert assistant.ask(one, BRIGHT_Q) == [BRIGHTNESS[labels[0]]]
+    assert assistant.ask(load_image(one), BRIGHT_Q) == assistant.ask(str(one), BRIGHT_Q)  # an array or a path
+    dark, bright = (next(p for p in train if p.parent.name == c) for c in ("dark", "bright"))
+    assert assistant.ask([[dark, bright], [bright, dark]], COMPARE_Q) == ["The second image.", "The first image."]
+    with_context = assistant.ask([one], BRIGHT_Q, context="Sample 7, imaged at 5 kV.")
+    assert len(with_context) == 1 and isinstance(with_context[0], str)
+
+
+def test_zero_shot_probabilities_over_the_classes(tiny, assistant):
+    train = paths(tiny, tiny["train"])
+    ranked = assistant.classify(train, top_k=None)
+    for path, row in zip(train, ranked):
+        assert sorted(label for label, _ in row) == sorted(CLASSES)
+        assert sum(p for _, p in row) == pytest.approx(1.0, abs=1e-5)
+        assert [p for _, p in row] == sorted((p for _, p in row), reverse=True)
+        assert row[0][0] == path.parent.name
+    top2 = assistant.classify(train[0], top_k=2)
+    assert len(top2) == 1 and [label for label, _ in top2[0]] == [label for label, _ in ranked[0][:2]]
+
+
+def test_few_shot_puts_the_most_similar_support_image_last(tiny, assistant, tmp_path):
+    support = tmp_path / "support"
+    for rel in tiny["train"]:
+        (support / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny["images"] / rel, support / rel)
+    query = paths(tiny, tiny["test"])[2]  # a held-out striped image
+    shutil.copy(query, support / "striped" / "copy_of_query.png")
+    support_set = assistant.support_set(support)
+    assert len(support_set.paths) == 7 and support_set.classes == sorted(CLASSES)
+    np.testing.assert_allclose(np.linalg.norm(support_set.embeddings, axis=1), 1.0, atol=1e-5)
+    (demos,) = assistant.demonstrations([query], 3, support_set)
+    assert support_set.paths[demos[-1]].name == "copy_of_query.png"
+    assert assistant.support_set(support) is support_set  # embedded once, then cached
+
+    ranked = assistant.classify([query], shots=3, support=support, top_k=None)
+    assert sum(p for _, p in ranked[0]) == pytest.approx(1.0, abs=1e-5)
+    from_training = assistant.classify(paths(tiny, tiny["test"]), shots=2, top_k=None)  # support: run's train images
+    assert all(len(row) == 3 for row in from_training)
+
+
+def test_bad_inputs_are_named(tiny, assistant, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    with pytest.raises(ImageReadError, match="broken.png"):
+        assistant.ask([bad], BRIGHT_Q)
+    with pytest.raises(ImageReadError, match="missing.png"):
+        assistant.classify([tmp_path / "missing.png"])
+    with pytest.raises(RunError, match=r"run.json: no such file"):
+        Assistant.load(tmp_path)
+    with pytest.raises(ValueError, match="shots must be between 1 and the 6 support images"):
+        assistant.classify(paths(tiny, tiny["test"])[:1], shots=7)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result
+
+
+def test_cli_ask_caption_classify(tiny):
+    run, train = tiny["run"], paths(tiny, tiny["train"])
+    labels = [p.parent.name for p in train]
+    result = invoke("ask", run, train[0], BRIGHT_Q, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == BRIGHTNESS[labels[0]]
+
+    result = invoke("ask", run, train[0], train[2], "-q", BRIGHT_Q, "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["answer"] for r in rows] == [BRIGHTNESS[labels[0]], BRIGHTNESS[labels[2]]]
+    assert rows[0]["images"] == [str(train[0])] and rows[0]["question"] == BRIGHT_Q
+
+    # the training records have no context: the answer may change with it, so only its plumbing is checked here
+    result = invoke("ask", run, train[0], train[2], "--together", "--context", "5 kV", COMPARE_Q, "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["images"] == [str(train[0]), str(train[2])] and row["context"] == "5 kV"
+
+    result = invoke("caption", run, *train[:3], "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["caption"] for r in json.loads(result.stdout)] == [CAPTIONS[label] for label in labels[:3]]
+
+    result = invoke("classify", run, train[0], "--top-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["image"] == str(train[0]) and row["shots"] == 0 and len(row["predictions"]) == 2
+    assert row["predictions"][0]["label"] == labels[0]
+
+    result = invoke("classify", run, train[0], train[4], "--shots", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{train[0]}: ")
+
+
+def test_cli_errors_exit_1_with_the_cause(tiny, tmp_path):
+    result = invoke("ask", tiny["run"], tmp_path / "nope.png", BRIGHT_Q)
+    assert result.exit_code == 1 and "nope.png" in result.stderr
+    result = invoke("ask", tiny["run"], BRIGHT_Q)
+    assert result.exit_code == 1 and "no image" in result.stderr
+    result = invoke("caption", tmp_path, tiny["images"] / tiny["train"][0])
+    assert result.exit_code == 1 and "run.json" in result.stderr
