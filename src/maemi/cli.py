@@ -205,10 +205,37 @@ def teach(
                    f"({report.cached} replies from cache)" + (f"; estimated cost {cost:.4f}" if cost is not None else ""))
 
 
-@app.command()
-def train() -> None:
-    """Train MAEMI on instruction data (CPU, CUDA, or several processes with torchrun)."""
-    _not_built("train", 5)
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    data: Path = typer.Option(..., "--data", help="Training instruction records (JSONL)."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation records (JSONL): early stopping, best model."),
+    images: Path = typer.Option(..., "--images", help="Folder the records' image paths are relative to."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write (runs/NAME)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Training config (TOML or JSON)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from a trained run and fine-tune it."),
+) -> None:
+    """Train MAEMI on instruction data (CPU, CUDA, or several processes with torchrun).
+
+    Any setting of the training config (maemi/train/config.py) can follow as --key=value, dotted for nested ones.
+
+    Example: --epochs=10 --micro_batch=8 --model.vision.dim=128 --augment.rotations=false --train_vision=false
+    """
+    from maemi.model import CheckpointError
+    from maemi.teachers.records import RecordError
+    from maemi.train.checkpoint import ResumeError, find_checkpoint, read_checkpoint_meta
+    from maemi.train.config import ConfigError, load_train_config
+    from maemi.train.trainer import TrainingDataError
+    from maemi.train.trainer import train as run_training
+
+    try:
+        checkpoint = find_checkpoint(out) if resume else None
+        saved = read_checkpoint_meta(checkpoint)["train_config"] if checkpoint else None  # resume: the run's config
+        train_config = load_train_config(config, ctx.args, base=saved)
+        run_training(train_config, data, val, images, out, resume=resume, init=init)
+    except (ConfigError, RecordError, ResumeError, CheckpointError, TrainingDataError, OSError) as e:
+        _fail(str(e))
 
 
 def _load_assistant(run: Path, device: str, batch_size: int):
@@ -231,7 +258,7 @@ _DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)."
 @app.command(name="eval")
 def evaluate(
     run: Path = typer.Argument(..., help=_RUN_HELP),
-    data: Path = typer.Option(..., "--data", help="Test instruction records (JSONL), e.g. from the split's test images."),
+    data: Path = typer.Option(..., "--data", help="Test instruction records (JSONL) on held-out images."),
     images: Optional[Path] = typer.Option(None, "--images", help="Images root of the records (default: the run's)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and report.md go (default: RUN/eval)."),
     shots: int = typer.Option(5, "--shots", min=0, help="Few-shot demonstrations from the training images; 0: none."),
@@ -265,7 +292,8 @@ def ask(
     run: Path = typer.Argument(..., help=_RUN_HELP),
     items: list[str] = typer.Argument(..., help='IMAGE [IMAGE...] "QUESTION": the last argument is the question, '
                                                 "unless it is given with --question."),
-    question: Optional[str] = typer.Option(None, "--question", "-q", help="The question; every argument is then an image."),
+    question: Optional[str] = typer.Option(None, "--question", "-q",
+                                           help="The question; every argument is then an image."),
     context: Optional[str] = typer.Option(None, "--context", help="Your description added to the prompt (sample notes, "
                                                                    "instrument metadata)."),
     together: bool = typer.Option(False, "--together", help="One question about all the images together (a comparison) "
@@ -322,9 +350,11 @@ def caption(
 def classify(
     run: Path = typer.Argument(..., help=_RUN_HELP),
     images: list[str] = typer.Argument(..., help="Image files."),
-    shots: int = typer.Option(0, "--shots", min=0, help="0: zero-shot; K: K demonstrations most similar to each image."),
+    shots: int = typer.Option(0, "--shots", min=0, help="0: zero-shot; K: the K most similar labelled images as "
+                                                        "demonstrations."),
     support: Optional[Path] = typer.Option(None, "--support", help="Labelled images for the demonstrations (class "
-                                                                   "folders or CSV manifest); default: the run's training images."),
+                                                                   "folders or a CSV manifest); default: the run's "
+                                                                   "training images."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Classes listed per image."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, shots, predictions: [{label, "
                                                        "probability}]}."),

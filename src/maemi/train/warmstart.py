@@ -1,0 +1,117 @@
+"""Vision encoder warm start: train the ViT with a linear head on the image labels (cross-entropy), then throw the
+head away and instruction-tune (MAEMI paper, appendix A.6: a ViT pretrained on the labels also picks the few-shot
+demonstrations by the similarity of its cls embedding).
+
+Labels come from the instruction records themselves: a single-image record with a string label, or a multi-image
+record with one label per image. Few-shot records (several images, the query's label only) are not used. The same
+augmentation as instruction tuning, drawn from its own seeded streams. Under torchrun every process runs the same
+warm start on all the images (it is small next to instruction tuning): identical results, no communication.
+
+References: Dosovitskiy et al. 2021 (ViT classification head on the cls token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from maemi.data.images import ImageReadError
+from maemi.model.vision import VisionEncoder
+from maemi.train.config import TrainConfig
+from maemi.train.data import ImageCache, augment_image, chunks, derived_seed, seeded_generator
+
+
+def image_labels(records: Sequence[dict]) -> dict[str, str]:
+    """image path -> label. An image given two different labels is left out (its records disagree)."""
+    labels: dict[str, str] = {}
+    conflicting: set[str] = set()
+    for record in records:
+        images, label = record["images"], record.get("label")
+        if isinstance(label, str) and len(images) == 1:
+            pairs = [(images[0], label)]
+        elif isinstance(label, list) and len(label) == len(images) and all(isinstance(x, str) for x in label):
+            pairs = list(zip(images, label))
+        else:
+            continue
+        for path, value in pairs:
+            if labels.setdefault(path, value) != value:
+                conflicting.add(path)
+    return {path: label for path, label in labels.items() if path not in conflicting}
+
+
+def _readable(labels: dict[str, str], cache: ImageCache) -> list[tuple[str, str]]:
+    usable = []
+    for path, label in sorted(labels.items()):
+        try:
+            cache.get(path)
+        except ImageReadError:
+            continue  # already reported by the instruction dataset
+        usable.append((path, label))
+    return usable
+
+
+@torch.no_grad()
+def label_accuracy(vision: VisionEncoder, head: nn.Linear, items: Sequence[tuple[str, int]], cache: ImageCache,
+                   device: torch.device, batch_size: int) -> float:
+    if not items:
+        return float("nan")
+    was_training = vision.training
+    vision.eval()
+    correct = 0
+    for batch in chunks(range(len(items)), batch_size):
+        images = torch.stack([cache.get(items[i][0]) for i in batch]).to(device)  # [B, 3, S, S]
+        targets = torch.tensor([items[i][1] for i in batch], device=device)
+        correct += int((head(vision(images)[1]).argmax(-1) == targets).sum())
+    vision.train(was_training)
+    return correct / len(items)
+
+
+def warm_start_vision(vision: VisionEncoder, train_records: Sequence[dict], val_records: Sequence[dict],
+                      cache: ImageCache, config: TrainConfig, device: torch.device,
+                      log: Callable[[str], None] = print) -> list[dict]:
+    """Train `vision` in place for config.warmstart_epochs; returns one metrics row per epoch (epoch 0: before)."""
+    train_labels = _readable(image_labels(train_records), cache)
+    classes = sorted({label for _, label in train_labels})
+    if len(classes) < 2:
+        log(f"warm start skipped: it needs labelled images of at least two classes (found {len(classes)})")
+        return []
+    index = {label: i for i, label in enumerate(classes)}
+    train_items = [(path, index[label]) for path, label in train_labels]
+    val_items = [(path, index[label]) for path, label in _readable(image_labels(val_records), cache)
+                 if label in index]
+
+    torch.manual_seed(derived_seed("warmstart-init", config.seed))  # the head's initial weights
+    head = nn.Linear(vision.config.dim, len(classes)).to(device)
+    params = [p for p in vision.parameters() if p.requires_grad] + list(head.parameters())
+    optimizer = torch.optim.Adam(params, lr=config.warmstart_lr)
+    batch_size = min(config.batch_size, len(train_items))
+
+    def accuracy(items: list[tuple[str, int]]) -> float:
+        return label_accuracy(vision, head, items, cache, device, config.micro_batch)
+
+    rows = [{"phase": "warmstart", "epoch": 0, "train_acc": accuracy(train_items), "val_acc": accuracy(val_items)}]
+    log(f"warm start: {len(train_items)} labelled images, {len(classes)} classes, {len(val_items)} val images; "
+        f"before: val accuracy {rows[0]['val_acc']:.3f}")
+    vision.train()
+    for epoch in range(1, config.warmstart_epochs + 1):
+        order = torch.randperm(len(train_items), generator=seeded_generator("warmstart-order", config.seed, epoch))
+        total, seen = 0.0, 0
+        for batch in chunks(order.tolist(), batch_size):
+            images = torch.stack([augment_image(cache.get(train_items[i][0]), config.augment,
+                                                seeded_generator("warmstart", config.seed, epoch, i))
+                                  for i in batch]).to(device)  # [B, 3, S, S]
+            targets = torch.tensor([train_items[i][1] for i in batch], device=device)
+            loss = F.cross_entropy(head(vision(images)[1]), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, seen = total + loss.item() * len(batch), seen + len(batch)
+        row = {"phase": "warmstart", "epoch": epoch, "train_loss": total / seen, "train_acc": accuracy(train_items),
+               "val_acc": accuracy(val_items)}
+        rows.append(row)
+        log(f"warm start epoch {epoch}/{config.warmstart_epochs}: loss {row['train_loss']:.4f}, "
+            f"train accuracy {row['train_acc']:.3f}, val accuracy {row['val_acc']:.3f}")
+    return rows

@@ -1,0 +1,344 @@
+"""Training on tiny parts: config files and flags, the data pipeline's determinism, a real run that learns and writes
+the run folder, records that must be skipped, --init with frozen parts, and the vision warm start."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from maemi.cli import app
+from maemi.model import MAEMI, VisionConfig, VisionEncoder
+from maemi.teachers.records import make_record
+from maemi.train.config import AugmentConfig, ConfigError, TrainConfig, load_train_config
+from maemi.train.data import ImageCache, InstructionDataset, augment_image, epoch_order, plan_step, seeded_generator
+from maemi.train.distributed import DistributedEnv
+from maemi.train.trainer import train, validation_loss
+from maemi.train.warmstart import image_labels, warm_start_vision
+from tiny_text_models import one_thread, save_tiny_bert  # noqa: F401
+
+# Grey levels far apart: the image alone tells the class.
+CLASSES = {"dark": 40, "grey": 128, "bright": 215}
+CLASSIFY_QUESTION = "What category does this image belong to?"
+CAPTION_QUESTION = "Describe the image."
+
+
+@dataclass
+class TinyInputs:
+    root: Path
+    images: Path
+    train: Path
+    val: Path
+    config: Path  # a TOML of tiny model settings
+
+
+def write_images(folder: Path, per_class: int, seed: int, size: int = 40) -> list[tuple[str, str]]:
+    """Noisy flat PNGs, one brightness per class -> [(relative path, class)]."""
+    rng = np.random.default_rng(seed)
+    items = []
+    for label, level in CLASSES.items():
+        (folder / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(rng.normal(level, 12, (size, size)), 0, 255).astype(np.uint8)
+            path = f"{label}/{label}_{seed}_{i}.png"
+            Image.fromarray(pixels).save(folder / path)
+            items.append((path, label))
+    return items
+
+
+def records_for(items: list[tuple[str, str]]) -> list[dict]:
+    records = []
+    for path, label in items:
+        common = dict(label=label, teacher="measure", length="short")
+        records.append(make_record([path], CLASSIFY_QUESTION, label, task="classify", family="classify",
+                                   question_key="classify.category", **common))
+        records.append(make_record([path], CAPTION_QUESTION, f"A {label} micrograph, even and smooth.",
+                                   task="caption", family="caption", question_key="caption.describe", **common))
+    return records
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+TINY_TOML = """
+vocab_size = 300
+batch_size = 4
+micro_batch = 2
+epochs = 3
+num_threads = 1
+progress = false
+log_every = 1
+[model.vision]
+image_size = 32
+patch_size = 8
+dim = 16
+heads = 2
+local_depth = 1
+global_depth = 1
+stem = "conv"   # BatchNorm buffers: a frozen vision encoder must keep them too
+[model.text]
+path = "{bert}"
+[model.text.lora]
+r_min = 2
+r_max = 4
+target_modules = ["query", "value"]
+[model.decoder]
+layers = 1
+heads = 2
+head_dim = 8
+max_len = 24
+"""
+
+
+def make_tiny_inputs(root: Path) -> TinyInputs:
+    bert = save_tiny_bert(root / "bert")
+    images = root / "images"
+    train_items, val_items = write_images(images, 2, seed=0), write_images(images, 1, seed=1)
+    config = root / "tiny.toml"
+    config.write_text(TINY_TOML.format(bert=bert))
+    return TinyInputs(root, images, write_jsonl(root / "train.jsonl", records_for(train_items)),
+                      write_jsonl(root / "val.jsonl", records_for(val_items)), config)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> TinyInputs:
+    return make_tiny_inputs(tmp_path_factory.mktemp("train_inputs"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny, tmp_path_factory):
+    """A real 10-epoch run of the tiny model (module-scoped: the autouse one_thread fixture is not active yet)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("runs") / "base"
+    config = load_train_config(tiny.config, ["--epochs=10", "--lr=1e-2"])
+    result = train(config, tiny.train, tiny.val, tiny.images, out)
+    torch.set_num_threads(threads)
+    return out, result
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_config_file_then_flags(tiny, tmp_path):
+    config = load_train_config(tiny.config, ["--lr=3e-4", "--model.vision.dim=32", "--augment.flips=false",
+                                             "--model.text.lora.target_modules=query,key", "--bf16", "on",
+                                             "--max-steps=7"])
+    assert config.lr == 3e-4 and config.max_steps == 7 and config.bf16 == "on"
+    assert config.model.vision.dim == 32 and config.model.vision.patch_size == 8  # flag on top of the file's table
+    assert config.augment.flips is False and config.augment.rotations is True  # other switches keep defaults
+    assert config.model.text.lora.target_modules == ("query", "key") and config.model.text.lora.r_max == 4
+    assert config.batch_size == 4 and config.epochs == 3  # from the file
+    assert TrainConfig().lr == 1e-3 and TrainConfig().batch_size == 32 and TrainConfig().epochs == 50  # the paper
+
+    as_json = tmp_path / "c.json"
+    as_json.write_text(json.dumps({"epochs": 2, "model": {"decoder": {"layers": 3}}, "augment": {"contrast": 0.0}}))
+    config = load_train_config(as_json, ["--epochs=4"])
+    assert (config.epochs, config.model.decoder.layers, config.augment.contrast) == (4, 3, 0.0)
+    # a resumed run's saved config is the base; flags still win
+    assert load_train_config(None, ["--seed=3"], base=config.to_dict()).model.decoder.layers == 3
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model.vision.dimm=3"], "model.vision.dim,"),  # lists the valid keys
+    (["--lerning_rate=1"], "unknown setting(s) ['lerning_rate']"),
+    (["--lr=fast"], "config.lr: expected float, got 'fast'"),
+    (["--augment.flips=maybe"], "config.augment.flips: expected bool"),
+    (["--bf16=always"], "expected one of ['auto', 'on', 'off']"),
+    (["--micro_batch=64"], "micro_batch 64 is larger than batch_size 32"),
+    (["--lr.x=1"], "config.lr: expected float, got {'x': '1'}"),
+    (["--epochs"], "--epochs needs a value"),
+])
+def test_bad_settings_are_clear_errors(flags, message):
+    with pytest.raises(ConfigError) as error:
+        load_train_config(None, flags)
+    assert message in str(error.value)
+
+
+def test_cli_reports_bad_settings_and_files(tiny, tmp_path):
+    runner = CliRunner()
+    args = ["train", "--data", str(tiny.train), "--images", str(tiny.images), "--out", str(tmp_path / "r")]
+    result = runner.invoke(app, args + ["--config", str(tiny.config), "--model.vision.dimm=8"])
+    assert result.exit_code == 1 and "model.vision.dimm" in result.output and "model.vision.dim," in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochs = [")
+    result = runner.invoke(app, args + ["--config", str(bad)])
+    assert result.exit_code == 1 and f"config file {bad}: not valid TOML" in result.output
+    broken = write_jsonl(tmp_path / "broken.jsonl", [{"id": "x"}])
+    result = runner.invoke(app, ["train", "--data", str(broken), "--images", str(tiny.images), "--out",
+                                 str(tmp_path / "r"), "--config", str(tiny.config)])
+    assert result.exit_code == 1 and f"{broken}:1: missing key 'images'" in result.output
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_augmentation_and_order_are_pure_functions_of_seed_epoch_index():
+    image = torch.rand(3, 32, 32) * 2 - 1
+    config = AugmentConfig()
+    a = augment_image(image, config, seeded_generator("augment", 0, 1, 5))
+    assert torch.equal(a, augment_image(image, config, seeded_generator("augment", 0, 1, 5)))
+    assert not torch.equal(a, augment_image(image, config, seeded_generator("augment", 0, 2, 5)))
+    assert a.shape == image.shape and a.min() >= -1 and a.max() <= 1
+    off = AugmentConfig(flips=False, rotations=False, crop_min_scale=1.0, brightness=0.0, contrast=0.0)
+    assert torch.equal(augment_image(image, off, seeded_generator(0)), image)
+    # a quarter turn alone permutes pixels: nothing is lost
+    turned = augment_image(image, AugmentConfig(flips=False, crop_min_scale=1.0, brightness=0, contrast=0),
+                           seeded_generator(1))
+    assert torch.equal(turned.flatten().sort().values, image.flatten().sort().values)
+
+    assert epoch_order(10, 0, 3) == epoch_order(10, 0, 3) and sorted(epoch_order(10, 0, 3)) == list(range(10))
+    assert epoch_order(10, 0, 3) != epoch_order(10, 0, 4)
+
+
+@pytest.mark.parametrize("n, micro, world", [(8, 2, 1), (8, 2, 2), (7, 2, 2), (1, 1, 2), (5, 1, 4)])
+def test_step_plan_deals_out_micro_batches_with_weights_that_sum_to_one(n, micro, world):
+    step = list(range(100, 100 + n))
+    plans = [plan_step(step, micro, rank, world) for rank in range(world)]
+    real = [(m, w) for plan in plans for m, w in zip(plan.micro_batches, plan.weights) if w > 0]
+    assert sorted(i for m, _ in real for i in m) == step  # every sample exactly once, over all processes
+    assert all(plan.micro_batches for plan in plans)  # every process takes part in the all-reduce
+    # DDP averages over `world`: the weights of all micro-batches then sum to one, each in proportion to its samples
+    assert sum(w for _, w in real) / world == pytest.approx(1.0)
+    assert all(w / world == pytest.approx(len(m) / n) for m, w in real)
+
+
+def test_unusable_records_are_reported_and_skipped(tiny):
+    model_config = load_train_config(tiny.config).model
+    from maemi.model import AnswerVocab
+
+    good = records_for([("dark/dark_0_0.png", "dark")])
+    vocab = AnswerVocab.train([r["conversations"][1]["value"] for r in good], 300)
+    model_config.vocab_size = vocab.size
+    processor = MAEMI(model_config, vocab).processor
+    long_answer = make_record(["dark/dark_0_0.png"], "Say it all.", "word " * 40, task="vqa", family="basics",
+                              length="long", label="dark", teacher="measure", question_key="basics.all")
+    missing = make_record(["dark/nope.png"], CAPTION_QUESTION, "Nothing.", task="caption", family="caption",
+                          length="short", label="dark", teacher="measure", question_key="caption.describe")
+    cache = ImageCache(tiny.images, 32)
+    messages = []
+    dataset = InstructionDataset(good + [long_answer, missing], cache, processor, AugmentConfig(), 0,
+                                 messages.append, "train")
+    assert len(dataset) == 2
+    assert [record_id for record_id, _ in dataset.skipped] == [long_answer["id"], missing["id"]]
+    reasons = dict(dataset.skipped)
+    assert "over max_answer_len 24" in reasons[long_answer["id"]]
+    assert "nope.png: file not found" in reasons[missing["id"]]
+    assert messages[0] == ("train: skipped 2 example(s) of 4: 1 refused by the processor; 1 unreadable image")
+    batch = dataset.batch([0, 1], epoch=0)
+    assert batch["images"].shape == (2, 1, 3, 32, 32) and (batch["labels"] != -100).sum(1).min() > 0
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_training_learns_and_writes_the_run_folder(tiny, trained_run):
+    out, result = trained_run
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "run.json", "metrics.jsonl", "loss.png",
+                 "checkpoints/last/model.safetensors", "checkpoints/last/training_state.json",
+                 "checkpoints/last/training_state.safetensors"):
+        assert (out / name).is_file(), name
+    rows = read_metrics(out)
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == list(range(1, 11)) and result["finished"] == "epochs"
+    assert epochs[-1]["val_loss"] < 0.3 * epochs[0]["val_loss"]  # it learns, on held-out images too
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert len(steps) == result["steps"] == 10 * 3  # 12 examples in batches of 4
+    assert {"epoch", "step", "train_loss", "lr", "samples_per_s"} <= set(steps[0])
+    assert steps[-1]["train_loss"] < 0.3 * steps[0]["train_loss"]
+
+    info = json.loads((out / "run.json").read_text())
+    assert info["classes"] == ["bright", "dark", "grey"]
+    assert info["class_answers"] == {"bright": "bright", "dark": "dark", "grey": "grey"}
+    assert info["classify_prompt"] == CLASSIFY_QUESTION and info["caption_prompt"] == CAPTION_QUESTION
+    assert info["image_size"] == 32 and info["images_root"] == str(tiny.images)
+    assert info["train_data"] == str(tiny.train) and info["val_data"] == str(tiny.val)
+    assert info["train_config"]["model"]["vision"]["stem"] == "conv" and info["train_config"]["epochs"] == 10
+    best = min(epochs, key=lambda r: r["val_loss"])
+    assert info["best"] == {"epoch": best["epoch"], "val_loss": best["val_loss"]}
+
+    model = MAEMI.from_pretrained(out)  # the best model, loadable by everything downstream
+    adapters = [m for m in model.text.model.modules() if hasattr(m, "lora_B")]
+    assert adapters and all(m.rank == model.config.text.lora.r_max for m in adapters)
+    # ... and it is the best one: its validation loss is the one run.json reports
+    from maemi.teachers.records import read_records
+
+    val_set = InstructionDataset(read_records(tiny.val), ImageCache(tiny.images, 32), model.processor)
+    config, cpu = load_train_config(tiny.config), torch.device("cpu")  # batched and cast as the run validated
+    loss = validation_loss(model, val_set, config, DistributedEnv(), cpu, config.use_bf16(cpu))
+    assert loss == pytest.approx(info["best"]["val_loss"], rel=1e-6)
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tiny, trained_run):
+    out, _ = trained_run
+    with pytest.raises(ValueError, match="already holds a training run; pass --resume"):
+        train(load_train_config(tiny.config), tiny.train, tiny.val, tiny.images, out)
+
+
+def test_init_fine_tunes_only_what_the_config_trains(tiny, trained_run, tmp_path):
+    base, _ = trained_run
+    new_items = write_images(tmp_path / "new", 1, seed=7)
+    new_data = write_jsonl(tmp_path / "new.jsonl", records_for(new_items))
+    out = tmp_path / "adapted"
+    config = load_train_config(tiny.config, ["--epochs=1", "--train_vision=false", "--train_special_tokens=false"])
+    train(config, new_data, None, tmp_path / "new", out, init=base)
+
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert before.keys() == after.keys()
+    frozen = [k for k in before if k.startswith("vision.") or k == "text.special_embeddings"]
+    assert any("running_mean" in k for k in frozen)  # the conv stem's BatchNorm statistics are covered too
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    moved = [k for k in before if k.startswith("decoder.") and not torch.equal(before[k], after[k])]
+    assert moved, "the decoder should have been trained"
+    assert any(k.startswith("text.model.") and "lora_B" in k and not torch.equal(before[k], after[k]) for k in before)
+    assert (out / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()  # --init's vocabulary
+    assert json.loads((out / "run.json").read_text())["init"] == str(base)
+
+
+def test_warm_start_learns_the_labels(tiny):
+    from maemi.teachers.records import read_records
+
+    train_records, val_records = read_records(tiny.train), read_records(tiny.val)
+    assert len(image_labels(train_records)) == 6
+    torch.manual_seed(0)
+    vision = VisionEncoder(VisionConfig(image_size=32, patch_size=8, dim=16, heads=2, local_depth=1, global_depth=1))
+    config = TrainConfig(warmstart_epochs=12, warmstart_lr=1e-2, batch_size=6, micro_batch=6)
+    rows = warm_start_vision(vision, train_records, val_records, ImageCache(tiny.images, 32), config,
+                             torch.device("cpu"), log=lambda message: None)
+    assert len(rows) == 13 and rows[0]["epoch"] == 0
+    assert rows[-1]["val_acc"] == 1.0 > rows[0]["val_acc"]  # three grey levels: held-out images all right
+    assert rows[-1]["train_loss"] < rows[1]["train_loss"]
+
+
+def test_plateau_halves_the_learning_rate_then_stops_early(tiny, tmp_path):
+    # lr 1e-30 moves no weight by a representable amount: the validation loss never improves after epoch 1
+    config = load_train_config(tiny.config, ["--epochs=6", "--lr=1e-30", "--lr_patience=0",
+                                             "--early_stopping_patience=2"])
+    result = train(config, tiny.train, tiny.val, tiny.images, tmp_path / "run", log=lambda message: None)
+    epochs = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch"]
+    assert result["finished"] == "early_stopping" and len(epochs) == 3 and result["best_epoch"] == 1
+    assert epochs[0]["val_loss"] == epochs[1]["val_loss"] == epochs[2]["val_loss"]
+    assert [r["lr"] for r in epochs] == pytest.approx([1e-30, 5e-31, 2.5e-31])  # halved after each bad epoch
+    assert [r["best"] for r in epochs] == [True, False, False]
+
+
+def test_max_steps_stops_mid_epoch_with_a_validated_model(tiny, tmp_path):
+    result = train(load_train_config(tiny.config, ["--max_steps=2"]), tiny.train, tiny.val, tiny.images,
+                   tmp_path / "run", log=lambda message: None)
+    assert (result["finished"], result["steps"], result["samples"]) == ("max_steps", 2, 8)
+    epochs = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch"]
+    assert len(epochs) == 1 and epochs[0]["val_loss"] is not None
+    assert MAEMI.from_pretrained(tmp_path / "run").config.vision.stem == "conv"
