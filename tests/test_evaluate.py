@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +95,17 @@ def test_eval_writes_metrics_report_and_the_shuffled_control(tiny, tmp_path):
 def test_eval_names_a_missing_test_file(tiny, tmp_path):
     result = CliRunner().invoke(app, ["eval", str(tiny["run"]), "--data", str(tmp_path / "none.jsonl")])
     assert result.exit_code == 1 and "none.jsonl" in result.stderr
+
+
+def test_eval_sample_draws_a_seeded_subset_for_generation_only(tiny, tmp_path):
+    def run(out: Path) -> dict:
+        result = CliRunner().invoke(app, ["eval", str(tiny["run"]), "--data", str(tiny["test_data"]), "--out",
+                                          str(out), "--sample", "3", "--shots", "0", "--quiet", "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "metrics.json").read_text())
+
+    first, again = run(tmp_path / "a"), run(tmp_path / "b")
+    assert first["run"]["generation_records"] == first["generation"]["n"] == 3
+    assert first["zero_shot"]["n"] == 3  # classification still sees every labelled test image
+    assert (tmp_path / "a" / "answers.jsonl").read_text() == (tmp_path / "b" / "answers.jsonl").read_text()
+    assert first["generation"]["overall"] == again["generation"]["overall"]

@@ -263,6 +263,8 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and report.md go (default: RUN/eval)."),
     shots: int = typer.Option(5, "--shots", min=0, help="Few-shot demonstrations from the training images; 0: none."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N records."),
+    sample: Optional[int] = typer.Option(
+        None, "--sample", min=1, help="Generation metrics on a seeded random N records (classification uses all)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts per forward pass."),
     examples: int = typer.Option(4, "--examples", min=0, help="Example answers shown in the report."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffled-images control."),
@@ -276,7 +278,7 @@ def evaluate(
     from maemi.evaluate.report import format_metrics_table
 
     assistant = _load_assistant(run, device, batch_size)
-    config = EvalConfig(shots=shots, limit=limit, batch_size=batch_size, examples=examples, seed=seed)
+    config = EvalConfig(shots=shots, limit=limit, sample=sample, batch_size=batch_size, examples=examples, seed=seed)
     target = out or run / "eval"
     try:
         metrics = evaluate_run(run, data, images=images, out=target, config=config, assistant=assistant,

@@ -41,6 +41,8 @@ GROUPS = ("task", "family", "length")
 class EvalConfig:
     shots: int = 5  # few-shot demonstrations; 0 skips few-shot classification
     limit: int | None = None  # only the first N records of the test file
+    sample: int | None = None  # generation on a seeded random N of the records (classification still sees every
+    #                            labelled image): a CPU-sized estimate of the metrics on a large test file
     batch_size: int = 16
     examples: int = 4  # example answers shown in the report
     seed: int = 0  # the shuffled-images control
@@ -176,6 +178,9 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, images: st
             generation.append(rec)
         else:
             too_long += 1
+    if config.sample is not None and len(generation) > config.sample:
+        keep = sorted(random.Random(config.seed).sample(range(len(generation)), config.sample))
+        generation = [generation[i] for i in keep]
     metrics: dict = {}
     answer_rows: list[dict] = []
     if generation:

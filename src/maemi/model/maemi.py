@@ -82,7 +82,12 @@ class MAEMI(nn.Module):
 
     def encode(self, batch: dict[str, torch.Tensor]) -> FusionMemory:
         """Images and prompt -> what the decoder cross-attends to."""
-        states = self.text(batch["prompt_ids"], batch["prompt_mask"])  # [B, T, Ht]
+        # Instruction data asks the same few questions of many images, and the text encoder (the costliest part on a
+        # CPU) reads only the prompt: run it once per distinct prompt in the batch, then index the states back.
+        prompts, inverse = torch.unique(batch["prompt_ids"], dim=0, return_inverse=True)  # [U, T], [B]
+        first = torch.empty(len(prompts), dtype=torch.long, device=inverse.device)
+        first[inverse] = torch.arange(len(inverse), device=inverse.device)  # a sample holding each distinct prompt
+        states = self.text(prompts, batch["prompt_mask"][first])[inverse]  # [B, T, Ht]
         positions = batch["image_positions"]  # [B, M]
         markers = states.gather(1, positions[..., None].expand(-1, -1, states.shape[-1]))  # [B, M, Ht]
         image_tokens = self.encode_images(batch["images"], batch["image_mask"])

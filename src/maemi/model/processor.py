@@ -41,25 +41,28 @@ class MAEMIProcessor:
     def __call__(self, images: Sequence[torch.Tensor], prompt: str, answer: str | None = None
                  ) -> dict[str, torch.Tensor]:
         """One sample (unpadded). images: [C, S, S] float tensors, one per `<image>` in the prompt, in order."""
-        if ENCODE_TOKEN in prompt:
-            raise ValueError(f"prompt contains {ENCODE_TOKEN}; it is appended by the processor: {prompt[:80]!r}")
-        ids = self.prompt_tokenizer(prompt)["input_ids"] + [self.encode_token_id]
-        positions = [i for i, token in enumerate(ids) if token == self.image_token_id]
-        if len(positions) != len(images):
-            raise ValueError(f"prompt has {len(positions)} {IMAGE_TOKEN} token(s) but {len(images)} image(s) were "
-                             f"given; put one {IMAGE_TOKEN} where each image sits: {prompt[:80]!r}")
-        if len(ids) > self.max_prompt_len:
-            raise ValueError(f"prompt is {len(ids)} tokens long, over max_prompt_len {self.max_prompt_len}: "
-                             f"{prompt[:80]!r}")
         for i, image in enumerate(images):
             if not torch.is_floating_point(image) or tuple(image.shape) != self.image_shape:
                 raise ValueError(f"image {i}: expected a float tensor of shape {list(self.image_shape)}, got "
                                  f"{image.dtype} {list(image.shape)}")
-        sample = {
-            "images": torch.stack(list(images)) if images else torch.zeros(0, *self.image_shape),  # [M, C, S, S]
-            "prompt_ids": torch.tensor(ids),
-            "image_positions": torch.tensor(positions, dtype=torch.long),
-        }
+        sample = self.encode_text(prompt, answer, len(images))
+        sample["images"] = torch.stack(list(images)) if images else torch.zeros(0, *self.image_shape)  # [M, C, S, S]
+        return sample
+
+    def encode_text(self, prompt: str, answer: str | None = None, num_images: int = 1) -> dict[str, torch.Tensor]:
+        """The text part of a sample: prompt ids with `<Encode>` appended, where the images sit, answer ids and
+        labels. Training tokenises every record once with it and adds the (augmented) images per step."""
+        if ENCODE_TOKEN in prompt:
+            raise ValueError(f"prompt contains {ENCODE_TOKEN}; it is appended by the processor: {prompt[:80]!r}")
+        ids = self.prompt_tokenizer(prompt)["input_ids"] + [self.encode_token_id]
+        positions = [i for i, token in enumerate(ids) if token == self.image_token_id]
+        if len(positions) != num_images:
+            raise ValueError(f"prompt has {len(positions)} {IMAGE_TOKEN} token(s) but {num_images} image(s) were "
+                             f"given; put one {IMAGE_TOKEN} where each image sits: {prompt[:80]!r}")
+        if len(ids) > self.max_prompt_len:
+            raise ValueError(f"prompt is {len(ids)} tokens long, over max_prompt_len {self.max_prompt_len}: "
+                             f"{prompt[:80]!r}")
+        sample = {"prompt_ids": torch.tensor(ids), "image_positions": torch.tensor(positions, dtype=torch.long)}
         if answer is not None:
             answer_ids = self.vocab.encode(answer)
             if len(answer_ids) + 1 > self.max_answer_len:

@@ -149,8 +149,20 @@ def load_train_config(path: str | os.PathLike | None = None, overrides: list[str
     return build_config(TrainConfig, data, "config")
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+SHIPPED_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # src/maemi/configs/NAME.toml
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A config file's path, or the name of one the package ships (`demo`, `neu`: src/maemi/configs/NAME.toml)."""
     path = Path(path)
+    shipped = SHIPPED_CONFIGS / f"{path}.toml"
+    if not path.exists() and not path.suffix and len(path.parts) == 1 and shipped.is_file():
+        return shipped
+    return path
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = resolve_config_path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:

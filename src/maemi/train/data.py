@@ -138,14 +138,14 @@ class InstructionDataset:
 
     def _add(self, example: Example) -> str | None:
         try:
-            pixels = [self.images.get(path) for path in example.images]
+            for path in example.images:
+                self.images.get(path)  # decoded once here; the batches stack them per step
         except ImageReadError as error:
             return f"unreadable image: {error}"
         try:
-            sample = self.processor(pixels, example.prompt, example.answer)
+            sample = self.processor.encode_text(example.prompt, example.answer, len(example.images))
         except ValueError as error:  # over-long prompt or answer, <image> count that does not match the images
             return f"refused by the processor: {error}"
-        del sample["images"]
         self.examples.append(example)
         self.tokenized.append(sample)
         return None
