@@ -2,7 +2,8 @@
 
 Each step writes its output under one folder and is skipped when that output is already there, so a second run reuses
 what is done. The steps that exist today: synthesise the corpus, inspect it, split it, distil instruction data with
-the offline measure teacher. Training and evaluation join when they land (issue #5).
+the offline measure teacher, train with the shipped `demo` config, evaluate on the held-out split (with the
+shuffled-images control), and answer one question with `maemi ask`'s code path.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ class DemoConfig:
     test: float = 0.2
     compare: int = 20  # multi-image comparison records per strategy, training side
     few_shot: int = 60  # few-shot classification records, training side
+    train_config: str = "demo"  # a shipped config name (src/maemi/configs/) or a file
+    train_overrides: tuple[str, ...] = ()  # --key=value settings on top of it
+    eval_sample: int | None = 400  # generation metrics on this many test records (classification uses all images)
 
 
 def _step(name: str, done: bool, run: Callable[[], str], log: Callable[[str], None]) -> None:
@@ -88,4 +92,43 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
             return f"{report.records} records about {report.answered} images -> {path}"
 
         _step(f"teach {side}", synth_ok and path.is_file(), do_teach, log)
-    return {"corpus": corpus, "inspect": inspect_path, "splits": split_path, "data": data}
+
+    run = cfg.out / "run"
+
+    def do_train() -> str:
+        from maemi.train.checkpoint import find_checkpoint
+        from maemi.train.config import load_train_config
+        from maemi.train.trainer import train
+
+        config = load_train_config(cfg.train_config, list(cfg.train_overrides))
+        summary = train(config, data["train"], data["val"], corpus, run, resume=find_checkpoint(run) is not None,
+                        log=log)
+        return f"{summary.get('finished')}: best epoch {summary.get('best_epoch')} -> {run}"
+
+    eval_dir = run / "eval"
+    train_done = (run / "eval" / "metrics.json").is_file()  # evaluation comes after a finished training
+    _step("train", train_done, do_train, log)
+
+    def do_eval() -> str:
+        from maemi.evaluate.evaluate import EvalConfig, evaluate_run
+
+        evaluate_run(run, data["test"], images=corpus, out=eval_dir, config=EvalConfig(sample=cfg.eval_sample),
+                     progress=False)
+        return f"-> {eval_dir / 'report.md'}"
+
+    _step("eval", (eval_dir / "metrics.json").is_file(), do_eval, log)
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    from maemi.evaluate.report import format_metrics_table
+
+    log(format_metrics_table(metrics))
+    log(f"report: {eval_dir / 'report.md'}")
+
+    # One question, as `maemi ask` would answer it.
+    from maemi.assistant import Assistant
+
+    image = corpus / json.loads(split_path.read_text())["test"][0]
+    question = "What type of nanomaterial is depicted in this image?"
+    answer = Assistant.load(run).ask(image, question)[0]
+    log(f"\n$ maemi ask {run} {image} \"{question}\"\n{answer}")
+    return {"corpus": corpus, "inspect": inspect_path, "splits": split_path, "data": data, "run": run,
+            "metrics": metrics, "answer": answer}

@@ -20,6 +20,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -860,6 +862,14 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _write_micrograph(job: tuple) -> dict:
+    out, class_name, seed, i, width, height = job
+    image, record = make_micrograph(class_name, seed, i, width=width, height=height)
+    name = f"{class_name.lower()}_{i:04d}.png"
+    atomic_write_bytes(out / class_name / name, _png_bytes(image))
+    return {"path": f"{class_name}/{name}", **record}
+
+
 def synthesize(
     out: Path,
     per_class: int,
@@ -868,8 +878,10 @@ def synthesize(
     *,
     width: int = 1024,
     height: int = 768,
+    workers: int | None = None,
 ) -> list[dict]:
-    """Write OUT/<class>/<class lower>_<i>.png for each class and OUT/metadata.jsonl; return the metadata records."""
+    """Write OUT/<class>/<class lower>_<i>.png for each class and OUT/metadata.jsonl; return the metadata records.
+    `workers` processes make the images (default: one per CPU core); the output does not depend on it."""
     out = Path(out)
     classes = list(SEM_CLASSES) if classes is None else list(classes)
     unknown = [c for c in classes if c not in SEM_CLASSES]
@@ -879,15 +891,16 @@ def synthesize(
         raise ValueError("no classes to synthesise")
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
-    records = []
+    jobs = [(out, class_name, seed, i, width, height) for class_name in classes for i in range(per_class)]
     for class_name in classes:
-        folder = out / class_name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            image, record = make_micrograph(class_name, seed, i, width=width, height=height)
-            name = f"{class_name.lower()}_{i:04d}.png"
-            atomic_write_bytes(folder / name, _png_bytes(image))
-            records.append({"path": f"{class_name}/{name}", **record})
+        (out / class_name).mkdir(parents=True, exist_ok=True)
+    # Each image has its own seed, so the images can be made in any order, by several processes, with the same bytes.
+    workers = min(os.cpu_count() or 1, len(jobs)) if workers is None else workers
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            records = list(pool.map(_write_micrograph, jobs, chunksize=4))
+    else:
+        records = [_write_micrograph(job) for job in jobs]
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     atomic_write_bytes(out / "metadata.jsonl", lines.encode("utf-8"))
     return records

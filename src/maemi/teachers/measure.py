@@ -9,8 +9,10 @@ Phrasing varies between images (choices seeded by the image's SHA-256) but a giv
 
 from __future__ import annotations
 
+import os
 import random
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,7 +21,7 @@ import numpy as np
 from skimage.color import rgb2gray
 
 from maemi.data.datasets import file_sha256
-from maemi.data.images import find_info_bar, load_image
+from maemi.data.images import ImageReadError, find_info_bar, load_image
 from maemi.teachers.measurements import Measurements, measure
 from maemi.teachers.questions import Profile, Question, TeacherReply, get_profile
 
@@ -756,6 +758,20 @@ def load_for_measuring(path: Path, info_bar_height_px: int | None = None) -> tup
     return grey[:top], height - top, colourful
 
 
+def _measure_file(path: Path, metadata: dict | None) -> tuple[Measurements, int, bool, str]:
+    metadata = metadata or {}
+    grey, bar, colourful = load_for_measuring(path, metadata.get("info_bar_height_px"))
+    nm = metadata.get("nm_per_pixel")
+    return measure(grey, nm_per_pixel=float(nm) if nm else None), bar, colourful, file_sha256(path)
+
+
+def _measure_or_none(item: tuple[Path, dict | None]) -> tuple[Measurements, int, bool, str] | None:
+    try:
+        return _measure_file(*item)
+    except ImageReadError:
+        return None
+
+
 class MeasureTeacher:
     """Answers from measurements. Same interface as OpenAITeacher; deterministic; thread-safe."""
 
@@ -772,13 +788,23 @@ class MeasureTeacher:
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-        metadata = metadata or {}
-        grey, bar, colourful = load_for_measuring(path, metadata.get("info_bar_height_px"))
-        nm = metadata.get("nm_per_pixel")
-        result = (measure(grey, nm_per_pixel=float(nm) if nm else None), bar, colourful, file_sha256(path))
+        result = _measure_file(path, metadata)
         with self._lock:
             self._cache[key] = result
         return result
+
+    def measure_all(self, items: list[tuple[Path, dict | None]], workers: int | None = None) -> None:
+        """Measure many images ahead of answering, in `workers` processes (default: one per CPU core): measuring is
+        the teacher's whole cost and is pure per image. Unreadable images are left for answer() to report."""
+        todo = [(Path(path), metadata) for path, metadata in items if str(path) not in self._cache]
+        workers = min(os.cpu_count() or 1, len(todo)) if workers is None else workers
+        if workers <= 1 or len(todo) < 2:
+            return
+        with ProcessPoolExecutor(workers) as pool:
+            for (path, _), result in zip(todo, pool.map(_measure_or_none, todo, chunksize=4)):
+                if result is not None:
+                    with self._lock:
+                        self._cache[str(path)] = result
 
     def facts(self, path: Path, label: str | None, metadata: dict | None) -> tuple[ImageFacts, str]:
         m, bar, colourful, sha = self.measure_image(Path(path), metadata)

@@ -50,6 +50,7 @@ class TeachConfig:
     few_shot: int = 0  # few-shot classification records; 0: none
     shots: int = 3  # demonstrations per few-shot record
     concurrency: int = 1  # teacher requests in flight (threads)
+    workers: int | None = None  # processes measuring images for the measure teacher; None: one per CPU core
     limit: int | None = None  # first N images, taken from the classes in turn
     only: frozenset[str] | None = None  # relative paths to teach (one side of a split); None: every image
     price_per_1k_input: float | None = None  # for the cost estimate, in the user's currency
@@ -195,6 +196,8 @@ def teach(
 
     with RecordWriter(out, resume=resume, overwrite=overwrite) as writer:
         done = writer.done_keys()
+        if isinstance(teacher, MeasureTeacher):  # measure every image up front, on every core
+            teacher.measure_all([(s.path, s.metadata) for s in samples], workers=config.workers)
 
         # 1. one request per image, every question of the profile
         pending = [s for s in samples if not record_ids([s.relpath], profile.questions) <= done]
