@@ -28,7 +28,7 @@ class DemoConfig:
     few_shot: int = 60  # few-shot classification records, training side
     train_config: str = "demo"  # a shipped config name (src/maemi/configs/) or a file
     train_overrides: tuple[str, ...] = ()  # --key=value settings on top of it
-    eval_sample: int | None = 400  # generation metrics on this many test records (classification uses all images)
+    eval_sample: int | None = 200  # generation metrics on this many test records (classification uses all images)
 
 
 def _step(name: str, done: bool, run: Callable[[], str], log: Callable[[str], None]) -> None:
