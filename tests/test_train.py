@@ -342,3 +342,15 @@ def test_max_steps_stops_mid_epoch_with_a_validated_model(tiny, tmp_path):
     epochs = [r for r in read_metrics(tmp_path / "run") if r["kind"] == "epoch"]
     assert len(epochs) == 1 and epochs[0]["val_loss"] is not None
     assert MAEMI.from_pretrained(tmp_path / "run").config.vision.stem == "conv"
+
+
+def test_gates_learn_at_their_own_rate(tiny, tmp_path):
+    """Adam's first step moves every parameter with a gradient by about its group's lr: the gates by lr * scale."""
+    out = tmp_path / "gates"
+    config = load_train_config(tiny.config, ["--max_steps=1", "--lr=1e-3", "--gate_lr_scale=50", "--grad_clip=0",
+                                             "--augment.flips=false"])
+    torch.manual_seed(0)
+    train(config, tiny.train, None, tiny.images, out)
+    after = load_file(out / "model.safetensors")
+    gates = [k for k in after if k.endswith("_gate")]  # they start at 0, so their value is the step
+    assert gates and all(after[k].abs().item() == pytest.approx(0.05, rel=0.01) for k in gates)

@@ -59,6 +59,7 @@ class TrainConfig:
 
     # Optimisation: the paper's recipe.
     lr: float = 1e-3  # Adam
+    gate_lr_scale: float = 1.0  # the fusion gates learn at lr * this (see trainer.param_groups)
     weight_decay: float = 0.0
     batch_size: int = 32  # samples per optimizer step, over all processes
     micro_batch: int = 32  # samples per forward pass; gradients accumulate up to batch_size
