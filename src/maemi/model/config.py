@@ -93,7 +93,7 @@ class MAEMIConfig:
         return _from_dict(cls, data, "config")
 
 
-def _dataclass_in(hint: Any) -> type | None:
+def dataclass_in(hint: Any) -> type | None:
     """The dataclass named by a type hint (`X` or `X | None`), if any."""
     if dataclasses.is_dataclass(hint):
         return hint
@@ -112,7 +112,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        sub = _dataclass_in(hints[name])
+        sub = dataclass_in(hints[name])
         if sub is not None and value is not None:
             value = _from_dict(sub, value, f"{where}.{name}")
         elif typing.get_origin(hints[name]) is tuple and isinstance(value, list):

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from maemi.model.config import MAEMIConfig
+from maemi.model.config import MAEMIConfig, dataclass_in
 
 
 class ConfigError(ValueError):
@@ -200,7 +200,7 @@ def config_keys(cls: type = TrainConfig, prefix: str = "") -> list[str]:
     keys = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        sub = _dataclass_in(hints[f.name])
+        sub = dataclass_in(hints[f.name])
         keys += config_keys(sub, f"{prefix}{f.name}.") if sub else [prefix + f.name]
     return keys
 
@@ -223,14 +223,6 @@ def build_config(cls: type, data: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {error}") from None
 
 
-def _dataclass_in(hint: Any) -> type | None:
-    if dataclasses.is_dataclass(hint):
-        return hint
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next((arg for arg in typing.get_args(hint) if dataclasses.is_dataclass(arg)), None)
-    return None
-
-
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check a value against a field's type hint; strings (from flags) are parsed into that type."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -240,7 +232,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return None
         inner = [arg for arg in args if arg is not type(None)]
         return _coerce(value, inner[0], key)
-    sub = _dataclass_in(hint)
+    sub = dataclass_in(hint)
     if sub is not None:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a table of settings, got {value!r}")
