@@ -7,15 +7,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from maemi.cli import app
 from maemi.evaluate.evaluate import shuffled_image_lists
 from maemi.evaluate.metrics import METRICS
 from maemi.teachers.records import make_record, read_records
-from test_assistant import BRIGHT_Q, build_tiny_run
+from test_assistant import BRIGHT_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
 from tiny_text_models import one_thread  # noqa: F401
 
 
@@ -34,14 +32,6 @@ def test_shuffled_image_lists_is_a_seeded_derangement():
     assert all(mapping[original] == other for original, other in zip(lists[:-1], shuffled[:-1]))
     assert sorted(set(mapping.values())) == sorted(set(mapping))  # ... and every list is used once: a permutation
     assert Counter(shuffled[:21]) == Counter(singles)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    threads = torch.get_num_threads()
-    built = build_tiny_run(tmp_path_factory.mktemp("tiny"))
-    torch.set_num_threads(threads)
-    return built
 
 
 def test_eval_writes_metrics_report_and_the_shuffled_control(tiny, tmp_path):
