@@ -32,4 +32,4 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path):
     again: list[str] = []
     run_demo(cfg, log=again.append)
     reused = [line for line in again if "already done" in line]
-    assert len(reused) == 8, again  # synth, inspect, split, teach x3, train, eval
+    assert len(reused) == 7, again  # synth, inspect + split, teach x3, train, eval

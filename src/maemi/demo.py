@@ -41,7 +41,7 @@ def _step(name: str, done: bool, run: Callable[[], str], log: Callable[[str], No
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
-    from maemi.data.datasets import check_samples, inspect_dataset, scan_dataset, split_dataset
+    from maemi.data.datasets import check_samples, inspection_report, scan_dataset, split_dataset
     from maemi.data.synth import SEM_CLASSES, synthesize
 
     corpus, inspect_path, split_path = cfg.out / "corpus", cfg.out / "inspect.json", cfg.out / "splits.json"
@@ -58,23 +58,22 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         synthesize(corpus, per_class=cfg.per_class, seed=cfg.seed)
         return f"{expected} micrographs in {len(SEM_CLASSES)} classes -> {corpus}"
 
-    def do_inspect() -> str:
-        report = inspect_dataset(corpus)
+    def do_inspect_and_split() -> str:
+        samples = scan_dataset(corpus)
+        checked = check_samples(samples)  # one full decode of every image serves both the report and the split
+        report = inspection_report(corpus, samples, *checked)
         atomic_write_json(inspect_path, report)
-        return (f"{report['images']} images, {len(report['classes'])} classes, {len(report['duplicates'])} duplicate "
-                f"groups, {len(report['unreadable'])} unreadable -> {inspect_path}")
-
-    def do_split() -> str:
-        good, bad, facts = check_samples(scan_dataset(corpus))
+        good, _, facts = checked
         split = split_dataset(good, {k: v["sha256"] for k, v in facts.items()}, cfg.val, cfg.test, cfg.seed)
         split["root"] = str(corpus)
         atomic_write_json(split_path, split)
-        return f"train {len(split['train'])}, val {len(split['val'])}, test {len(split['test'])} -> {split_path}"
+        return (f"{report['images']} images, {len(report['classes'])} classes, {len(report['duplicates'])} duplicate "
+                f"groups, {len(report['unreadable'])} unreadable -> {inspect_path}; train {len(split['train'])}, "
+                f"val {len(split['val'])}, test {len(split['test'])} -> {split_path}")
 
     synth_ok = synth_done()
     _step("synth", synth_ok, do_synth, log)
-    _step("inspect", synth_ok and inspect_path.is_file(), do_inspect, log)
-    _step("split", synth_ok and split_path.is_file(), do_split, log)
+    _step("inspect + split", synth_ok and inspect_path.is_file() and split_path.is_file(), do_inspect_and_split, log)
 
     # Instruction data per side of the split, so that no record mixes training and test images.
     data = {side: cfg.out / f"{side}.jsonl" for side in ("train", "val", "test")}

@@ -138,7 +138,12 @@ def check_samples(samples: list[Sample], progress: bool = False) -> tuple[list[S
 def inspect_dataset(root: str | Path, progress: bool = False) -> dict:
     """What a user wants to know before training on a folder: counts, sizes, formats, duplicates, unreadable files."""
     samples = scan_dataset(root)
-    good, bad, facts = check_samples(samples, progress=progress)
+    return inspection_report(root, samples, *check_samples(samples, progress=progress))
+
+
+def inspection_report(root: str | Path, samples: list[Sample], good: list[Sample], bad: list[dict],
+                      facts: dict[str, dict]) -> dict:
+    """inspect_dataset's report from check_samples' results (for callers that also split the same images)."""
     by_hash: dict[str, list[str]] = defaultdict(list)
     for s in good:
         by_hash[facts[s.relpath]["sha256"]].append(s.relpath)

@@ -337,6 +337,22 @@ def _powder(rng: np.random.Generator, shape: tuple[int, int], size_px: float, ar
     return Scene(signal, relief, truth)
 
 
+def _tube_scene(rng: np.random.Generator, shape: tuple[int, int], paths: list[np.ndarray], widths: list[float],
+                angles: list[float], lengths: list[float], aligned: bool, *, background: tuple[float, float],
+                brightness: tuple[float, float], flat: float, rim: float, variants: tuple[str, str]) -> Scene:
+    """Wires and fibres: render the tubes, light them (brighter towards their crest) and record their truth."""
+    coverage, height = _tubes(shape, paths, np.array(widths))
+    level = rng.uniform(*background)
+    signal = _base(rng, shape, level, 0.02) + rng.uniform(*brightness) * coverage * (flat + rim * height)
+    truth = dict(
+        object_count=len(paths), sizes_px=widths, size_kind="width", lengths_px=lengths,
+        orientation_deg=_axial_mean_deg(np.array(angles), np.array(lengths)) if aligned and paths else None,
+        arrangement="ordered" if aligned else "random", variant=variants[0] if aligned else variants[1],
+        area_fraction_map=coverage,
+    )
+    return Scene(signal.astype(np.float32), (0.5 * coverage + 0.5 * height).astype(np.float32), truth)
+
+
 def _nanowires(rng: np.random.Generator, shape: tuple[int, int], size_px: float, arrangement: str) -> Scene:
     """Thin straight or slightly bowed wires, microns long, aligned ("ordered") or in random directions."""
     h, w = shape
@@ -368,16 +384,8 @@ def _nanowires(rng: np.random.Generator, shape: tuple[int, int], size_px: float,
         lengths.append(float(np.linalg.norm(np.diff(pts, axis=0), axis=1).sum() + wi))  # caps add half a width each end
         covered += wi * lengths[-1]
         tree = cKDTree(np.concatenate([p[::4] for p in paths]))
-    coverage, height = _tubes(shape, paths, np.array(widths))
-    background = rng.uniform(0.2, 0.35)
-    signal = _base(rng, shape, background, 0.02) + rng.uniform(0.25, 0.4) * coverage * (0.75 + 0.25 * height)
-    truth = dict(
-        object_count=len(paths), sizes_px=widths, size_kind="width", lengths_px=lengths,
-        orientation_deg=_axial_mean_deg(np.array(angles), np.array(lengths)) if aligned and paths else None,
-        arrangement="ordered" if aligned else "random", variant="aligned" if aligned else "scattered",
-        area_fraction_map=coverage,
-    )
-    return Scene(signal.astype(np.float32), (0.5 * coverage + 0.5 * height).astype(np.float32), truth)
+    return _tube_scene(rng, shape, paths, widths, angles, lengths, aligned, background=(0.2, 0.35),
+                       brightness=(0.25, 0.4), flat=0.75, rim=0.25, variants=("aligned", "scattered"))
 
 
 def _walk(rng: np.random.Generator, start: np.ndarray, theta: float, steps: int, curl: float) -> np.ndarray:
@@ -425,16 +433,8 @@ def _fibres(rng: np.random.Generator, shape: tuple[int, int], size_px: float, ar
         angles.append(math.degrees(math.atan2(-chord[0], chord[1])) % 180)
         lengths.append(length)
         tree = cKDTree(np.concatenate([p[::4] for p in paths]))
-    coverage, height = _tubes(shape, paths, np.array(widths))
-    background = rng.uniform(0.15, 0.3)
-    signal = _base(rng, shape, background, 0.02) + rng.uniform(0.3, 0.45) * coverage * (0.7 + 0.3 * height)
-    truth = dict(
-        object_count=len(paths), sizes_px=widths, size_kind="width", lengths_px=lengths,
-        orientation_deg=_axial_mean_deg(np.array(angles), np.array(lengths)) if aligned and paths else None,
-        arrangement="ordered" if aligned else "random", variant="aligned_mat" if aligned else "random_mat",
-        area_fraction_map=coverage,
-    )
-    return Scene(signal.astype(np.float32), (0.5 * coverage + 0.5 * height).astype(np.float32), truth)
+    return _tube_scene(rng, shape, paths, widths, angles, lengths, aligned, background=(0.15, 0.3),
+                       brightness=(0.3, 0.45), flat=0.7, rim=0.3, variants=("aligned_mat", "random_mat"))
 
 
 def _biological(rng: np.random.Generator, shape: tuple[int, int], size_px: float, arrangement: str) -> Scene:
