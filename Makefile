@@ -5,13 +5,20 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test install clean-venv
+.PHONY: demo test install clean-venv browser
 
 demo: $(STAMP)
 	$(VENV)/bin/maemi demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
+
+# The page test (tests/test_serve_page.py) drives a real headless Chromium: install Debian's when it is missing.
+# Without root or apt it warns, and that test skips saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+		echo "warning: could not install chromium and chromium-driver (needs root and apt): the page test will skip"
 
 install: $(STAMP)
 

@@ -1,4 +1,4 @@
-"""FusionDecoder: identity at initialisation, image gates at zero cut the image off, media masking, causality,
+"""FusionDecoder: identity with the gates at zero, image gates at zero cut the image off, media masking, causality,
 incremental (cached) decoding equals one full pass."""
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ IMAGE_DIM, TEXT_DIM, VOCAB = 16, 24, 50
 
 
 def make_decoder() -> FusionDecoder:
+    """Gates at 0, Flamingo's initialisation (ours defaults to 1: see DecoderConfig.gate_init)."""
     torch.manual_seed(0)
-    return FusionDecoder(DecoderConfig(layers=2, heads=2, head_dim=8, max_len=16), VOCAB, IMAGE_DIM, TEXT_DIM).eval()
+    config = DecoderConfig(layers=2, heads=2, head_dim=8, max_len=16, gate_init=0.0)
+    return FusionDecoder(config, VOCAB, IMAGE_DIM, TEXT_DIM).eval()
 
 
 def open_gates(decoder: FusionDecoder, image: float | None = 0.7) -> None:
@@ -45,7 +47,7 @@ def logits(decoder, inputs, tokens):
 TOKENS = torch.tensor([[1, 7, 9, 4], [1, 3, 3, 8]])
 
 
-def test_gated_cross_attention_block_is_the_identity_at_initialisation():
+def test_gated_cross_attention_block_is_the_identity_with_gates_at_zero():
     decoder = make_decoder()
     memory = decoder.build_memory(**memory_inputs())
     block = decoder.blocks[0]

@@ -114,8 +114,11 @@ def test_processor_refuses_image_count_mismatch_and_a_typed_encode_token(bert_di
 # ------------------------------------------------------------------------------------------------ model behaviour
 
 
-def test_at_initialisation_the_image_has_no_effect(bert_dir):
+def test_image_gates_at_zero_cut_the_image_off(bert_dir):
     model = new_model(bert_dir).eval()
+    for block in model.decoder.blocks:
+        if isinstance(block, GatedCrossAttentionBlock):
+            block.image_gate.data.zero_()
     batch, _ = training_batch(model)
     other = dict(batch, images=torch.rand_like(batch["images"]) * 2 - 1)
     assert torch.equal(logits(model, batch), logits(model, other))

@@ -380,15 +380,98 @@ def classify(
 
 
 @app.command()
-def screen() -> None:
-    """Screen a whole folder of micrographs in batches (classification, captions, measurements) to CSV/JSONL."""
-    _not_built("screen", 7)
+def screen(
+    run: Path = typer.Argument(..., help=_RUN_HELP),
+    folder: Path = typer.Argument(..., help="Folder searched recursively for images (or a CSV manifest)."),
+    out: Path = typer.Option(..., "--out", help="results.csv or results.jsonl: one row per image."),
+    caption: bool = typer.Option(False, "--caption", help="Add a caption per image."),
+    measure: bool = typer.Option(False, "--measure", help="Add the measure teacher's measurements per image."),
+    resume: bool = typer.Option(False, "--resume", help="Continue OUT: keep its rows, screen the images without one."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per forward pass and per fsynced append."),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Screen a whole folder of micrographs in batches (classification, captions, measurements) to CSV/JSONL.
+
+    One row per image: path (relative to FOLDER), top1, confidence (its probability), top5, caption (with
+    --caption), measurements (with --measure) and error (why a file could not be read or measured).
+
+    JSONL: top5 is a list of {label, probability}, measurements an object. CSV: top5 is that list as JSON text,
+    measurements are flat columns measurements.NAME (object_count, diameter_mean_px, area_fraction, ...).
+
+    Rows are appended and fsynced per batch: after a kill, --resume continues without redoing or repeating a row.
+    An existing OUT without --resume is an error.
+    """
+    from maemi.serve.rows import check_table_path
+    from maemi.serve.screen import ScreenConfig, find_images, screen_folder
+
+    try:
+        check_table_path(out, resume)
+        find_images(folder)
+    except (ValueError, FileExistsError) as e:  # DatasetError is a ValueError
+        _fail(str(e))
+    assistant = _load_assistant(run, device, batch_size)
+    config = ScreenConfig(batch_size=batch_size, caption=caption, measure=measure)
+    try:
+        report = screen_folder(assistant, folder, out, config, resume=resume, progress=not quiet)
+    except (ValueError, OSError) as e:  # a damaged OUT, a run without the prompts it needs: each names its file
+        _fail(str(e))
+    typer.echo(f"{out}: {report.written} rows written"
+               + (f", {report.already_done} images already done" if report.already_done else "")
+               + (f", {report.errors} with an error" if report.errors else "")
+               + f"; {report.images} images in {folder}; {report.images_per_second:.1f} images/s "
+               f"(batch {batch_size})")
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    run: Path = typer.Argument(..., help=_RUN_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 opens the server to the network "
+                                                         "(use --api-key-env then)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Name of the environment variable holding "
+                                                                          "the API key; every endpoint but /health "
+                                                                          "then needs 'Authorization: Bearer KEY'."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Most requests sharing one forward pass."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", min=0, help="How long a request waits for others to "
+                                                                        "share its forward pass."),
+    max_queue: int = typer.Option(256, "--max-queue", min=1, help="Waiting requests beyond which it answers 503."),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.001, help="Seconds a request may take before a 504."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest image accepted (MiB)."),
+    shots: int = typer.Option(0, "--shots", min=0, help="Default demonstrations for /v1/classify (0: zero-shot)."),
+    support: Optional[Path] = typer.Option(None, "--support", help="Labelled images for few-shot (class folders or a "
+                                                                   "CSV manifest); default: the run's training "
+                                                                   "images."),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+) -> None:
     """Serve a trained model: local web page, HTTP API and an OpenAI-compatible endpoint."""
-    _not_built("serve", 7)
+    import os
+
+    import uvicorn
+
+    from maemi.serve.app import ServeConfig, create_app, model_name
+    from maemi.serve.batcher import BatcherConfig
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env, "").strip()
+        if not api_key:
+            _fail(f"--api-key-env {api_key_env}: the environment variable {api_key_env} is not set or empty")
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: serving on {host} without an API key: anyone who can reach it can use it "
+                   "(set --api-key-env)", err=True)
+    config = ServeConfig(batcher=BatcherConfig(batch_size, max_wait_ms, max_queue, timeout),
+                         max_upload_mb=max_upload_mb, api_key=api_key, shots=shots,
+                         support=str(support) if support else None, model_name=model_name(run))
+    assistant = _load_assistant(run, device, batch_size)
+    if shots:
+        try:
+            assistant.support_set(config.support, progress=True)  # embedded once, here, so that errors are clear
+        except (ValueError, OSError) as e:  # no labelled images, a run without training records
+            _fail(str(e))
+    typer.echo(f"MAEMI {config.model_name} on http://{host}:{port}/ (API: /v1, OpenAI-compatible: /v1/chat/completions"
+               f"{', API key required' if api_key else ''})", err=True)
+    uvicorn.run(create_app(assistant, config), host=host, port=port, log_level="warning")
 
 
 @app.command()

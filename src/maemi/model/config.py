@@ -72,6 +72,10 @@ class DecoderConfig:
     mlp_ratio: float = 4.0
     max_len: int = 128  # answer positions, <bos> included
     dropout: float = 0.0
+    # Flamingo starts its tanh gates at 0 to keep a pretrained LM intact. Ours is trained from scratch, and at 0 a
+    # gated branch's own weights get no gradient until the gate moves: the image path then opened too late for a
+    # demo-length run (measured). tanh(1) = 0.76: open, and still a learned gate.
+    gate_init: float = 1.0
 
     @property
     def dim(self) -> int:

@@ -2,10 +2,14 @@
 it writes the answer token by token.
 
 Gating. Flamingo's gated cross-attention adds tanh(gate) * attention and tanh(gate) * feed-forward with the gates
-initialised at 0, so at initialisation each block is the identity on the answer stream. Our keys/values are the image
-tokens AND the text encoder's prompt states; a single attention over both would let the image leak through the prompt
-path whatever its gate. So each block has a separate image cross-attention with its own gate: with the image gates at
-0 the output does not depend on the image, whatever the other gates have learnt.
+initialised at 0, so that at initialisation each block is the identity and the pretrained LM is intact. Our decoder is
+trained from scratch, so the gates start open (DecoderConfig.gate_init = 1; 0 gives Flamingo's behaviour). Our
+keys/values are the image tokens AND the text encoder's prompt states; a single attention over both would let the
+image leak through the prompt path whatever its gate. So each block has a separate image cross-attention with its own
+gate: with the image gates at 0 the output does not depend on the image, whatever the other gates have learnt.
+
+Memory normalisation. The projected image tokens and prompt states are layer-normalised, so that both reach the
+answer stream at unit scale from the first step (Flamingo's perceiver resampler also ends in a LayerNorm).
 
 Media masking. open_flamingo lets a text token attend to the images that came before it. Every answer token comes
 after the whole prompt, so every answer token sees all images of its prompt; the mask only removes the padded image
@@ -94,10 +98,11 @@ class GatedCrossAttentionBlock(nn.Module):
         self.prompt_attn = Attention(dim, config.heads, config.head_dim, config.dropout)
         self.ff_norm = nn.LayerNorm(dim)
         self.ff = feed_forward(config)
-        # tanh(0) = 0: the block starts as the identity (Flamingo); each gate still gets a gradient from step one.
-        self.image_gate = nn.Parameter(torch.zeros(1))
-        self.prompt_gate = nn.Parameter(torch.zeros(1))
-        self.ff_gate = nn.Parameter(torch.zeros(1))
+        # gate_init 0: tanh(0) = 0, the block starts as the identity (Flamingo); each gate still gets a gradient from
+        # step one, but the branch behind it does not until the gate has moved.
+        self.image_gate = nn.Parameter(torch.full((1,), config.gate_init))
+        self.prompt_gate = nn.Parameter(torch.full((1,), config.gate_init))
+        self.ff_gate = nn.Parameter(torch.full((1,), config.gate_init))
 
     def keys_values(self, memory: FusionMemory) -> CrossKeysValues:
         image = self.image_attn.keys_values(memory.image_tokens) if memory.image_tokens.shape[1] else None
@@ -162,6 +167,8 @@ class FusionDecoder(nn.Module):
         self.image_proj = nn.Linear(image_dim, dim)
         self.image_marker_proj = nn.Linear(text_dim, dim)  # the <image> token's state: where the image sits
         self.prompt_proj = nn.Linear(text_dim, dim)
+        self.image_memory_norm = nn.LayerNorm(dim)
+        self.prompt_memory_norm = nn.LayerNorm(dim)
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Embedding(config.max_len, dim)
         self.drop = nn.Dropout(config.dropout)
@@ -186,9 +193,9 @@ class FusionDecoder(nn.Module):
         n = image_tokens.shape[2]  # 1 + N tokens per image
         images = self.image_proj(image_tokens) + self.image_marker_proj(image_markers)[:, :, None]  # [B, M, N+1, D]
         return FusionMemory(
-            image_tokens=images.flatten(1, 2),  # [B, M*(N+1), D]
+            image_tokens=self.image_memory_norm(images).flatten(1, 2),  # [B, M*(N+1), D]
             image_mask=image_mask.bool().repeat_interleave(n, dim=1),  # [B, M*(N+1)]
-            prompt_states=self.prompt_proj(prompt_states),
+            prompt_states=self.prompt_memory_norm(self.prompt_proj(prompt_states)),
             prompt_mask=prompt_mask.bool(),
         )
 

@@ -95,8 +95,10 @@ class MAEMI(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ training
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy over the answer tokens (labels != -100) of the batch."""
+    def forward(self, batch: dict[str, torch.Tensor], average: str = "token") -> torch.Tensor:
+        """Cross-entropy of the answer tokens (labels != -100): averaged over the batch's tokens ("token"), or over
+        each sample's tokens and then over samples ("sample": a one-word class label counts as much as a long
+        description, instead of 1/50 of it)."""
         batch = self._to_device(batch)
         labels = batch["labels"]
         empty = ((labels != IGNORE_INDEX).sum(dim=1) == 0).nonzero().flatten().tolist()
@@ -105,7 +107,13 @@ class MAEMI(nn.Module):
                              f"the loss would silently ignore them (LLaVA's loss-0 failure). Check the answer text "
                              f"and how labels are masked.")
         logits = self.decoder(batch["answer_ids"], self.decoder.start(self.encode(batch)))  # [B, L, V]
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        if average == "token":
+            return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        if average != "sample":
+            raise ValueError(f"average must be 'token' or 'sample', got {average!r}")
+        per_token = F.cross_entropy(logits.transpose(1, 2).float(), labels, ignore_index=IGNORE_INDEX,
+                                    reduction="none")  # [B, L], 0 at ignored positions
+        return (per_token.sum(dim=1) / (labels != IGNORE_INDEX).sum(dim=1)).mean()
 
     # ------------------------------------------------------------------------------------------------ inference
 

@@ -60,6 +60,10 @@ class TrainConfig:
     # Optimisation: the paper's recipe.
     lr: float = 1e-3  # Adam
     gate_lr_scale: float = 1.0  # the fusion gates learn at lr * this (see trainer.param_groups)
+    # Loss averaging: "sample" weighs every answer alike; "token" (LLaVA's) lets long descriptions drown the one-word
+    # class answers, and the decoder then learnt the answer templates but not to read the image (measured).
+    loss_average: Literal["sample", "token"] = "sample"
+    classify_repeat: int = 1  # classification examples appear this many times per epoch (oversampling)
     weight_decay: float = 0.0
     batch_size: int = 32  # samples per optimizer step, over all processes
     micro_batch: int = 32  # samples per forward pass; gradients accumulate up to batch_size
@@ -108,6 +112,10 @@ class TrainConfig:
                self.early_stopping_patience, self.lr_patience) < 0 or self.grad_clip < 0:
             raise ConfigError("max_steps, warmstart_epochs, checkpoint_every_steps, num_threads, patience settings "
                               "and grad_clip must not be negative")
+        if self.loss_average not in ("sample", "token"):
+            raise ConfigError(f"loss_average must be sample or token, got {self.loss_average!r}")
+        if self.classify_repeat < 1:
+            raise ConfigError(f"classify_repeat must be at least 1, got {self.classify_repeat}")
         if self.bf16 not in ("auto", "on", "off"):
             raise ConfigError(f"bf16 must be auto, on or off, got {self.bf16!r}")
 

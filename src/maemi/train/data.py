@@ -173,6 +173,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=seeded_generator("order", seed, epoch)).tolist()
 
 
+def epoch_pool(dataset: InstructionDataset, classify_repeat: int) -> list[int]:
+    """The example indices one epoch visits: each once, classification examples `classify_repeat` times. They are
+    2 of ~50 examples per image in the teachers' mixture, yet the only ones whose answer is the image's class alone."""
+    classify = [i for i, example in enumerate(dataset.examples) if example.task == "classify"]
+    return list(range(len(dataset))) + classify * (classify_repeat - 1)
+
+
 def chunks(items: Sequence[int], size: int) -> list[list[int]]:
     return [list(items[i: i + size]) for i in range(0, len(items), size)]
 

@@ -66,7 +66,8 @@ def wrap_ddp(model: nn.Module, env: DistributedEnv, device: torch.device) -> nn.
 
     find_unused_parameters: a DyLoRA step at rank b leaves B columns b..r_max-1 unused. broadcast_buffers=False:
     the frozen int8 text weights are buffers, and re-broadcasting them before every forward would dominate the step
-    (every process already holds the same ones)."""
+    (every process already holds the same ones). So the conv stem's BatchNorm running statistics stay per process,
+    each from its own micro-batches, and rank 0's are the ones saved: close to, not equal to, one process's."""
     if not env.enabled:
         return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,

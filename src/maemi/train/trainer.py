@@ -41,7 +41,8 @@ from maemi.model.lora import dylora_parameters, sample_dylora_rank_, set_dylora_
 from maemi.teachers.records import read_records
 from maemi.train.checkpoint import ResumeError, find_checkpoint, load_checkpoint, save_checkpoint
 from maemi.train.config import ConfigError, TrainConfig
-from maemi.train.data import ImageCache, InstructionDataset, chunks, derived_seed, epoch_order, plan_step
+from maemi.train.data import (ImageCache, InstructionDataset, chunks, derived_seed, epoch_order, epoch_pool,
+                              plan_step)
 from maemi.train.distributed import (DistributedEnv, all_reduce_sum, barrier, init_distributed, shutdown,
                                      wrap_ddp)
 from maemi.train.plots import plot_loss
@@ -130,9 +131,8 @@ def set_train_mode(model: MAEMI, config: TrainConfig) -> None:
 
 def param_groups(named_params: Sequence[tuple[str, torch.nn.Parameter]], config: TrainConfig) -> list[dict]:
     """Adam groups: everything at lr, the fusion gates at lr * gate_lr_scale. Adam moves a parameter by about lr a
-    step whatever its gradient's size, so a tanh gate that starts at 0 needs ~1/lr steps to open: at lr 1e-3 the image
-    gates were still below 0.05 after a demo's few hundred steps and the answers ignored the image (measured). The
-    gates start at 0 all the same, so at initialisation the image still has no effect."""
+    step whatever its gradient's size, so a tanh gate that starts at 0 (Flamingo's gate_init) needs ~1/lr steps to
+    open: at lr 1e-3 the image gates were still below 0.05 after a demo's few hundred steps (measured)."""
     def is_gate(name: str) -> bool:
         return name.rsplit(".", 1)[-1].endswith("_gate")
 
@@ -284,13 +284,15 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
     bf16 = config.use_bf16(device)
     ddp_model = wrap_ddp(model, env, device)
     lora = model.config.text.lora
-    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    pool = epoch_pool(train_set, config.classify_repeat)
+    steps_per_epoch = math.ceil(len(pool) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
     say(f"training {sum(p.numel() for _, p in named_params):,} parameters on {len(train_set)} examples "
-        f"({len(val_set)} val) for up to {config.epochs} epochs of {steps_per_epoch} steps; device {device}, "
-        f"{env.world_size} process(es), bf16 {'on' if bf16 else 'off'}")
+        f"({len(pool)} per epoch with classify_repeat {config.classify_repeat}; {len(val_set)} val) for up to "
+        f"{config.epochs} epochs of {steps_per_epoch} steps; device {device}, {env.world_size} process(es), "
+        f"bf16 {'on' if bf16 else 'off'}")
 
     clock = time.perf_counter()
 
@@ -313,7 +315,7 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
     set_train_mode(model, config)
     while progress.finished is None:
         epoch = progress.epoch
-        steps = chunks(epoch_order(len(train_set), config.seed, epoch), config.batch_size)
+        steps = chunks([pool[i] for i in epoch_order(len(pool), config.seed, epoch)], config.batch_size)
         for step_indices in steps[progress.step_in_epoch:]:
             # ---- one optimizer step
             if lora is not None:
@@ -325,7 +327,7 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
                 last = j == len(plan.micro_batches) - 1
                 with ddp_model.no_sync() if env.enabled and not last else nullcontext():
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                        loss = ddp_model(train_set.batch(indices, epoch))
+                        loss = ddp_model(train_set.batch(indices, epoch), average=config.loss_average)
                     (loss * weight).backward()
                 share += loss.item() * weight / env.world_size
                 tokens += train_set.target_tokens(indices) if weight else 0

@@ -1,0 +1,129 @@
+"""MAEMI's own endpoints: multipart image upload, JSON answer.
+
+POST /v1/ask (image(s) + question [+ context]), /v1/caption, /v1/classify (top-k with probabilities, zero- or
+few-shot), /v1/measure (the measure teacher's numbers) and /v1/preview (a PNG the browser can show, for TIFFs).
+Uploads are decoded in request threads; only model calls go through the batcher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from maemi.data.images import ImageReadError
+from maemi.serve.openai_compat import MAX_IMAGES
+from maemi.serve.uploads import UploadError, upload_as_file, upload_name
+from maemi.teachers.measure import load_for_measuring
+from maemi.teachers.measurements import measure
+from maemi.teachers.remote import image_data_url
+
+router = APIRouter(prefix="/v1", tags=["MAEMI"])
+
+PREVIEW_MAX_SIDE = 1024
+
+
+class AskResponse(BaseModel):
+    answer: str
+    question: str
+    context: str | None = None
+
+
+class CaptionResponse(BaseModel):
+    caption: str
+
+
+class Prediction(BaseModel):
+    label: str
+    probability: float
+
+
+class ClassifyResponse(BaseModel):
+    shots: int
+    predictions: list[Prediction] = Field(description="Most likely first")
+
+
+class MeasureResponse(BaseModel):
+    info_bar_px: int = Field(description="Rows of instrument info bar found at the bottom and left out")
+    measurements: dict[str, float | int | str | None] = Field(
+        description="maemi.teachers.measurements.Measurements: sizes (*_px) in pixels; times nm_per_pixel (when "
+                    "given) in nm")
+
+
+class PreviewResponse(BaseModel):
+    data_url: str = Field(description=f"PNG, longer side at most {PREVIEW_MAX_SIDE} px")
+
+
+async def _tensors(request: Request, uploads: list[UploadFile]) -> list:
+    state = request.app.state.maemi
+    if not 1 <= len(uploads) <= MAX_IMAGES:
+        raise UploadError(400, f"send 1 to {MAX_IMAGES} images, got {len(uploads)}")
+    return [await run_in_threadpool(state.model.image, await u.read(), u.filename, state.config.max_upload_bytes)
+            for u in uploads]
+
+
+@router.post("/ask", response_model=AskResponse, summary="Answer a question about one image (or several together)")
+async def ask(request: Request,
+              image: list[UploadFile] = File(..., description=f"1 to {MAX_IMAGES} micrographs; several are asked "
+                                                                "about together (a comparison)"),
+              question: str = Form(..., min_length=1),
+              context: str | None = Form(None, description="Your description: sample notes, instrument settings")):
+    images = await _tensors(request, image)
+    answer = await request.app.state.maemi.model.ask(images, question, context)
+    return AskResponse(answer=answer.text, question=question, context=context)
+
+
+@router.post("/caption", response_model=CaptionResponse, summary="Caption a micrograph")
+async def caption(request: Request, image: UploadFile = File(...)):
+    (tensor,) = await _tensors(request, [image])
+    return CaptionResponse(caption=(await request.app.state.maemi.model.caption(tensor)).text)
+
+
+@router.post("/classify", response_model=ClassifyResponse, summary="Top-k classes with probabilities")
+async def classify(request: Request, image: UploadFile = File(...),
+                   top_k: int = Form(5, ge=1, le=100),
+                   shots: int | None = Form(None, ge=0, description="0: zero-shot; K: K demonstrations from the "
+                                                                    "support set; default: the server's --shots")):
+    (tensor,) = await _tensors(request, [image])
+    model = request.app.state.maemi.model
+    shots = model.shots if shots is None else shots
+    ranked = await model.classify(tensor, shots, top_k)
+    return ClassifyResponse(shots=shots, predictions=[Prediction(label=c, probability=p) for c, p in ranked])
+
+
+def _measure(data: bytes, name: str | None, max_bytes: int, nm_per_pixel: float | None) -> MeasureResponse:
+    with upload_as_file(data, name, max_bytes) as path:
+        try:
+            grey, info_bar_px, _ = load_for_measuring(path)
+        except ImageReadError as e:
+            raise UploadError(422, f"upload {upload_name(name)}: {e.reason}") from None
+    try:
+        m = measure(grey, nm_per_pixel=nm_per_pixel)
+    except ValueError as e:  # too small, or no finite pixels
+        raise UploadError(422, f"upload {upload_name(name)}: {e}") from None
+    return MeasureResponse(info_bar_px=info_bar_px,
+                           measurements=dataclasses.asdict(m))
+
+
+@router.post("/measure", response_model=MeasureResponse, summary="What the measure teacher measures on the image")
+async def measure_image(request: Request, image: UploadFile = File(...),
+                        nm_per_pixel: float | None = Form(None, gt=0, description="The scale, if known")):
+    config = request.app.state.maemi.config
+    return await run_in_threadpool(_measure, await image.read(), image.filename, config.max_upload_bytes,
+                                   nm_per_pixel)
+
+
+def _preview(data: bytes, name: str | None, max_bytes: int) -> PreviewResponse:
+    with upload_as_file(data, name, max_bytes) as path:
+        try:
+            return PreviewResponse(data_url=image_data_url(path, PREVIEW_MAX_SIDE))
+        except ImageReadError as e:
+            raise UploadError(422, f"upload {upload_name(name)}: {e.reason}") from None
+
+
+@router.post("/preview", response_model=PreviewResponse, summary="A PNG of the image for display (TIFF, 16-bit)")
+async def preview(request: Request, image: UploadFile = File(...)):
+    config = request.app.state.maemi.config
+    return await run_in_threadpool(_preview, await image.read(), image.filename, config.max_upload_bytes)

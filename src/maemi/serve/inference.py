@@ -1,0 +1,88 @@
+"""The Assistant behind the batcher: each request asks for one answer or one ranking, and requests that arrive
+together are run as one Assistant call.
+
+Two kinds of batch: "answer" (any images and prompt, grouped by generation settings: asks, captions and chat
+completions share them) and "classify" (grouped by the number of shots; every class is ranked and each request cuts
+its own top-k).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from maemi.assistant import Assistant, question_prompt
+from maemi.model import GenerationConfig
+from maemi.serve.batcher import Batcher, BatcherConfig
+from maemi.serve.uploads import decode_upload
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int  # with <Encode>, as the model read it
+    completion_tokens: int  # with <eos>
+
+
+class BatchedAssistant:
+    def __init__(self, assistant: Assistant, config: BatcherConfig | None = None, shots: int = 0,
+                 support: str | Path | None = None) -> None:
+        self.assistant, self.shots, self.support = assistant, shots, support
+        self.batcher = Batcher(self._run, config)
+
+    def image(self, data: bytes, name: str | None, max_bytes: int) -> torch.Tensor:
+        """An upload as model input [3, S, S] (UploadError for a bad one). Pure preprocessing: request threads run
+        it, the model thread only runs the model."""
+        return self.assistant.image_tensor(decode_upload(data, name, max_bytes))
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.assistant.model.config.decoder.max_len
+
+    def generation(self, max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                   seed: int | None = None) -> GenerationConfig:
+        """Greedy by default (temperature absent or 0); top-p sampling otherwise. Capped by the decoder's length."""
+        limit = min(max_tokens or self.max_new_tokens, self.max_new_tokens)
+        if not temperature:
+            return GenerationConfig(max_new_tokens=limit)
+        return GenerationConfig(max_new_tokens=limit, strategy="top_p", temperature=temperature,
+                                top_p=1.0 if top_p is None else top_p, seed=seed or 0)
+
+    async def ask(self, images: list[torch.Tensor], question: str, context: str | None = None,
+                  gen: GenerationConfig | None = None) -> Answer:
+        if not question.strip():
+            raise ValueError("the question is empty")
+        prompt = question_prompt(len(images), question.strip(), context)
+        return await self.answer(images, prompt, gen)
+
+    async def caption(self, image: torch.Tensor) -> Answer:
+        return await self.answer([image], question_prompt(1, str(self.assistant.run_value("caption_prompt")).strip()))
+
+    async def answer(self, images: list[torch.Tensor], prompt: str, gen: GenerationConfig | None = None) -> Answer:
+        gen = gen or self.generation()
+        return await self.batcher.submit(("answer", dataclasses.astuple(gen)), (images, prompt))
+
+    async def classify(self, image: torch.Tensor, shots: int | None = None, top_k: int = 5) -> list[tuple[str, float]]:
+        shots = self.shots if shots is None else shots
+        if shots < 0:
+            raise ValueError(f"shots must be 0 (zero-shot) or more, got {shots}")
+        ranked = await self.batcher.submit(("classify", shots), image)
+        return ranked[:top_k]
+
+    def _run(self, key: Hashable, items: list[Any]) -> list[Any]:
+        kind, arg = key
+        if kind == "answer":
+            gen = GenerationConfig(*arg)
+            texts = self.assistant.answer(items, gen)
+            processor = self.assistant.model.processor
+            return [Answer(text, len(processor.encode_text(prompt, num_images=len(images))["prompt_ids"]),
+                           min(len(processor.vocab.encode(text)) + 1, gen.max_new_tokens))
+                    for (images, prompt), text in zip(items, texts)]
+        if kind == "classify":
+            return self.assistant.classify(items, shots=arg, support=self.support, top_k=None)
+        raise ValueError(f"unknown batch kind {kind!r}")

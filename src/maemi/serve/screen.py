@@ -1,0 +1,138 @@
+"""Screening a folder (`maemi screen`): every micrograph under it classified, and optionally captioned and measured, in
+batches, one row per image in a CSV or JSONL table that a killed run continues with `resume=True`.
+
+Images are found as datasets are (maemi.data.datasets.scan_dataset: every image suffix, recursively, folders starting
+with `_` or `.` skipped, sorted by path; a CSV manifest works too); each row's `path` is relative to the folder and is
+the key that resume skips on. Inference is the Assistant's (zero-shot classification over the run's classes, the
+run's caption question); measurements are the measure teacher's (maemi.teachers.measurements.measure on the image
+above its info bar, with the scale from metadata.jsonl when the folder has one).
+
+Row: path, top1, confidence (its probability), top5 ([{label, probability}], most likely first), caption (with
+caption), measurements (with measure: the Measurements fields), error (why a file could not be read or measured;
+empty otherwise). An unreadable file gets a row with its error and the rest go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from maemi.assistant import Assistant
+from maemi.data.datasets import DatasetError, Sample, scan_dataset
+from maemi.data.images import IMAGE_EXTENSIONS, ImageReadError, load_model_input
+from maemi.serve.rows import RowWriter
+from maemi.teachers.measure import load_for_measuring
+from maemi.teachers.measurements import Measurements, measure
+
+TOP_K = 5
+MEASUREMENT_FIELDS = [f.name for f in dataclasses.fields(Measurements)]
+
+
+@dataclass
+class ScreenConfig:
+    batch_size: int = 16  # images per forward pass, and per append + fsync of the output
+    caption: bool = False
+    measure: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class ScreenReport:
+    images: int  # found under the folder
+    already_done: int  # images that had a row in the output before this run (resume)
+    written: int  # rows this run appended
+    errors: int  # of those, rows with an error
+    seconds: float  # wall time of this run's screening loop (the model already loaded)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+
+def screen_columns(config: ScreenConfig) -> list[str]:
+    """The table's columns; CSV spells the measurements as flat `measurements.<field>` columns."""
+    columns = ["path", "top1", "confidence", "top5"]
+    if config.caption:
+        columns.append("caption")
+    if config.measure:
+        columns += [f"measurements.{name}" for name in MEASUREMENT_FIELDS]
+    return columns + ["error"]
+
+
+def find_images(folder: str | os.PathLike) -> list[Sample]:
+    """Every image under the folder (or listed by a CSV manifest), sorted by path; DatasetError when there is none."""
+    samples = scan_dataset(folder)
+    if not samples:
+        raise DatasetError(f"{folder}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+    return samples
+
+
+def measure_sample(sample: Sample) -> dict:
+    """The measure teacher's measurements of one image, as a JSON-ready dict (sizes in px; nm_per_pixel when known)."""
+    grey, _, _ = load_for_measuring(sample.path, sample.metadata.get("info_bar_height_px"))
+    nm = sample.metadata.get("nm_per_pixel")
+    return dataclasses.asdict(measure(grey, nm_per_pixel=float(nm) if nm else None))
+
+
+def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConfig) -> list[dict]:
+    """One row per sample, in order."""
+    columns = dict.fromkeys(c.partition(".")[0] for c in screen_columns(config))
+    rows = [{**columns, "path": s.relpath} for s in samples]
+    readable, tensors = [], []
+    for sample, row in zip(samples, rows):
+        try:
+            # Read here, not through assistant.image_tensor: its cache is for a server seeing the same files again.
+            tensors.append(load_model_input(sample.path, assistant.image_config))
+            readable.append((sample, row))
+        except ImageReadError as e:
+            row["error"] = e.reason
+    if not tensors:
+        return rows
+    ranked = assistant.classify(tensors, top_k=TOP_K)
+    captions = assistant.caption(tensors) if config.caption else [None] * len(tensors)
+    for (sample, row), top, caption in zip(readable, ranked, captions):
+        row.update(top1=top[0][0], confidence=round(top[0][1], 6),
+                   top5=[{"label": label, "probability": round(p, 6)} for label, p in top])
+        if config.caption:
+            row["caption"] = caption
+        if config.measure:
+            try:
+                row["measurements"] = measure_sample(sample)
+            except ValueError as e:  # ImageReadError, or an image too small to measure
+                row["error"] = f"measurements: {e.reason if isinstance(e, ImageReadError) else e}"
+    return rows
+
+
+def screen_folder(assistant: Assistant, folder: str | os.PathLike, out: str | os.PathLike,
+                  config: ScreenConfig | None = None, resume: bool = False, progress: bool = True) -> ScreenReport:
+    """Screen every image under `folder` into `out` (.csv or .jsonl). An existing `out` is an error unless `resume`,
+    which keeps its rows, drops a torn last one and screens only the images without a row."""
+    config = config or ScreenConfig()
+    samples = find_images(folder)
+    for key in ("classes", "classify_prompt") + (("caption_prompt",) if config.caption else ()):
+        assistant.run_value(key)  # a RunError now, before the output is created
+    with RowWriter(Path(out), screen_columns(config), key="path", resume=resume) as writer:
+        done = writer.done()
+        todo = [s for s in samples if s.relpath not in done]
+        written = errors = 0
+        bar = tqdm(total=len(todo), desc="screen", unit="img", disable=not progress)
+        start = time.perf_counter()
+        for begin in range(0, len(todo), config.batch_size):
+            rows = screen_batch(assistant, todo[begin: begin + config.batch_size], config)
+            written += writer.write(rows)
+            errors += sum(row["error"] is not None for row in rows)
+            bar.update(len(rows))
+            if errors:
+                bar.set_postfix(errors=errors)
+        seconds = time.perf_counter() - start
+        bar.close()
+    return ScreenReport(images=len(samples), already_done=len(samples) - len(todo), written=written, errors=errors,
+                        seconds=seconds)

@@ -1,0 +1,115 @@
+"""Uploaded images: from request bytes (a multipart file or a base64 data: URL) to pixels, with the limits a server
+needs. Nothing a client sends is used as a path.
+
+- Size: an upload over the limit is refused (413) before decoding.
+- Format: the first bytes must be a PNG, JPEG, BMP or TIFF signature (415 otherwise); the client's file name is only
+  quoted in messages, never trusted for the format.
+- Decoding: the package's one loader (`maemi.data.images.load_image`), so uploads get exactly the handling files get
+  (16-bit stretch, EXIF orientation, grey detection) and its refusals (decompression bombs, truncated data), as 422.
+  The loader reads paths only, so the bytes go to a private temporary file that the server names, in RAM
+  (/dev/shm) where the system has it, removed as soon as it is read.
+
+References: the data: URL scheme (RFC 2397); OpenAI's vision input ("image_url" parts with base64 data URLs).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from maemi.data.images import ImageReadError, load_image
+
+# The file signatures of the formats the loader reads (Pillow's and tifffile's own checks, done before writing).
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": ".png",
+    b"\xff\xd8\xff": ".jpg",
+    b"BM": ".bmp",
+    b"II*\x00": ".tif", b"MM\x00*": ".tif", b"II+\x00": ".tif", b"MM\x00+": ".tif",  # TIFF and BigTIFF
+}
+_RAM_DIR = Path("/dev/shm")
+
+
+class UploadError(ValueError):
+    """A request's image that cannot be used; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+def upload_name(name: str | None) -> str:
+    """How a client's file name is quoted in messages: short and printable (it is never a path to us)."""
+    name = (name or "upload").strip() or "upload"
+    return repr(name[:80] + ("..." if len(name) > 80 else ""))
+
+
+def image_suffix(data: bytes, name: str | None) -> str:
+    """The loader's suffix for the bytes' format, from their signature; UploadError 415 if none matches."""
+    for signature, suffix in _SIGNATURES.items():
+        if data.startswith(signature):
+            return suffix
+    raise UploadError(415, f"upload {upload_name(name)}: not a PNG, JPEG, BMP or TIFF image (its first bytes are "
+                           f"{data[:8]!r})")
+
+
+def check_upload(data: bytes, name: str | None, max_bytes: int) -> str:
+    """Size and format checks; returns the suffix the bytes will be decoded as."""
+    if not data:
+        raise UploadError(400, f"upload {upload_name(name)}: empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise UploadError(413, f"upload {upload_name(name)}: {len(data) / 2**20:.1f} MiB is over the server's limit of "
+                               f"{max_bytes / 2**20:.1f} MiB (maemi serve --max-upload-mb)")
+    return image_suffix(data, name)
+
+
+@contextmanager
+def upload_as_file(data: bytes, name: str | None, max_bytes: int) -> Iterator[Path]:
+    """The checked bytes in a temporary file named by us (in RAM where possible), removed on exit."""
+    suffix = check_upload(data, name, max_bytes)
+    folder = _RAM_DIR if _RAM_DIR.is_dir() and os.access(_RAM_DIR, os.W_OK) else None
+    fd, path = tempfile.mkstemp(prefix="maemi-upload-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield Path(path)
+    finally:
+        Path(path).unlink(missing_ok=True)
+
+
+def read_upload(path: Path, name: str | None) -> np.ndarray:
+    """load_image on an upload's file; its refusals become UploadError 422 naming the upload, not our temp file."""
+    try:
+        return load_image(path)
+    except ImageReadError as e:
+        raise UploadError(422, f"upload {upload_name(name)}: {e.reason}") from None
+
+
+def decode_upload(data: bytes, name: str | None, max_bytes: int) -> np.ndarray:
+    """float32 pixels in [0, 1], (H, W) or (H, W, 3), as load_image returns them."""
+    with upload_as_file(data, name, max_bytes) as path:
+        return read_upload(path, name)
+
+
+def data_url_bytes(url: str, what: str) -> bytes:
+    """The bytes of a base64 data: URL. Web URLs and file paths are refused: the server fetches and opens nothing."""
+    url = url.strip()
+    if url.lower().startswith(("http://", "https://", "ftp://")):
+        raise UploadError(400, f"{what}: MAEMI does not fetch images from URLs ({url[:60]!r}); send the image inline "
+                               "as a base64 data URL, data:image/png;base64,...")
+    if not url.lower().startswith("data:"):
+        raise UploadError(400, f"{what}: {url[:60]!r} is not a data URL; file paths and other references are not "
+                               "read: send the image inline as data:image/png;base64,...")
+    header, comma, payload = url.partition(",")
+    if not comma or not header.lower().endswith(";base64"):
+        raise UploadError(400, f"{what}: expected a base64 data URL, data:<type>;base64,<data>, got {header[:60]!r}")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadError(400, f"{what}: the data URL's payload is not valid base64") from None

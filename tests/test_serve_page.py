@@ -1,0 +1,144 @@
+"""The web page of `maemi serve` in a real headless Chromium, against a real `maemi serve` process on the tiny run of
+test_assistant with an API key: enter the key, pick a micrograph, see it, its caption, its top classes as bars and
+its measurements, ask a question in the chat and get the Assistant's answer; a 16-bit TIFF is previewed through the
+server; a file that is not an image gets the server's message on the page.
+
+Chromium and chromedriver come from Debian (`make test` installs them: see the Makefile's browser target); the test
+skips, saying so, only where they are not installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from maemi.assistant import Assistant
+from test_assistant import BRIGHT_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
+from tiny_text_models import one_thread  # noqa: F401
+
+KEY = "page-test-key"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("Chromium and chromedriver are not installed; `make test` installs them with apt-get (Debian "
+                    "packages chromium and chromium-driver), which needs root and a reachable apt repository")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def served(tiny, tmp_path_factory):
+    """`maemi serve` as its own process on a free port, with an API key; its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "maemi.cli", "serve", str(tiny["run"]), "--port", str(port), "--device", "cpu",
+             "--api-key-env", "MAEMI_PAGE_TEST_KEY"],
+            env={**os.environ, "MAEMI_PAGE_TEST_KEY": KEY}, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"maemi serve did not come up:\n{log.read_text()}")
+        time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def assistant(tiny):
+    return Assistant.load(tiny["run"], device="cpu")
+
+
+def wait_for(driver, condition, what: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S).until(lambda d: condition(d), message=f"page never showed {what}")
+
+
+def open_page_with_key(driver, url: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    driver.get(url + "/")
+    wait_for(driver, lambda d: d.find_element(By.ID, "auth").is_displayed(), "the API key field")
+    key = driver.find_element(By.ID, "key")
+    key.clear()  # the page keeps the key for the browser session
+    key.send_keys(KEY, Keys.TAB)  # TAB: the change event stores it
+
+
+def test_page_shows_caption_classes_measurements_and_answers_a_question(browser, served, tiny, assistant):
+    from selenium.webdriver.common.by import By
+
+    image = sorted(tiny["images"].rglob("*.png"))[0]
+    open_page_with_key(browser, served)
+    browser.find_element(By.ID, "file").send_keys(str(image))
+
+    caption = assistant.caption(image)[0]
+    wait_for(browser, lambda d: d.find_element(By.ID, "caption").text == caption, f"the caption {caption!r}")
+    ranked = [label for label, _ in assistant.classify(image)[0]]
+    rows = wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#classes .bar-row"), "the class bars")
+    assert [row.find_element(By.CLASS_NAME, "label").text for row in rows] == ranked
+    widths = [float(row.find_element(By.CSS_SELECTOR, ".bar > div").get_attribute("style").split(":")[1].strip(" %;"))
+              for row in rows]
+    assert widths == sorted(widths, reverse=True) and sum(widths) == pytest.approx(100, abs=0.3)
+    table = wait_for(browser, lambda d: "object count" in d.find_element(By.ID, "measurements").text and
+                     d.find_element(By.ID, "measurements"), "the measurements")
+    assert "info bar left out" in table.text
+    assert browser.execute_script("return document.getElementById('preview').naturalWidth") == 40
+
+    browser.find_element(By.ID, "question").send_keys(BRIGHT_Q)
+    browser.find_element(By.ID, "ask").click()
+    answer = assistant.ask(image, BRIGHT_Q)[0]
+    wait_for(browser, lambda d: [m.text for m in d.find_elements(By.CSS_SELECTOR, ".msg.assistant")] == [answer],
+             f"the answer {answer!r}")
+    assert [m.text for m in browser.find_elements(By.CSS_SELECTOR, ".msg.user")] == [BRIGHT_Q]
+
+
+def test_page_previews_a_16_bit_tiff_and_reports_a_bad_file(browser, served, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    tiff = tmp_path / "deep.tif"
+    Image.fromarray((np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)).save(tiff)
+    open_page_with_key(browser, served)
+    browser.find_element(By.ID, "file").send_keys(str(tiff))
+    wait_for(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('preview'); return i.src.startsWith('data:image/png') && i.naturalWidth"
+    ) == 64, "the server-rendered preview of the TIFF")
+
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("these are notes, not a micrograph")
+    browser.find_element(By.ID, "file").send_keys(str(not_image))
+    wait_for(browser, lambda d: "415" in d.find_element(By.ID, "caption").text and
+             "not a PNG, JPEG, BMP or TIFF" in d.find_element(By.ID, "caption").text, "the server's refusal")
