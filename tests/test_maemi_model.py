@@ -136,6 +136,18 @@ def test_a_sample_without_target_tokens_is_an_error(bert_dir):
         model(batch)
 
 
+def test_loss_averages_over_tokens_or_over_samples(bert_dir):
+    model = new_model(bert_dir).eval()
+    batch, _ = training_batch(model)
+    with torch.no_grad():
+        per_sample = [model({key: value[i:i + 1] for key, value in batch.items()}) for i in range(3)]
+        tokens = (batch["labels"] != IGNORE_INDEX).sum(dim=1)
+        torch.testing.assert_close(model(batch, average="sample"), torch.stack(per_sample).mean())
+        torch.testing.assert_close(model(batch), (torch.stack(per_sample) * tokens).sum() / tokens.sum())
+    with pytest.raises(ValueError, match="average"):
+        model(batch, average="batch")
+
+
 def test_score_is_the_answer_log_likelihood(bert_dir):
     model = new_model(bert_dir).eval()
     batch, answers = training_batch(model)

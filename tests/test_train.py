@@ -3,6 +3,7 @@ the run folder, records that must be skipped, --init with frozen parts, and the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from maemi.cli import app
 from maemi.model import MAEMI, VisionConfig, VisionEncoder
 from maemi.teachers.records import make_record
 from maemi.train.config import AugmentConfig, ConfigError, TrainConfig, load_train_config
-from maemi.train.data import ImageCache, InstructionDataset, augment_image, epoch_order, plan_step, seeded_generator
+from maemi.train.data import (ImageCache, InstructionDataset, augment_image, epoch_order, epoch_pool, plan_step,
+                              seeded_generator)
 from maemi.train.distributed import DistributedEnv
 from maemi.train.trainer import train, validation_loss
 from maemi.train.warmstart import image_labels, warm_start_vision
@@ -241,6 +243,12 @@ def test_unusable_records_are_reported_and_skipped(tiny):
     batch = dataset.batch([0, 1], epoch=0)
     assert batch["images"].shape == (2, 1, 3, 32, 32) and (batch["labels"] != -100).sum(1).min() > 0
 
+    tasks = [example.task for example in dataset.examples]
+    assert sorted(tasks) == ["caption", "classify"]
+    pool = epoch_pool(dataset, classify_repeat=3)  # every example once, the classification one 3 times
+    assert sorted(pool) == sorted([0, 1] + [tasks.index("classify")] * 2)
+    assert epoch_pool(dataset, classify_repeat=1) == [0, 1]
+
 
 # ------------------------------------------------------------------------------------------------ training
 
@@ -345,14 +353,19 @@ def test_max_steps_stops_mid_epoch_with_a_validated_model(tiny, tmp_path):
     assert MAEMI.from_pretrained(tmp_path / "run").config.vision.stem == "conv"
 
 
-def test_gates_learn_at_their_own_rate(tiny, tmp_path):
-    """Adam's first step moves every parameter with a gradient by about its group's lr: the gates by lr * scale."""
-    out = tmp_path / "gates"
+def test_gates_and_vision_learn_at_their_own_rates(tiny, tmp_path):
+    """Adam's first step moves every parameter with a gradient by about its group's lr: the gates by lr * 50, the
+    vision encoder (after its warm start) not at all with vision_lr_scale 0, the decoder by lr."""
     config = load_train_config(tiny.config, ["--max_steps=1", "--lr=1e-3", "--gate_lr_scale=50", "--grad_clip=0",
-                                             "--augment.flips=false"])
+                                             "--augment.flips=false", "--warmstart_epochs=0", "--vision_lr_scale=0"])
     torch.manual_seed(0)
-    train(config, tiny.train, None, tiny.images, out)
-    after = load_file(out / "model.safetensors")
-    start = config.model.decoder.gate_init
+    train(config, tiny.train, None, tiny.images, tmp_path / "run")
+    torch.manual_seed(0)
+    train(dataclasses.replace(config, lr=1e-30), tiny.train, None, tiny.images, tmp_path / "before")  # the start
+    before, after = (load_file(tmp_path / name / "model.safetensors") for name in ("before", "run"))
     gates = [k for k in after if k.endswith("_gate")]
-    assert gates and all(abs(after[k].item() - start) == pytest.approx(0.05, rel=0.01) for k in gates)
+    assert gates and all((after[k] - before[k]).abs().item() == pytest.approx(0.05, rel=0.01) for k in gates)
+    vision = [k for k in after if k.startswith("vision.")]  # BatchNorm statistics included: it runs in eval mode
+    assert vision and all(torch.equal(after[k], before[k]) for k in vision)
+    lm_head = (after["decoder.lm_head.weight"] - before["decoder.lm_head.weight"]).abs()
+    assert lm_head.max().item() == pytest.approx(1e-3, rel=0.05)

@@ -123,23 +123,25 @@ def set_train_mode(model: MAEMI, config: TrainConfig) -> None:
     """Train mode, except frozen parts: they run as at inference (BatchNorm statistics of a frozen conv stem must not
     drift, and a frozen part's dropout would only add noise)."""
     model.train()
-    if not config.train_vision:
+    if not config.train_vision or config.vision_lr_scale == 0:
         model.vision.eval()
     if not config.train_decoder:
         model.decoder.eval()
 
 
 def param_groups(named_params: Sequence[tuple[str, torch.nn.Parameter]], config: TrainConfig) -> list[dict]:
-    """Adam groups: everything at lr, the fusion gates at lr * gate_lr_scale. Adam moves a parameter by about lr a
-    step whatever its gradient's size, so a tanh gate that starts at 0 (Flamingo's gate_init) needs ~1/lr steps to
-    open: at lr 1e-3 the image gates were still below 0.05 after a demo's few hundred steps (measured)."""
-    def is_gate(name: str) -> bool:
-        return name.rsplit(".", 1)[-1].endswith("_gate")
+    """Adam groups: everything at lr, the fusion gates at lr * gate_lr_scale, the vision encoder at lr *
+    vision_lr_scale. Adam moves a parameter by about lr a step whatever its gradient's size, so a tanh gate that starts
+    at 0 (Flamingo's gate_init) needs ~1/lr steps to open: at lr 1e-3 the image gates were still below 0.05 after a
+    demo's few hundred steps (measured)."""
+    def scale(name: str) -> float:
+        if name.rsplit(".", 1)[-1].endswith("_gate"):
+            return config.gate_lr_scale
+        return config.vision_lr_scale if name.startswith("vision.") else 1.0
 
-    groups = [{"params": [p for name, p in named_params if not is_gate(name)], "lr": config.lr}]  # group 0: logged
-    gates = [p for name, p in named_params if is_gate(name)]
-    if gates:
-        groups.append({"params": gates, "lr": config.lr * config.gate_lr_scale})
+    groups = [{"params": [p for name, p in named_params if scale(name) == 1.0], "lr": config.lr}]  # group 0: logged
+    for factor in sorted({scale(name) for name, _ in named_params} - {1.0}):
+        groups.append({"params": [p for name, p in named_params if scale(name) == factor], "lr": config.lr * factor})
     return groups
 
 
@@ -260,6 +262,8 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
         progress = Progress(**load_checkpoint(checkpoint, optimizer, scheduler, param_names, generators))
     elif config.warmstart_epochs and config.train_vision:
         warmstart_rows = warm_start_vision(model.vision, train_records, val_records, cache, config, device, say)
+    if config.vision_lr_scale == 0:
+        model.vision.requires_grad_(False)  # kept as warm-started: no backward through it (Adam skips a None grad)
 
     out.mkdir(parents=True, exist_ok=True)
     info = run_info(train_records, config, images_root, data, val, init)
