@@ -177,19 +177,20 @@ def run_info(records: Sequence[dict], config: TrainConfig, images_root: Path, da
 @torch.no_grad()
 def validation_loss(model: MAEMI, val_set: InstructionDataset, config: TrainConfig, env: DistributedEnv,
                     device: torch.device, bf16: bool) -> float:
-    """Mean cross-entropy per answer token over the whole validation set (each process takes a shard)."""
+    """The training loss (averaged as config.loss_average says: per answer token, or per answer) over the whole
+    validation set, each process taking a shard; early stopping and loss.png then compare like with like."""
     model.eval()
     if model.config.text.lora is not None:
         set_dylora_rank_(model.text.model, model.config.text.lora.r_max)
-    total, tokens = 0.0, 0
+    total, count = 0.0, 0
     for indices in chunks(range(env.rank, len(val_set), env.world_size), config.micro_batch):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(val_set.batch(indices, epoch=0))
-        n = val_set.target_tokens(indices)
-        total, tokens = total + loss.item() * n, tokens + n
-    total, tokens = all_reduce_sum([total, tokens], env, device)
+            loss = model(val_set.batch(indices, epoch=0), average=config.loss_average)
+        n = val_set.target_tokens(indices) if config.loss_average == "token" else len(indices)
+        total, count = total + loss.item() * n, count + n
+    total, count = all_reduce_sum([total, count], env, device)
     set_train_mode(model, config)
-    return total / tokens
+    return total / count
 
 
 def prepare_out_dir(out: Path, resume: bool) -> Path | None:
