@@ -153,6 +153,18 @@ class DecoderCache:
     self_kv: list[tuple[torch.Tensor, torch.Tensor] | None]  # one per SelfAttentionBlock
     length: int = 0  # answer positions seen so far
 
+    def repeat_each(self, n: int) -> DecoderCache:
+        """Each sample n times in a row ([B] -> [B*n]), before any answer token: candidate answers to score, or beams.
+        The cross-attention keys/values are projected once per sample and copied, not projected n times."""
+        if self.length:
+            raise ValueError("repeat_each: the cache already holds answer positions")
+
+        def rep(kv: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+            return None if kv is None else (kv[0].repeat_interleave(n, dim=0), kv[1].repeat_interleave(n, dim=0))
+
+        cross = [CrossKeysValues(rep(c.image), rep(c.prompt)) for c in self.cross]
+        return DecoderCache(self.memory.repeat_each(n), cross, list(self.self_kv))
+
     def reorder(self, index: torch.Tensor) -> None:
         """Beam search: row i continues row index[i]. Rows stay within their sample, so the cross keys/values
         (the same for every beam of a sample) need no reordering."""

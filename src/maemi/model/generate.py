@@ -95,15 +95,15 @@ def beam_search(decoder: FusionDecoder, memory: FusionMemory, bos_id: int, eos_i
     beams = config.num_beams
     batch = memory.prompt_states.shape[0]
     device = memory.prompt_states.device
-    memory = memory.repeat_each(beams)  # rows b*beams ... b*beams + beams-1 belong to sample b
-    cache = decoder.start(memory)
+    cache = decoder.start(memory).repeat_each(beams)  # rows b*beams ... b*beams + beams-1 belong to sample b
     tokens = torch.full((batch * beams, 1), bos_id, dtype=torch.long, device=device)
     scores = torch.zeros(batch, beams, device=device)
     scores[:, 1:] = float("-inf")  # all beams start equal: expand only the first, or the top-k would be duplicates
     finished = torch.zeros(batch * beams, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch * beams, device=device)  # generated tokens, <eos> included
     for _ in range(max_new):
-        log_probs = F.log_softmax(next_token_logits(decoder, memory, tokens, cache, config.use_cache), dim=-1)
+        log_probs = F.log_softmax(next_token_logits(decoder, cache.memory, tokens, cache, config.use_cache),
+                                  dim=-1)
         vocab = log_probs.shape[-1]
         log_probs[finished] = float("-inf")
         log_probs[finished, pad_id] = 0.0

@@ -134,14 +134,14 @@ class MAEMI(nn.Module):
         classification ranks class names by it. Sums over tokens: divide by lengths to compare per token."""
         if not candidates:
             raise ValueError("score: no candidate answers")
-        memory = self.encode(self._to_device(batch)).repeat_each(len(candidates))  # [B*C]: sample b, candidate c
+        cache = self.decoder.start(self.encode(self._to_device(batch))).repeat_each(len(candidates))  # [B*C]
         vocab = self.vocab
         ids = [vocab.encode(text) for text in candidates]
         inputs = pad_stack([torch.tensor([vocab.bos_id] + row) for row in ids], vocab.pad_id)  # [C, L]
         labels = pad_stack([torch.tensor(row + [vocab.eos_id]) for row in ids], IGNORE_INDEX)
-        batch_size = memory.prompt_states.shape[0] // len(candidates)
+        batch_size = cache.memory.prompt_states.shape[0] // len(candidates)  # row b*C + c: sample b, candidate c
         inputs, labels = inputs.repeat(batch_size, 1).to(self.device), labels.repeat(batch_size, 1).to(self.device)
-        log_probs = F.log_softmax(self.decoder(inputs, self.decoder.start(memory)).float(), dim=-1)  # [B*C, L, V]
+        log_probs = F.log_softmax(self.decoder(inputs, cache).float(), dim=-1)  # [B*C, L, V]
         token_log_probs = log_probs.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)  # [B*C, L]
         return (token_log_probs * (labels != IGNORE_INDEX)).sum(-1).reshape(batch_size, len(candidates))
 

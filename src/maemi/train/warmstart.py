@@ -93,28 +93,37 @@ def warm_start_vision(vision: VisionEncoder, train_records: Sequence[dict], val_
     steps = config.warmstart_epochs * -(-len(train_items) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
 
-    def accuracy(items: list[tuple[str, int]]) -> float:
-        return label_accuracy(vision, head, items, cache, device, config.micro_batch)
+    # bf16 autocast where the instruction tuning uses it: 21 instead of 32 s per NEU epoch on this CPU (measured).
+    bf16 = config.use_bf16(device)
 
-    rows = [{"phase": "warmstart", "epoch": 0, "train_acc": accuracy(train_items), "val_acc": accuracy(val_items)}]
+    def accuracy(items: list[tuple[str, int]]) -> float:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return label_accuracy(vision, head, items, cache, device, config.micro_batch)
+
+    rows = [{"phase": "warmstart", "epoch": 0, "val_acc": accuracy(val_items)}]
     log(f"warm start: {len(train_items)} labelled images, {len(classes)} classes, {len(val_items)} val images; "
-        f"before: val accuracy {rows[0]['val_acc']:.3f}")
+        f"before: val accuracy {rows[0]['val_acc']:.3f}; bf16 {'on' if bf16 else 'off'}")
     vision.train()
     for epoch in range(1, config.warmstart_epochs + 1):
         order = torch.randperm(len(train_items), generator=seeded_generator("warmstart-order", config.seed, epoch))
-        total, seen = 0.0, 0
+        total, correct, seen = 0.0, 0, 0
         for batch in chunks(order.tolist(), batch_size):
             images = torch.stack([augment_image(cache.get(train_items[i][0]), config.augment,
                                                 seeded_generator("warmstart", config.seed, epoch, i))
                                   for i in batch]).to(device)  # [B, 3, S, S]
             targets = torch.tensor([train_items[i][1] for i in batch], device=device)
-            loss = F.cross_entropy(head(vision(images)[1]), targets, label_smoothing=0.1)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = head(vision(images)[1])
+            loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             total, seen = total + loss.item() * len(batch), seen + len(batch)
-        row = {"phase": "warmstart", "epoch": epoch, "train_loss": total / seen, "train_acc": accuracy(train_items),
+            correct += int((logits.argmax(-1) == targets).sum())
+        # Training accuracy as the epoch saw it (augmented images, weights moving): a second pass over the training
+        # images only for this figure cost a third of the warm start's time.
+        row = {"phase": "warmstart", "epoch": epoch, "train_loss": total / seen, "train_acc": correct / seen,
                "val_acc": accuracy(val_items)}
         rows.append(row)
         log(f"warm start epoch {epoch}/{config.warmstart_epochs}: loss {row['train_loss']:.4f}, "
