@@ -34,10 +34,12 @@ import os
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from finetune_memory import RESULTS, machine_info  # the same machine record as the fine-tuning benchmark
@@ -65,6 +67,38 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, repeats: int) 
     a @ b
     best = min(timed(lambda: a @ b, device) for _ in range(repeats))
     return 2 * n**3 / best
+
+
+class MatmulShapes(TorchDispatchMode):
+    """Records the (m, k, n, dtype, batch) of every matrix product run under it, with how often each occurs."""
+
+    OPS = {torch.ops.aten.mm.default: (0, 1), torch.ops.aten.addmm.default: (1, 2),
+           torch.ops.aten.bmm.default: (0, 1), torch.ops.aten.baddbmm.default: (1, 2)}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            a, b = (args[i] for i in self.OPS[func])
+            batch = a.shape[0] if a.ndim == 3 else 1
+            self.counts[(batch, a.shape[-2], a.shape[-1], b.shape[-1], a.dtype)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def matmul_ceiling(shapes: Counter, device: torch.device, repeats: int = 3) -> dict:
+    """Each recorded product timed alone on random data (best of `repeats`): their FLOPs over their summed times is
+    the rate the step's matrix products reach at their own sizes, a ceiling for its MFU that excludes every other op."""
+    flops = seconds = 0.0
+    for (batch, m, k, n, dtype), count in shapes.items():
+        a = torch.randn(batch, m, k, device=device).to(dtype)
+        b = torch.randn(batch, k, n, device=device).to(dtype)
+        torch.bmm(a, b)
+        best = min(timed(lambda: torch.bmm(a, b), device) for _ in range(repeats))
+        flops, seconds = flops + count * 2 * batch * m * k * n, seconds + count * best
+    return {"products": sum(shapes.values()), "distinct_shapes": len(shapes), "flops": flops, "seconds": seconds,
+            "flops_per_s": flops / seconds if seconds else 0.0}
 
 
 def demo_corpus(root: Path, per_class: int) -> tuple[Path, list[dict], Path]:
@@ -102,7 +136,7 @@ def main() -> None:
     from maemi.model.lora import sample_dylora_rank_
     from maemi.train.config import load_train_config
     from maemi.train.data import ImageCache, InstructionDataset, chunks
-    from maemi.train.trainer import param_groups, run_info, select_trainable
+    from maemi.train.trainer import keep_vision_fixed, param_groups, run_info, select_trainable, set_train_mode
 
     quick = args.quick
     per_class = args.per_class or (2 if quick else 4)
@@ -137,12 +171,13 @@ def main() -> None:
         named = select_trainable(model, config)
         params = [p for _, p in named]
         optimizer = torch.optim.Adam(param_groups(named, config), lr=config.lr)
+        keep_vision_fixed(model, config)  # as `maemi train` does after the warm start
         rank_generator = torch.Generator().manual_seed(config.seed)
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
         step_batches = chunks((order * (1 + (steps + 2) * config.batch_size // len(order)))[: (steps + 2)
                                                                                             * config.batch_size],
                               config.batch_size)
-        model.train()
+        set_train_mode(model, config)
 
         def forward_backward(indices: list[int]) -> None:
             sample_dylora_rank_(model.text.model, rank_generator)
@@ -162,6 +197,10 @@ def main() -> None:
             forward_backward(step_batches[1])
         optimizer.zero_grad(set_to_none=True)
         step_flops = counter.get_total_flops()
+        with MatmulShapes() as recorder:
+            forward_backward(step_batches[1])
+        optimizer.zero_grad(set_to_none=True)
+        ceiling = matmul_ceiling(recorder.counts, device)
         step_seconds = [timed(lambda b=b: train_step(b), device) for b in step_batches[2:]]
         compute = torch.bfloat16 if bf16 else torch.float32
         n = 4096 if device.type == "cuda" else 2048
@@ -171,13 +210,17 @@ def main() -> None:
         achieved = step_flops / seconds
         result["training"] = {
             "config": "demo", "batch_size": config.batch_size, "micro_batch": config.micro_batch, "bf16": bf16,
-            "trainable_params": sum(p.numel() for p in params),
+            "trainable_params": sum(p.numel() for p in params if p.requires_grad),
             "params": sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers()),
             "steps": len(step_seconds), "step_seconds": step_seconds, "s_per_step": seconds,
             "samples_per_s": config.batch_size / seconds, "flops_per_step": step_flops,
             "achieved_flops": achieved, "matmul_peak_flops": peaks, "matmul_n": n,
             "mfu": achieved / peaks[str(compute).removeprefix("torch.")], "mfu_vs_fp32_peak": achieved / peaks["float32"],
             "compute_dtype": str(compute).removeprefix("torch."),
+            # The step's own matrix products timed alone: what the matmuls reach at the model's sizes.
+            "matmul_ceiling": ceiling,
+            "matmul_ceiling_mfu": ceiling["flops_per_s"] / peaks[str(compute).removeprefix("torch.")],
+            "matmul_share_of_step": ceiling["seconds"] / seconds,
         }
         print(f"training: {result['training']['samples_per_s']:.1f} samples/s, {achieved / 1e9:.1f} GFLOP/s, "
               f"MFU {result['training']['mfu']:.1%} of the {result['training']['compute_dtype']} matmul peak "
@@ -249,6 +292,17 @@ def main() -> None:
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
+def ceiling_lines(t: dict) -> list[str]:
+    c = t.get("matmul_ceiling")
+    if not c:
+        return []
+    return [f"What bounds the MFU: the step's {c['products']:,} matrix products ({c['distinct_shapes']} distinct "
+            f"shapes, {c['flops'] / 1e9:,.0f} GFLOP), each timed alone at its own size, run at "
+            f"{c['flops_per_s'] / 1e9:,.1f} GFLOP/s, {t['matmul_ceiling_mfu']:.1%} of the peak; together they take "
+            f"{t['matmul_share_of_step']:.0%} of the step, the rest being elementwise work, normalisation, attention, "
+            "convolutions, int8 dequantisation, batch assembly and the optimizer.", ""]
+
+
 def markdown(result: dict, batch: int) -> str:
     m, t, r = result["machine"], result["training"], result["ratios"]
     peaks = ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in t["matmul_peak_flops"].items())
@@ -267,6 +321,7 @@ def markdown(result: dict, batch: int) -> str:
              f"| {t['samples_per_s']:.1f} | {t['s_per_step']:.2f} | {t['flops_per_step'] / 1e9:,.0f} | "
              f"{t['achieved_flops'] / 1e9:,.1f} | {peaks} (n={t['matmul_n']}) | {t['mfu']:.1%} ({t['compute_dtype']}) "
              f"| {t['mfu_vs_fp32_peak']:.1%} |", "",
+             *ceiling_lines(t),
              "## Inference", "",
              "| task | batch | KV cache | images/s | tokens/s |", "|---|---:|---|---:|---:|"]
     for row in result["inference"]:

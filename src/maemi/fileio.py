@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader (or a run killed midway) sees the old file or the new one, never half of one."""
+"""Atomic file writes: a reader (or a run killed midway) sees the old file or the new one, never half of one. And the
+two primitives of append-only files that a run resumes (instruction records, screening tables): append durably, and
+cut a torn last line off after a kill."""
 
 from __future__ import annotations
 
@@ -38,3 +40,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def append_durably(fd: int, data: bytes) -> None:
+    """Write all of `data` to the file open (O_APPEND) as `fd`, then fsync: once this returns, the lines are on disk."""
+    view = memoryview(data)
+    while view:  # os.write may write less than asked (rare on regular files); finish the rest
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def truncate_file(path: str | os.PathLike, size: int) -> None:
+    """Cut `path` to its first `size` bytes, durably (a torn last line left by a run killed mid-write)."""
+    with open(path, "r+b") as f:
+        f.truncate(size)
+        f.flush()
+        os.fsync(f.fileno())

@@ -21,6 +21,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from maemi.fileio import append_durably, truncate_file
+
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 
 
@@ -119,10 +121,7 @@ class RowWriter:
                        for row in rows).encode("utf-8")
 
     def _append(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:  # os.write may write less than asked (rare on regular files); finish the rest
-            view = view[os.write(self._fd, view):]
-        os.fsync(self._fd)
+        append_durably(self._fd, data)
 
     # -------------------------------------------------------------------------------------------------- resuming
 
@@ -132,10 +131,7 @@ class RowWriter:
         lines, _ = _lines(data)
         keys, keep = self._read_csv(lines) if self.format == "csv" else self._read_jsonl(lines)
         if keep < len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
+            truncate_file(self.path, keep)
         return set(keys)
 
     def _read_csv(self, lines: list[bytes]) -> tuple[list[str], int]:

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from maemi.fileio import append_durably, truncate_file
 from maemi.teachers.questions import LENGTHS, TASKS
 
 IMAGE_TOKEN = "<image>"
@@ -170,11 +171,7 @@ class RecordWriter:
         data = self.path.read_bytes()
         if data.endswith(b"\n"):
             return
-        keep = data.rfind(b"\n") + 1  # 0 when the only line is partial
-        with open(self.path, "r+b") as f:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
+        truncate_file(self.path, data.rfind(b"\n") + 1)  # 0 when the only line is partial
 
     def done_keys(self) -> set[str]:
         """Ids of the records already in the file (including those written by this writer)."""
@@ -192,9 +189,5 @@ class RecordWriter:
                 self._done.add(rec["id"])
         if not new:
             return 0
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new).encode("utf-8")
-        view = memoryview(data)
-        while view:  # os.write may write less than asked (rare on regular files); finish the rest
-            view = view[os.write(self._fd, view):]
-        os.fsync(self._fd)
+        append_durably(self._fd, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new).encode("utf-8"))
         return len(new)

@@ -119,6 +119,13 @@ def select_trainable(model: MAEMI, config: TrainConfig) -> list[tuple[str, torch
     return named
 
 
+def keep_vision_fixed(model: MAEMI, config: TrainConfig) -> None:
+    """With vision_lr_scale 0 the (warm-started) ViT stays as it is during instruction tuning: no gradient, so no
+    backward through it (Adam skips a parameter whose grad is None)."""
+    if config.vision_lr_scale == 0:
+        model.vision.requires_grad_(False)
+
+
 def set_train_mode(model: MAEMI, config: TrainConfig) -> None:
     """Train mode, except frozen parts: they run as at inference (BatchNorm statistics of a frozen conv stem must not
     drift, and a frozen part's dropout would only add noise)."""
@@ -263,8 +270,7 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
         progress = Progress(**load_checkpoint(checkpoint, optimizer, scheduler, param_names, generators))
     elif config.warmstart_epochs and config.train_vision:
         warmstart_rows = warm_start_vision(model.vision, train_records, val_records, cache, config, device, say)
-    if config.vision_lr_scale == 0:
-        model.vision.requires_grad_(False)  # kept as warm-started: no backward through it (Adam skips a None grad)
+    keep_vision_fixed(model, config)
 
     out.mkdir(parents=True, exist_ok=True)
     info = run_info(train_records, config, images_root, data, val, init)
