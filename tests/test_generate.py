@@ -90,3 +90,20 @@ def test_generation_stops_at_eos(model):
             for name, p in decoder.named_parameters():
                 p.copy_(saved[name])
     assert answers == ["", "", "", ""] and len(calls) == 1  # one step, then every row had ended
+
+
+def ngrams(row: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(row[i:i + n]) for i in range(len(row) - n + 1)]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_no_repeat_ngram_size_bans_repeated_ngrams(model, strategy):
+    batch = samples(model)
+    plain = model.generate_ids(model.processor.collate(batch), GenerationConfig(max_new_tokens=40, strategy=strategy))
+    # the random tiny decoder loops: some answer repeats a bigram, so the ban has something to change
+    assert any(len(set(ngrams(row, 2))) < len(ngrams(row, 2)) for row in plain)
+    banned = model.generate_ids(model.processor.collate(batch),
+                                GenerationConfig(max_new_tokens=40, strategy=strategy, no_repeat_ngram_size=2))
+    for row in banned:  # <bos> counts as part of the answer's history; the answer itself has no bigram twice
+        assert len(set(ngrams(row, 2))) == len(ngrams(row, 2)), row
+    assert banned != plain

@@ -6,7 +6,9 @@ slower, and the reference the cache is tested against. All rows start with <bos>
 left padding: a finished row keeps emitting <pad>, which no other row ever sees.
 
 References: Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration" (top-p); nanoGPT's generate();
-Hugging Face transformers' beam search (length penalty on finished hypotheses).
+Hugging Face transformers' beam search (length penalty on finished hypotheses) and its NoRepeatNGramLogitsProcessor
+(used as it is), which keeps a small model's greedy answers from looping ("All sizes below are nm. All sizes below are
+nm.").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from maemi.model.fusion import DecoderCache, FusionDecoder, FusionMemory
 
@@ -30,22 +33,29 @@ class GenerationConfig:
     temperature: float = 1.0
     seed: int = 0  # top_p: same seed, same answers
     use_cache: bool = True
+    no_repeat_ngram_size: int = 0  # > 0: a token that would repeat an n-gram already in the answer is never chosen
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "beam", "top_p"):
             raise ValueError(f"generation strategy must be greedy, beam or top_p, got {self.strategy!r}")
         if self.max_new_tokens < 1 or self.num_beams < 1:
             raise ValueError("max_new_tokens and num_beams must be at least 1")
+        if self.no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be 0 (off) or more, got {self.no_repeat_ngram_size}")
         if not 0.0 < self.top_p <= 1.0 or self.temperature <= 0:
             raise ValueError(f"need 0 < top_p <= 1 and temperature > 0, got {self.top_p}, {self.temperature}")
 
 
 def next_token_logits(decoder: FusionDecoder, memory: FusionMemory, tokens: torch.Tensor,
-                      cache: DecoderCache, use_cache: bool) -> torch.Tensor:
-    """Logits [B, V] for the position after tokens [B, t]."""
-    if use_cache:
-        return decoder(tokens[:, -1:], cache)[:, -1].float()
-    return decoder(tokens, decoder.start(memory))[:, -1].float()
+                      cache: DecoderCache, config: GenerationConfig) -> torch.Tensor:
+    """Logits [B, V] for the position after tokens [B, t] (<bos> first), repeated n-grams banned if asked."""
+    if config.use_cache:
+        logits = decoder(tokens[:, -1:], cache)[:, -1].float()
+    else:
+        logits = decoder(tokens, decoder.start(memory))[:, -1].float()
+    if config.no_repeat_ngram_size:
+        logits = NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size)(tokens, logits)
+    return logits
 
 
 def sample_top_p(logits: torch.Tensor, top_p: float, generator: torch.Generator) -> torch.Tensor:
@@ -75,7 +85,7 @@ def generate_ids(decoder: FusionDecoder, memory: FusionMemory, bos_id: int, eos_
     cache = decoder.start(memory)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     for _ in range(max_new):
-        logits = next_token_logits(decoder, memory, tokens, cache, config.use_cache)
+        logits = next_token_logits(decoder, memory, tokens, cache, config)
         if config.strategy == "greedy":
             token = logits.argmax(-1)
         else:
@@ -102,8 +112,7 @@ def beam_search(decoder: FusionDecoder, memory: FusionMemory, bos_id: int, eos_i
     finished = torch.zeros(batch * beams, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch * beams, device=device)  # generated tokens, <eos> included
     for _ in range(max_new):
-        log_probs = F.log_softmax(next_token_logits(decoder, cache.memory, tokens, cache, config.use_cache),
-                                  dim=-1)
+        log_probs = F.log_softmax(next_token_logits(decoder, cache.memory, tokens, cache, config), dim=-1)
         vocab = log_probs.shape[-1]
         log_probs[finished] = float("-inf")
         log_probs[finished, pad_id] = 0.0
