@@ -17,6 +17,15 @@ def test_paper_sized_input_gives_49_patch_tokens_and_a_cls_embedding(stem):
     assert torch.isfinite(patches).all() and torch.isfinite(cls).all()
 
 
+def test_conv_stem_stages_can_hold_extra_stride_1_convs():
+    config = VisionConfig(image_size=128, patch_size=16, stem="conv", stem_layers=4, stem_stage_convs=2, dim=32)
+    encoder = VisionEncoder(config).eval()
+    convs = [m for m in encoder.patch_embed if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride[0] for c in convs] == [2, 1, 2, 1, 2, 1, 2, 1, 1]  # 4 stages of 2, then the 1x1 projection
+    patches, cls = encoder(torch.rand(2, 3, 128, 128) * 2 - 1)
+    assert patches.shape == (2, 64, 32) and cls.shape == (2, 32)
+
+
 def changed_tokens(config: VisionConfig) -> tuple[set[tuple[int, int]], bool]:
     """Perturb the pixels of patch (0, 0) only; return which patch tokens changed and whether cls changed."""
     torch.manual_seed(0)
@@ -56,3 +65,5 @@ def test_inconsistent_config_is_refused():
         VisionConfig(image_size=224, patch_size=30)
     with pytest.raises(ValueError, match="conv stem"):
         VisionConfig(patch_size=32, stem="conv", stem_layers=6)
+    with pytest.raises(ValueError, match="stem_stage_convs"):
+        VisionConfig(stem="conv", stem_stage_convs=0)

@@ -32,6 +32,7 @@ class VisionConfig:
     # (Xiao et al. 2021; measured on NEU-SDD in ../shared/notes/dependencies.md).
     stem: Literal["patch", "conv"] = "patch"
     stem_layers: int = 3  # stride-2 convs of the "conv" stem; patch_size must be divisible by 2**stem_layers
+    stem_stage_convs: int = 1  # 3x3 convs per stem stage: the stride-2 one, then stride-1 ones at that resolution
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
@@ -41,6 +42,8 @@ class VisionConfig:
             raise ValueError(f"vision: dim {self.dim} is not divisible by heads {self.heads}")
         if self.stem not in ("patch", "conv"):
             raise ValueError(f"vision: stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem_stage_convs < 1:
+            raise ValueError(f"vision: stem_stage_convs must be at least 1, got {self.stem_stage_convs}")
         if self.stem == "conv" and (self.stem_layers < 1 or self.patch_size % 2**self.stem_layers):
             raise ValueError(f"vision: the conv stem needs patch_size ({self.patch_size}) divisible by "
                              f"2**stem_layers ({2**self.stem_layers})")

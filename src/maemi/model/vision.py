@@ -25,14 +25,16 @@ def local_window_mask(grid_size: int, window: int) -> torch.Tensor:
 
 
 def conv_stem(config: VisionConfig) -> nn.Sequential:
-    """stem_layers stride-2 3x3 conv + BatchNorm + ReLU, widening towards dim, then a strided conv to the patch grid."""
+    """stem_layers stages, each a stride-2 3x3 conv (+ stem_stage_convs - 1 stride-1 ones) with BatchNorm and ReLU,
+    widening towards dim, then a strided conv to the patch grid."""
     layers: list[nn.Module] = []
     channels = config.channels
     for i in range(config.stem_layers):
         width = max(config.dim // 2 ** (config.stem_layers - 1 - i), 8)  # e.g. 16, 32, 64 for dim 64
-        layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
-                   nn.ReLU(inplace=True)]
-        channels = width
+        for j in range(config.stem_stage_convs):
+            layers += [nn.Conv2d(channels, width, 3, stride=2 if j == 0 else 1, padding=1, bias=False),
+                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            channels = width
     kernel = config.patch_size // 2**config.stem_layers  # what is left of the patch after the stride-2 convs
     layers.append(nn.Conv2d(channels, config.dim, kernel, stride=kernel))
     return nn.Sequential(*layers)
