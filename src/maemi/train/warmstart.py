@@ -102,7 +102,7 @@ def warm_start_vision(vision: VisionEncoder, train_records: Sequence[dict], val_
 
     rows = [{"phase": "warmstart", "epoch": 0, "val_acc": accuracy(val_items)}]
     log(f"warm start: {len(train_items)} labelled images, {len(classes)} classes, {len(val_items)} val images; "
-        f"before: val accuracy {rows[0]['val_acc']:.3f}; bf16 {'on' if bf16 else 'off'}")
+        + (f"before: val accuracy {rows[0]['val_acc']:.3f}; " if val_items else "") + f"bf16 {'on' if bf16 else 'off'}")
     vision.train()
     for epoch in range(1, config.warmstart_epochs + 1):
         order = torch.randperm(len(train_items), generator=seeded_generator("warmstart-order", config.seed, epoch))
@@ -127,5 +127,5 @@ def warm_start_vision(vision: VisionEncoder, train_records: Sequence[dict], val_
                "val_acc": accuracy(val_items)}
         rows.append(row)
         log(f"warm start epoch {epoch}/{config.warmstart_epochs}: loss {row['train_loss']:.4f}, "
-            f"train accuracy {row['train_acc']:.3f}, val accuracy {row['val_acc']:.3f}")
+            f"train accuracy {row['train_acc']:.3f}" + (f", val accuracy {row['val_acc']:.3f}" if val_items else ""))
     return rows
