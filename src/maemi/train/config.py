@@ -132,6 +132,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def vision_fixed(self) -> bool:
+        """Whether the ViT stays as it is during instruction tuning (not trained, or warm-started then kept)."""
+        return not self.train_vision or self.vision_lr_scale == 0
+
     def use_bf16(self, device: torch.device) -> bool:
         if self.bf16 != "auto":
             return self.bf16 == "on"

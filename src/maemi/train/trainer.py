@@ -120,9 +120,9 @@ def select_trainable(model: MAEMI, config: TrainConfig) -> list[tuple[str, torch
 
 
 def keep_vision_fixed(model: MAEMI, config: TrainConfig) -> None:
-    """With vision_lr_scale 0 the (warm-started) ViT stays as it is during instruction tuning: no gradient, so no
-    backward through it (Adam skips a parameter whose grad is None)."""
-    if config.vision_lr_scale == 0:
+    """A fixed ViT (config.vision_fixed) gets no gradient, so no backward runs through it (and Adam skips a parameter
+    whose grad is None)."""
+    if config.vision_fixed:
         model.vision.requires_grad_(False)
 
 
@@ -130,7 +130,7 @@ def set_train_mode(model: MAEMI, config: TrainConfig) -> None:
     """Train mode, except frozen parts: they run as at inference (BatchNorm statistics of a frozen conv stem must not
     drift, and a frozen part's dropout would only add noise)."""
     model.train()
-    if not config.train_vision or config.vision_lr_scale == 0:
+    if config.vision_fixed:
         model.vision.eval()
     if not config.train_decoder:
         model.decoder.eval()

@@ -55,9 +55,9 @@ def _readable(labels: dict[str, str], cache: ImageCache) -> list[tuple[str, str]
 
 @torch.no_grad()
 def label_accuracy(vision: VisionEncoder, head: nn.Linear, items: Sequence[tuple[str, int]], cache: ImageCache,
-                   device: torch.device, batch_size: int) -> float:
+                   device: torch.device, batch_size: int) -> float | None:
     if not items:
-        return float("nan")
+        return None  # no figure (JSON null in metrics.jsonl, not NaN)
     was_training = vision.training
     vision.eval()
     correct = 0
