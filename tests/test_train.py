@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,6 +161,8 @@ def test_config_file_then_flags(tiny, tmp_path):
     (["--lr=fast"], "config.lr: expected float, got 'fast'"),
     (["--augment.flips=maybe"], "config.augment.flips: expected bool"),
     (["--bf16=always"], "expected one of ['auto', 'on', 'off']"),
+    (["--lr_schedule=linear"], "expected one of ['plateau', 'cosine']"),
+    (["--warmup_steps=-1"], "warmup_steps"),
     (["--micro_batch=64"], "micro_batch 64 is larger than batch_size 32"),
     (["--lr.x=1"], "config.lr: expected float, got {'x': '1'}"),
     (["--epochs"], "--epochs needs a value"),
@@ -323,7 +326,7 @@ def test_warm_start_learns_the_labels(tiny):
     assert len(image_labels(train_records)) == 6
     torch.manual_seed(0)
     vision = VisionEncoder(VisionConfig(image_size=32, patch_size=8, dim=16, heads=2, local_depth=1, global_depth=1))
-    config = TrainConfig(warmstart_epochs=12, warmstart_lr=1e-2, batch_size=6, micro_batch=6)
+    config = TrainConfig(warmstart_epochs=12, warmstart_lr=1e-2, warmstart_batch_size=6)
     rows = warm_start_vision(vision, train_records, val_records, ImageCache(tiny.images, 32), config,
                              torch.device("cpu"), log=lambda message: None)
     assert len(rows) == 13 and rows[0]["epoch"] == 0
@@ -342,6 +345,17 @@ def test_plateau_halves_the_learning_rate_then_stops_early(tiny, tmp_path):
     assert epochs[0]["val_loss"] == epochs[1]["val_loss"] == epochs[2]["val_loss"]
     assert [r["lr"] for r in epochs] == pytest.approx([1e-30, 5e-31, 2.5e-31])  # halved after each bad epoch
     assert [r["best"] for r in epochs] == [True, False, False]
+
+
+def test_cosine_schedule_warms_up_then_decays_within_the_run(tiny, tmp_path):
+    config = load_train_config(tiny.config, ["--epochs=2", "--lr=1e-3", "--lr_schedule=cosine", "--warmup_steps=2",
+                                             "--log_every=1", "--warmstart_epochs=0"])
+    result = train(config, tiny.train, tiny.val, tiny.images, tmp_path / "run", log=lambda message: None)
+    assert result["steps"] == 6
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run") if r["kind"] == "step"]  # the lr each step used
+    # transformers' linear warm-up from 0 over 2 steps, then half a cosine over the 4 left: 1, cos^2(pi/8), 1/2, ...
+    expected = [0.0, 0.5, 1.0, (1 + math.cos(math.pi / 4)) / 2, 0.5, (1 + math.cos(3 * math.pi / 4)) / 2]
+    assert lrs == pytest.approx([1e-3 * x for x in expected])
 
 
 def test_max_steps_stops_mid_epoch_with_a_validated_model(tiny, tmp_path):

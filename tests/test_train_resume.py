@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -38,13 +39,15 @@ def without_timing(rows: list[dict]) -> list[dict]:
     return [{key: value for key, value in row.items() if key != "samples_per_s"} for row in rows]
 
 
-def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])  # the scheduler's state resumes too
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path, schedule):
     tiny = make_tiny_inputs(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    uninterrupted = subprocess.Popen(train_command(tiny, straight), env=env, stdout=subprocess.DEVNULL,
+    flags = [f"--lr_schedule={schedule}", "--warmup_steps=3"]
+    uninterrupted = subprocess.Popen(train_command(tiny, straight, *flags), env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(train_command(tiny, killed), env=env, stdout=subprocess.DEVNULL,
+    victim = subprocess.Popen(train_command(tiny, killed, *flags), env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while (checkpoint_step(killed) or 0) < 4 and victim.poll() is None and time.monotonic() < deadline:
@@ -54,7 +57,7 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     at_kill = checkpoint_step(killed)
     assert at_kill is not None and 4 <= at_kill < EPOCHS * STEPS_PER_EPOCH, "the kill must land mid-run"
 
-    resumed = subprocess.run(train_command(tiny, killed, "--resume"), env=env, capture_output=True, text=True)
+    resumed = subprocess.run(train_command(tiny, killed, *flags, "--resume"), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {killed / 'checkpoints/last'}" in resumed.stdout
     _, errors = uninterrupted.communicate(timeout=120)
@@ -73,7 +76,7 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     best = [json.loads((run / "run.json").read_text())["best"] for run in (killed, straight)]
     assert best[0] == best[1] and best[0]["epoch"] is not None
 
-    again = subprocess.run(train_command(tiny, killed, "--resume"), env=env, capture_output=True, text=True)
+    again = subprocess.run(train_command(tiny, killed, *flags, "--resume"), env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "training already finished (epochs); nothing to do" in again.stdout
 
 

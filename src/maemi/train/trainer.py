@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.model import MAEMI, AnswerVocab
@@ -260,8 +261,16 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
     named_params = select_trainable(model, config)
     param_names = [name for name, _ in named_params]
     optimizer = torch.optim.Adam(param_groups(named_params, config), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.lr_factor,
-                                                           patience=config.lr_patience)
+    pool = epoch_pool(train_set, config.classify_repeat)
+    steps_per_epoch = math.ceil(len(pool) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    if config.lr_schedule == "cosine":  # stepped after every optimizer step
+        scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, total_steps)
+    else:  # stepped on each validation
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.lr_factor,
+                                                               patience=config.lr_patience)
     rank_generator = torch.Generator().manual_seed(derived_seed("dylora", config.seed))
     generators = {"dylora": rank_generator}
     progress = Progress()
@@ -295,11 +304,6 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
     bf16 = config.use_bf16(device)
     ddp_model = wrap_ddp(model, env, device)
     lora = model.config.text.lora
-    pool = epoch_pool(train_set, config.classify_repeat)
-    steps_per_epoch = math.ceil(len(pool) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps:
-        total_steps = min(total_steps, config.max_steps)
     say(f"training {sum(p.numel() for _, p in named_params):,} parameters on {len(train_set)} examples "
         f"({len(pool)} per epoch with classify_repeat {config.classify_repeat}; {len(val_set)} val) for up to "
         f"{config.epochs} epochs of {steps_per_epoch} steps; device {device}, {env.world_size} process(es), "
@@ -344,8 +348,11 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
                 tokens += train_set.target_tokens(indices) if weight else 0
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_([p for _, p in named_params], config.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]  # this step's (a cosine schedule moves it after the step)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)  # None, not zero: unused DyLoRA columns must get no Adam update
+            if config.lr_schedule == "cosine":
+                scheduler.step()
             step_loss, tokens = all_reduce_sum([share, tokens], env, device)
 
             n = len(step_indices)
@@ -358,7 +365,6 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
             progress.epoch_samples += n
             progress.window_loss_sum += step_loss * n
             progress.window_samples += n
-            lr = optimizer.param_groups[0]["lr"]
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}",
                             samples_per_s=f"{session_samples / (time.perf_counter() - session_started):.1f}")
@@ -385,7 +391,8 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
         val_loss = validation_loss(model, val_set, config, env, device, bf16) if has_val and validate else None
         if validate:
             monitored = val_loss if has_val else train_loss
-            scheduler.step(monitored)
+            if config.lr_schedule == "plateau":
+                scheduler.step(monitored)
             improved = progress.best_val_loss is None or monitored < progress.best_val_loss
             if improved:
                 progress.best_val_loss, progress.best_epoch, progress.bad_validations = monitored, progress.epoch, 0

@@ -87,7 +87,7 @@ def warm_start_vision(vision: VisionEncoder, train_records: Sequence[dict], val_
     head = nn.Linear(vision.config.dim, len(classes)).to(device)
     params = [p for p in vision.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=config.warmstart_lr)
-    batch_size = min(config.batch_size, len(train_items))
+    batch_size = min(config.warmstart_batch_size, len(train_items))
     # Cosine decay to zero over the warm start: a ViT trained from scratch on a few hundred images at a constant lr
     # keeps jumping between solutions (measured on the demo corpus); annealing lets it settle.
     steps = config.warmstart_epochs * -(-len(train_items) // batch_size)
