@@ -260,7 +260,10 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
 
     named_params = select_trainable(model, config)
     param_names = [name for name, _ in named_params]
-    optimizer = torch.optim.Adam(param_groups(named_params, config), lr=config.lr, weight_decay=config.weight_decay)
+    # Fused Adam: one kernel over all parameters. DyLoRA keeps B as one tensor per rank slice (~600 small tensors for
+    # MiniLM), and the per-tensor loop of the default CPU implementation cost ~20 ms a step against ~4 (measured).
+    optimizer = torch.optim.Adam(param_groups(named_params, config), lr=config.lr, weight_decay=config.weight_decay,
+                                 fused=device.type in ("cpu", "cuda"))
     pool = epoch_pool(train_set, config.classify_repeat)
     steps_per_epoch = math.ceil(len(pool) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
