@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 
 import pytest
@@ -292,3 +293,19 @@ def test_bf16_autocast_on_cpu(base_kind: str) -> None:
         y_bf16 = adapter(x)
     y_fp32 = adapter(x)
     assert ((y_bf16.float() - y_fp32).norm() / y_fp32.norm()) < 0.02  # bf16 rounding: 2^-9 per value
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5])
+def test_dropout_mask_keeps_one_minus_p_and_is_fixed_by_its_seed(p: float) -> None:
+    shape = torch.Size([64, 50, 33])  # not a multiple of the four draws per random word
+    mask = dropout_mask(shape, p, 7, torch.device("cpu"))
+    assert mask.shape == shape and mask.dtype == torch.bool
+    n = mask.numel()
+    # Within 5 standard deviations of a Bernoulli(1 - p) mean; a wrong threshold or a stuck bit would be far outside.
+    assert abs(mask.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    # Independent along the last axis too (the four draws of one random word land side by side there).
+    flat = mask.flatten().float()
+    neighbours = (flat[:-1] * flat[1:]).mean().item()
+    assert abs(neighbours - (1 - p) ** 2) < 5 * math.sqrt(2 * (1 - p) ** 2 / n)
+    assert torch.equal(mask, dropout_mask(shape, p, 7, torch.device("cpu")))
+    assert not torch.equal(mask, dropout_mask(shape, p, 8, torch.device("cpu")))

@@ -59,11 +59,19 @@ class DyLoRAFAConfig:
 
 
 def dropout_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -> torch.Tensor:
-    """Bernoulli keep-mask (True = keep) drawn from a generator seeded with `seed`: the backward redraws the same mask
-    from the seed instead of saving an input-sized mask."""
+    """Bernoulli keep-mask (True = keep, probability 1 - p with p rounded to a multiple of 2**-16) drawn from a
+    generator seeded with `seed`: the backward redraws the same mask from the seed instead of saving an input-sized
+    mask.
+
+    Four 16-bit uniforms are cut from each random 64-bit word: on a CPU the generator makes one number per call, and
+    `torch.rand` (one per element) made the adapters' dropout ~20% of a MiniLM training step; this draws the mask in
+    less than half the time (measured)."""
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    return torch.rand(shape, generator=generator, device=device) >= p
+    n = math.prod(shape)
+    words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), generator=generator, device=device, dtype=torch.int64)
+    uniform16 = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
+    return uniform16 >= round(p * 65536) - 32768  # P(keep) = 1 - round(p * 65536) / 65536
 
 
 class DyLoRAFAFunction(torch.autograd.Function):
