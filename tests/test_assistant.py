@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from maemi.assistant import Assistant, RunError, question_prompt
+from maemi.assistant import DIHEDRAL_VIEWS, Assistant, RunError, dihedral_view, question_prompt
 from maemi.teachers.records import few_shot_prompt
 from maemi.cli import app
 from maemi.data.datasets import scan_dataset
@@ -193,6 +193,42 @@ def test_zero_shot_probabilities_over_the_classes(tiny, assistant):
     assert len(top2) == 1 and [label for label, _ in top2[0]] == [label for label, _ in ranked[0][:2]]
 
 
+def test_dihedral_views_are_the_eight_symmetries_of_the_square():
+    image = torch.arange(2 * 3 * 3, dtype=torch.float32).view(2, 3, 3)  # no symmetry of its own
+    views = [dihedral_view(image, k) for k in range(DIHEDRAL_VIEWS)]
+    assert torch.equal(views[0], image)
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8  # all different
+    for v in views:  # each a rearrangement of the pixels within each channel, the channels kept apart
+        assert v.shape == image.shape and torch.equal(v[0].flatten().sort().values, image[0].flatten())
+    # closed under composition: a view of a view is a view
+    names = {tuple(v.flatten().tolist()) for v in views}
+    assert all(tuple(dihedral_view(v, k).flatten().tolist()) in names for v in views for k in range(8))
+    with pytest.raises(ValueError, match="view must be in"):
+        dihedral_view(image, 8)
+
+
+def test_classify_with_views_averages_the_class_log_probabilities_of_the_views(tiny, assistant):
+    test = paths(tiny, tiny["test"])
+    model, processor = assistant.model, assistant.model.processor
+    candidates = [assistant.class_answer(c) for c in assistant.classes]
+    prompt = question_prompt(1, CLASSIFY_Q)
+    expected = []
+    for path in test:
+        image = assistant.image_tensor(path)
+        batch = processor.collate([processor([dihedral_view(image, k)], prompt) for k in range(4)])
+        expected.append(model.score(batch, candidates).log_softmax(-1).mean(0).softmax(-1))
+    ranked = assistant.classify(test, top_k=None, views=4)
+    for row, probs in zip(ranked, expected):
+        assert dict(row) == pytest.approx(dict(zip(assistant.classes, probs.tolist())), abs=1e-5)
+    # the views are not all alike, so the average differs from the single view
+    single = assistant.classify(test, top_k=None)
+    assert any(dict(a) != pytest.approx(dict(b), abs=1e-4) for a, b in zip(ranked, single))
+    few = assistant.classify(test, shots=2, top_k=None, views=8)
+    assert all(sum(p for _, p in row) == pytest.approx(1.0, abs=1e-5) for row in few)
+    with pytest.raises(ValueError, match="views must be between 1 and 8"):
+        assistant.classify(test, views=9)
+
+
 def test_few_shot_puts_the_most_similar_support_image_last(tiny, assistant, tmp_path):
     support = tmp_path / "support"
     for rel in tiny["train"]:
@@ -262,6 +298,10 @@ def test_cli_ask_caption_classify(tiny):
     (row,) = json.loads(result.stdout)
     assert row["image"] == str(train[0]) and row["shots"] == 0 and len(row["predictions"]) == 2
     assert row["predictions"][0]["label"] == labels[0]
+    result = invoke("classify", run, train[0], "--views", "8", "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["views"] == 8 and row["predictions"][0]["label"] == labels[0]
 
     result = invoke("classify", run, train[0], train[4], "--shots", "2")
     assert result.exit_code == 0, result.output

@@ -99,3 +99,20 @@ def test_eval_sample_draws_a_seeded_subset_for_generation_only(tiny, tmp_path):
     assert first["zero_shot"]["n"] == 3  # classification still sees every labelled test image
     assert (tmp_path / "a" / "answers.jsonl").read_text() == (tmp_path / "b" / "answers.jsonl").read_text()
     assert first["generation"]["overall"] == again["generation"]["overall"]
+
+
+def test_eval_views_adds_test_time_augmented_classification(tiny, tmp_path):
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", str(tiny["run"]), "--data", str(tiny["test_data"]), "--out", str(out),
+                                      "--sample", "2", "--shots", "2", "--views", "8", "--quiet", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "zero-shot, 8 views" in result.stdout and "few-shot (K = 2), 8 views" in result.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("zero_shot", "few_shot"):
+        assert "views" not in metrics[key]
+        assert metrics[f"{key}_views"]["views"] == 8 and metrics[f"{key}_views"]["n"] == metrics[key]["n"] == 3
+    assert metrics["few_shot_views"]["shots"] == 2
+    assert (out / "confusion_zero_shot_views.png").is_file()
+    assert "## Classification, zero-shot, 8 views: per class" in (out / "report.md").read_text()
+    bad = CliRunner().invoke(app, ["eval", str(tiny["run"]), "--data", str(tiny["test_data"]), "--views", "9"])
+    assert bad.exit_code != 0

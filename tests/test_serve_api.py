@@ -113,6 +113,11 @@ def test_ask_caption_and_classify_answer_as_the_assistant_does(server, assistant
     expected = assistant.classify(image, shots=2)[0]
     assert few["shots"] == 2 and [(p["label"], pytest.approx(p["probability"], abs=1e-5)) for p in
                                   few["predictions"]] == expected
+    turned = post(server, "/v1/classify", image, views="4").json()  # test-time augmentation over 4 quarter turns
+    expected = assistant.classify(image, views=4)[0]
+    assert turned["views"] == 4 and [(p["label"], pytest.approx(p["probability"], abs=1e-5)) for p in
+                                     turned["predictions"]] == expected
+    assert post(server, "/v1/classify", image, views="9").status_code == 422
 
 
 def test_several_images_are_asked_about_together(server, assistant, images):

@@ -79,6 +79,17 @@ def read_run(run_dir: str | os.PathLike) -> dict:
     return run
 
 
+DIHEDRAL_VIEWS = 8  # the symmetries of the square: a micrograph has no canonical orientation
+
+
+def dihedral_view(image: torch.Tensor, k: int) -> torch.Tensor:
+    """View k (0-7) of an image [..., S, S]: k % 4 quarter turns, then a mirror for k >= 4. View 0 is the image."""
+    if not 0 <= k < DIHEDRAL_VIEWS:
+        raise ValueError(f"view must be in [0, {DIHEDRAL_VIEWS}), got {k}")
+    x = torch.rot90(image, k % 4, dims=(-2, -1))
+    return x.flip(-1) if k >= 4 else x
+
+
 def _is_one_image(x: object) -> bool:
     return isinstance(x, (str, os.PathLike, np.ndarray, torch.Tensor))
 
@@ -242,16 +253,22 @@ class Assistant:
     # -------------------------------------------------------------------------------------------------- classify
 
     def classify(self, images: ImageInput | Sequence[ImageInput], shots: int = 0,
-                 support: str | os.PathLike | None = None, top_k: int | None = 5, progress: bool = False
-                 ) -> list[list[tuple[str, float]]]:
+                 support: str | os.PathLike | None = None, top_k: int | None = 5, progress: bool = False,
+                 views: int = 1) -> list[list[tuple[str, float]]]:
         """Per image, the top_k (None: all) classes with probabilities, most likely first. shots=0: zero-shot over
         the run's classes; shots=K: K demonstrations from `support` (None: the training images), ranked over the
-        support set's classes. Probabilities are a softmax over the candidates' summed log-likelihoods."""
+        support set's classes. Probabilities are a softmax over the candidates' summed log-likelihoods.
+
+        views > 1: test-time augmentation over the first `views` dihedral views of the image (dihedral_view; the
+        demonstrations stay as they are): the class log-probabilities of the views are averaged, at `views` times the
+        cost. 4: the quarter turns; 8: with their mirror images."""
         images = [images] if _is_one_image(images) else list(images)
         if not images:
             raise ValueError("classify: no images given")
         if shots < 0:
             raise ValueError(f"shots must be 0 (zero-shot) or more, got {shots}")
+        if not 1 <= views <= DIHEDRAL_VIEWS:
+            raise ValueError(f"views must be between 1 and {DIHEDRAL_VIEWS}, got {views}")
         question = str(self.run_value("classify_prompt")).replace(IMAGE_TOKEN, "").strip()
         if shots == 0:
             classes = self.classes
@@ -267,10 +284,14 @@ class Assistant:
         processor = self.model.processor
         results: list[list[tuple[str, float]]] = []
         bar = tqdm(total=len(items), desc=f"classify ({shots}-shot)", unit="img", disable=not progress)
-        for chunk in _batches(items, self.batch_size):
-            batch = processor.collate([processor([self.image_tensor(x) for x in imgs], prompt)
-                                       for imgs, prompt in chunk])
-            probs = self.model.score(batch, candidates).softmax(dim=-1).cpu()  # [b, C]
+        for chunk in _batches(items, max(1, self.batch_size // views)):
+            # The views of one item sit side by side in the batch: the text encoder then reads their prompt once.
+            batch = processor.collate([
+                processor([self.image_tensor(x) for x in imgs[:-1]] + [dihedral_view(self.image_tensor(imgs[-1]), k)],
+                          prompt)
+                for imgs, prompt in chunk for k in range(views)])
+            log_probs = self.model.score(batch, candidates).log_softmax(dim=-1)  # [b * views, C]
+            probs = log_probs.view(len(chunk), views, -1).mean(dim=1).softmax(dim=-1).cpu()  # [b, C]
             for row in probs:
                 order = row.argsort(descending=True)[:top_k].tolist()
                 results.append([(classes[i], float(row[i])) for i in order])

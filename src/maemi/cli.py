@@ -253,6 +253,8 @@ def _echo_json(rows: list[dict]) -> None:
 
 _RUN_HELP = "Run directory written by `maemi train --out`."
 _DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)."
+_VIEWS_HELP = ("Classification averaged over this many flips and quarter turns of each image (test-time augmentation; "
+               "4: the quarter turns, 8: with their mirror images), at as many times the cost.")
 
 
 @app.command(name="eval")
@@ -268,6 +270,7 @@ def evaluate(
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Prompts per forward pass."),
     examples: int = typer.Option(4, "--examples", min=0, help="Example answers shown in the report."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffled-images control."),
+    views: int = typer.Option(1, "--views", min=1, max=8, help=_VIEWS_HELP + " Reported next to the single view."),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -278,7 +281,8 @@ def evaluate(
     from maemi.evaluate.report import format_metrics_table
 
     assistant = _load_assistant(run, device, batch_size)
-    config = EvalConfig(shots=shots, limit=limit, sample=sample, batch_size=batch_size, examples=examples, seed=seed)
+    config = EvalConfig(shots=shots, limit=limit, sample=sample, batch_size=batch_size, examples=examples, seed=seed,
+                        views=views)
     target = out or run / "eval"
     try:
         metrics = evaluate_run(run, data, images=images, out=target, config=config, assistant=assistant,
@@ -358,6 +362,7 @@ def classify(
                                                                    "folders or a CSV manifest); default: the run's "
                                                                    "training images."),
     top_k: int = typer.Option(5, "--top-k", min=1, help="Classes listed per image."),
+    views: int = typer.Option(1, "--views", min=1, max=8, help=_VIEWS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, shots, predictions: [{label, "
                                                        "probability}]}."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
@@ -366,11 +371,11 @@ def classify(
     """Classify micrographs, zero-shot or few-shot with demonstrations picked by similarity."""
     assistant = _load_assistant(run, device, batch_size)
     try:
-        ranked = assistant.classify(images, shots=shots, support=support, top_k=top_k)
+        ranked = assistant.classify(images, shots=shots, support=support, top_k=top_k, views=views)
     except (ValueError, OSError) as e:  # unreadable image, bad support folder, missing training records
         _fail(str(e))
     if as_json:
-        _echo_json([{"image": image, "shots": shots,
+        _echo_json([{"image": image, "shots": shots, "views": views,
                      "predictions": [{"label": label, "probability": p} for label, p in row]}
                     for image, row in zip(images, ranked)])
         return

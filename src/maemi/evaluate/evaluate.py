@@ -46,6 +46,8 @@ class EvalConfig:
     batch_size: int = 16
     examples: int = 4  # example answers shown in the report
     seed: int = 0  # the shuffled-images control
+    views: int = 1  # > 1: classification again with test-time augmentation over this many dihedral views (extra
+    #                 sections zero_shot_views and few_shot_views next to the single-view ones)
 
 
 def shuffled_image_lists(image_lists: list[tuple[str, ...]], seed: int) -> list[tuple[str, ...] | None]:
@@ -127,28 +129,34 @@ def classification_images(records: list[dict]) -> dict[str, str]:
     return labelled
 
 
-def evaluate_classification(assistant: Assistant, labelled: dict[str, str], root: Path, shots: int, progress: bool
-                            ) -> tuple[dict, list[dict], dict]:
-    """Metrics sections "zero_shot" and (shots > 0) "few_shot", one prediction row per image, and what was left out."""
+def evaluate_classification(assistant: Assistant, labelled: dict[str, str], root: Path, shots: int, progress: bool,
+                            views: int = 1) -> tuple[dict, list[dict], dict]:
+    """Metrics sections "zero_shot" and (shots > 0) "few_shot", with views > 1 also "zero_shot_views" and
+    "few_shot_views"; one prediction row per image, and what was left out."""
     sections, left_out = {}, {}
     rels = sorted(labelled)
     rows = [{"image": rel, "label": labelled[rel]} for rel in rels]
     modes = [("zero_shot", 0, assistant.classes)]
     if shots > 0:
         support = assistant.support_set(progress=progress)
-        k = min(shots, len(support.paths))
-        modes.append(("few_shot", k, support.classes))
+        modes.append(("few_shot", min(shots, len(support.paths)), support.classes))
+    if views > 1:
+        modes += [(f"{key}_views", k, classes) for key, k, classes in modes]
     for key, k, classes in modes:
         known = [i for i, rel in enumerate(rels) if labelled[rel] in classes]
-        if len(known) < len(rels):
+        if len(known) < len(rels) and not key.endswith("_views"):
             left_out[f"{key}_unknown_label"] = len(rels) - len(known)  # a class the model cannot answer
         if not known:
             continue
-        ranked = assistant.classify([root / rels[i] for i in known], shots=k, top_k=None, progress=progress)
+        n_views = views if key.endswith("_views") else 1
+        ranked = assistant.classify([root / rels[i] for i in known], shots=k, top_k=None, progress=progress,
+                                    views=n_views)
         sections[key] = classification_metrics([labelled[rels[i]] for i in known],
                                                 [[label for label, _ in r] for r in ranked], classes)
-        if key == "few_shot":
+        if k:
             sections[key]["shots"] = k
+        if n_views > 1:
+            sections[key]["views"] = n_views
         for i, r in zip(known, ranked):
             rows[i][key] = [[label, round(p, 6)] for label, p in r[:5]]
     return sections, rows, left_out
@@ -189,7 +197,8 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, images: st
     labelled = classification_images(records)
     class_rows, left_out = [], {}
     if labelled:
-        sections, class_rows, left_out = evaluate_classification(assistant, labelled, root, config.shots, progress)
+        sections, class_rows, left_out = evaluate_classification(assistant, labelled, root, config.shots, progress,
+                                                                 config.views)
         metrics.update(sections)
 
     run_facts = {"run_dir": str(run_dir), "data": str(data), "images": str(root), "device": str(assistant.device),

@@ -8,6 +8,7 @@ The `metrics` dict (the content of metrics.json) that write_report and format_me
                                                        # them; if the answers come from the image, scores drop
       "zero_shot": classification_metrics(...),        # ask the category, rank the class names by likelihood
       "few_shot": classification_metrics(...) | {"shots": K},  # K demonstrations chosen by cls-embedding similarity
+      "zero_shot_views", "few_shot_views": the same | {"views": N},  # test-time augmentation over N dihedral views
     }
 (generation_metrics in maemi.evaluate.metrics, classification_metrics in maemi.evaluate.classification.)
 
@@ -37,7 +38,8 @@ from maemi.evaluate.metrics import METRICS
 from maemi.fileio import atomic_write_bytes, atomic_write_text
 
 THUMBNAIL_SIZE = 160  # px, longest side
-_CLASSIFICATION_MODES = (("zero_shot", "zero-shot"), ("few_shot", "few-shot"))
+_CLASSIFICATION_MODES = (("zero_shot", "zero-shot"), ("few_shot", "few-shot"),
+                         ("zero_shot_views", "zero-shot"), ("few_shot_views", "few-shot"))
 
 Table = tuple[list[str], list[list[str]]]  # (header, rows) of already formatted cells
 
@@ -69,7 +71,10 @@ def _classification_metrics_of(metrics: dict, key: str) -> dict | None:
 
 
 def _mode_label(key: str, label: str, section: dict) -> str:
-    return f"{label} (K = {section['shots']})" if key == "few_shot" and "shots" in section else label
+    """"few-shot (K = 5)", "zero-shot, 8 views"."""
+    if key.startswith("few_shot") and "shots" in section:
+        label += f" (K = {section['shots']})"
+    return label + (f", {section['views']} views" if "views" in section else "")
 
 
 def generation_headline(metrics: dict) -> Table | None:

@@ -42,6 +42,7 @@ class Prediction(BaseModel):
 
 class ClassifyResponse(BaseModel):
     shots: int
+    views: int
     predictions: list[Prediction] = Field(description="Most likely first")
 
 
@@ -85,12 +86,14 @@ async def caption(request: Request, image: UploadFile = File(...)):
 async def classify(request: Request, image: UploadFile = File(...),
                    top_k: int = Form(5, ge=1, le=100),
                    shots: int | None = Form(None, ge=0, description="0: zero-shot; K: K demonstrations from the "
-                                                                    "support set; default: the server's --shots")):
+                                                                    "support set; default: the server's --shots"),
+                   views: int = Form(1, ge=1, le=8, description="Test-time augmentation: the class probabilities "
+                                                                "averaged over this many flips and quarter turns")):
     (tensor,) = await _tensors(request, [image])
     model = request.app.state.maemi.model
     shots = model.shots if shots is None else shots
-    ranked = await model.classify(tensor, shots, top_k)
-    return ClassifyResponse(shots=shots, predictions=[Prediction(label=c, probability=p) for c, p in ranked])
+    ranked = await model.classify(tensor, shots, top_k, views)
+    return ClassifyResponse(shots=shots, views=views, predictions=[Prediction(label=c, probability=p) for c, p in ranked])
 
 
 def _measure(data: bytes, name: str | None, max_bytes: int, nm_per_pixel: float | None) -> MeasureResponse:

@@ -2,8 +2,8 @@
 together are run as one Assistant call.
 
 Two kinds of batch: "answer" (any images and prompt, grouped by generation settings: asks, captions and chat
-completions share them) and "classify" (grouped by the number of shots; every class is ranked and each request cuts
-its own top-k).
+completions share them) and "classify" (grouped by the number of shots and of views; every class is ranked and each
+request cuts its own top-k).
 """
 
 from __future__ import annotations
@@ -67,11 +67,12 @@ class BatchedAssistant:
         gen = gen or self.generation()
         return await self.batcher.submit(("answer", dataclasses.astuple(gen)), (images, prompt))
 
-    async def classify(self, image: torch.Tensor, shots: int | None = None, top_k: int = 5) -> list[tuple[str, float]]:
+    async def classify(self, image: torch.Tensor, shots: int | None = None, top_k: int = 5, views: int = 1
+                       ) -> list[tuple[str, float]]:
         shots = self.shots if shots is None else shots
         if shots < 0:
             raise ValueError(f"shots must be 0 (zero-shot) or more, got {shots}")
-        ranked = await self.batcher.submit(("classify", shots), image)
+        ranked = await self.batcher.submit(("classify", (shots, views)), image)
         return ranked[:top_k]
 
     def _run(self, key: Hashable, items: list[Any]) -> list[Any]:
@@ -84,5 +85,6 @@ class BatchedAssistant:
                            min(len(processor.vocab.encode(text)) + 1, gen.max_new_tokens))
                     for (images, prompt), text in zip(items, texts)]
         if kind == "classify":
-            return self.assistant.classify(items, shots=arg, support=self.support, top_k=None)
+            shots, views = arg
+            return self.assistant.classify(items, shots=shots, support=self.support, top_k=None, views=views)
         raise ValueError(f"unknown batch kind {kind!r}")
