@@ -63,9 +63,9 @@ def dropout_mask(shape: torch.Size, p: float, seed: int, device: torch.device) -
     generator seeded with `seed`: the backward redraws the same mask from the seed instead of saving an input-sized
     mask.
 
-    Four 16-bit uniforms are cut from each random 64-bit word: on a CPU the generator makes one number per call, and
-    `torch.rand` (one per element) made the adapters' dropout ~20% of a MiniLM training step; this draws the mask in
-    less than half the time (measured)."""
+    Four 16-bit uniforms are cut from each random 64-bit word: on a CPU the generator makes one number per call. The
+    adapters' dropout was ~20% of a MiniLM training step, about a third of it `torch.rand` (one number per element);
+    this draws the mask in less than half that time (measured)."""
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     n = math.prod(shape)

@@ -93,7 +93,8 @@ async def classify(request: Request, image: UploadFile = File(...),
     model = request.app.state.maemi.model
     shots = model.shots if shots is None else shots
     ranked = await model.classify(tensor, shots, top_k, views)
-    return ClassifyResponse(shots=shots, views=views, predictions=[Prediction(label=c, probability=p) for c, p in ranked])
+    return ClassifyResponse(shots=shots, views=views,
+                            predictions=[Prediction(label=c, probability=p) for c, p in ranked])
 
 
 def _measure(data: bytes, name: str | None, max_bytes: int, nm_per_pixel: float | None) -> MeasureResponse:
