@@ -98,3 +98,25 @@ def test_quick_benchmark_end_to_end_and_a_row_rerun_alone(tmp_path):
     assert again["maemi"] == maemi and again["vit"] == rows["vit"] and again["resnet"] == rows["resnet"]
     assert again["cnn"]["machine"]["date"] >= rows["cnn"]["machine"]["date"]
     assert again["cnn"]["classification"] == rows["cnn"]["classification"]  # seeded: same split, same result
+
+
+@needs_neu
+def test_warmstart_benchmark_scores_every_epoch_and_keeps_one_row_per_override(tmp_path):
+    def run(*overrides: str) -> dict:
+        subprocess.run([sys.executable, str(BENCHMARKS / "neu_warmstart.py"), "--per-class", "8", "--work",
+                        str(tmp_path), "--out", str(tmp_path), "--threads", "1", "--warmstart_epochs=2",
+                        "--model.vision.dim=32", *overrides], check=True, cwd=REPO)
+        return json.loads((tmp_path / "neu_warmstart.json").read_text())
+
+    first = run()
+    assert first["split"]["train"] == 36 and first["split"]["test"] == 12
+    row = first["rows"]["--warmstart_epochs=2 --model.vision.dim=32"]
+    assert row["epochs"] == 2 and len(row["test_acc"]) == 2 and len(row["train_acc"]) == 2
+    assert all(round(acc * 12) == pytest.approx(acc * 12) for acc in row["test_acc"])  # a count of 12 test images
+    assert row["threads"] == 1 and row["params"] > 0 and row["machine"]["cpu"]
+    second = run("--model.vision.local_depth=0")
+    assert len(second["rows"]) == 2 and second["rows"]["--warmstart_epochs=2 --model.vision.dim=32"] == row
+    assert second["rows"]["--warmstart_epochs=2 --model.vision.dim=32 --model.vision.local_depth=0"]["params"] \
+        < row["params"]  # two blocks fewer
+    table = (tmp_path / "neu_warmstart.md").read_text()
+    assert table.count("| --warmstart_epochs=2 --model.vision.dim=32") == 2
