@@ -16,7 +16,6 @@ overrides) in benchmarks/results/neu_warmstart.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from maemi.train.data import ImageCache, derived_seed
 from maemi.train.warmstart import warm_start_vision
 
 from finetune_memory import machine_info  # benchmarks/ (this script's folder is on sys.path)
-from neu import DEFAULT_ROOT, REPO, make_split, split_fingerprint
+from neu import DEFAULT_ROOT, REPO, load_results, make_split, split_fingerprint
 
 HERE = Path(__file__).resolve().parent
 LAST = 10  # epochs whose test accuracy is summarised: the scatter at the end of the schedule
@@ -81,9 +80,7 @@ def main() -> None:
     seconds = time.perf_counter() - started  # includes the per-epoch test pass (~4% here)
 
     path = args.out / "neu_warmstart.json"
-    results = json.loads(path.read_text()) if path.is_file() else {"rows": {}}
-    if results.get("split", {}).get("fingerprint", fingerprint) != fingerprint:
-        raise SystemExit(f"{path}: its rows were measured on another split; move it away first")
+    results = load_results(path, fingerprint)  # an error for rows of another split
     results["split"] = {"fingerprint": fingerprint, "train": len(split["train"]), "test": len(split["test"])}
     key = shlex.join(overrides)
     results["rows"][key] = {
