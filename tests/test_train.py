@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from typer.testing import CliRunner
 
 from maemi.cli import app
@@ -332,6 +333,46 @@ def test_warm_start_learns_the_labels(tiny):
     assert len(rows) == 13 and rows[0]["epoch"] == 0
     assert rows[-1]["val_acc"] == 1.0 > rows[0]["val_acc"]  # three grey levels: held-out images all right
     assert rows[-1]["train_loss"] < rows[1]["train_loss"]
+
+
+def test_warm_start_keeps_the_moving_average_of_the_weights(tiny):
+    from maemi.teachers.records import read_records
+
+    train_records, val_records = read_records(tiny.train), read_records(tiny.val)
+    vision_config = VisionConfig(image_size=32, patch_size=8, dim=16, heads=2, local_depth=1, global_depth=1,
+                                 stem="conv", stem_layers=2)  # BatchNorm statistics: averaged with the weights
+    cache = ImageCache(tiny.images, 32)
+
+    def run(decay: float) -> tuple[VisionEncoder, list[dict], list[dict[str, torch.Tensor]]]:
+        torch.manual_seed(0)
+        vision = VisionEncoder(vision_config)
+        states = []  # the live weights after every optimizer step
+        hook = register_optimizer_step_post_hook(
+            lambda *_: states.append({k: v.detach().clone() for k, v in vision.state_dict().items()}))
+        try:
+            config = TrainConfig(warmstart_epochs=4, warmstart_lr=1e-2, warmstart_batch_size=6,
+                                 warmstart_ema_decay=decay)
+            rows = warm_start_vision(vision, train_records, val_records, cache, config, torch.device("cpu"),
+                                     log=lambda message: None)
+        finally:
+            hook.remove()
+        return vision, rows, states
+
+    plain, plain_rows, states = run(0.0)
+    averaged, averaged_rows, averaged_states = run(0.8)
+    assert len(states) == len(averaged_states) > 2
+    for name, value in averaged.state_dict().items():
+        assert torch.equal(states[-1][name], averaged_states[-1][name])  # the average leaves training alone
+        assert torch.equal(plain.state_dict()[name], states[-1][name])  # without it: the last step's weights
+        if value.is_floating_point():
+            expected = states[0][name]
+            for state in states[1:]:
+                expected = 0.8 * expected + 0.2 * state[name]
+            assert torch.allclose(value, expected, atol=1e-6), name
+    assert not torch.equal(averaged.state_dict()["pos_embed"], plain.state_dict()["pos_embed"])
+    assert [row["train_loss"] for row in averaged_rows[1:]] == [row["train_loss"] for row in plain_rows[1:]]
+    with pytest.raises(ConfigError, match="warmstart_ema_decay"):
+        TrainConfig(warmstart_ema_decay=1.0)
 
 
 def test_plateau_halves_the_learning_rate_then_stops_early(tiny, tmp_path):

@@ -87,6 +87,7 @@ class TrainConfig:
     warmstart_epochs: int = 0
     warmstart_lr: float = 1e-3
     warmstart_batch_size: int = 32  # its own: the demo's ViT came out weaker at 16 (linear probe 0.925 vs 0.975)
+    warmstart_ema_decay: float = 0.0  # keep the moving average of the ViT's weights, updated every step; 0: off
 
     # What moves. All of it from scratch; under --init a lab may freeze parts (e.g. the vision encoder).
     train_vision: bool = True
@@ -129,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"loss_average must be sample or token, got {self.loss_average!r}")
         if self.vision_lr_scale < 0 or self.gate_lr_scale < 0:
             raise ConfigError("vision_lr_scale and gate_lr_scale must not be negative")
+        if not 0 <= self.warmstart_ema_decay < 1:
+            raise ConfigError(f"warmstart_ema_decay must be in [0, 1), got {self.warmstart_ema_decay}")
         if self.classify_repeat < 1:
             raise ConfigError(f"classify_repeat must be at least 1, got {self.classify_repeat}")
         if self.bf16 not in ("auto", "on", "off"):
