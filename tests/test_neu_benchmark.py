@@ -89,7 +89,10 @@ def test_quick_benchmark_end_to_end_and_a_row_rerun_alone(tmp_path):
     assert all(command.startswith("maemi ") for command in maemi["commands"])
     assert (tmp_path / "maemi" / "run" / "eval" / "metrics.json").is_file()
     table = (tmp_path / "neu.md").read_text()
-    for line in ("| MAEMI zero-shot |", "| MAEMI few-shot (K=5) |", "| plain CNN", "| ResNet", "| ViT", "0.985",
+    for c in (maemi["classification_views"], maemi["few_shot_views"]):
+        assert c["views"] == 2 and c["n"] == 12 and c["top1"] <= c["top5"] <= 1.0
+    for line in ("| MAEMI zero-shot |", "| MAEMI few-shot (K=5) |", "| MAEMI zero-shot, 2 views averaged |",
+                 "| MAEMI few-shot (K=5), 2 views averaged |", "| plain CNN", "| ResNet", "| ViT", "0.985",
                  "## Open-ended answers", "Confusion matrix"):
         assert line in table
 
