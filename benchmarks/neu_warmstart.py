@@ -1,6 +1,6 @@
 """Benchmark: MAEMI's ViT alone on the NEU-SDD labels (the warm start of `maemi train --config neu`), scored on the
 test split after every epoch. It sizes the `neu` config's vision settings: a full MAEMI row (benchmarks/neu.py) takes
-half an hour, this a quarter of it, and its per-epoch curve shows how far the last epochs scatter.
+half an hour, this 15 minutes on one thread, and its per-epoch curve shows how far the last epochs scatter.
 
     .venv/bin/python benchmarks/neu_warmstart.py                                  # the shipped neu config
     .venv/bin/python benchmarks/neu_warmstart.py --model.vision.local_depth=0 --model.vision.global_depth=4
