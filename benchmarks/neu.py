@@ -369,6 +369,7 @@ def main() -> None:
         row["within_budget"] = row["train_seconds"] <= args.budget_minutes * 60
         row["machine"] = machine_info()
         row["threads"] = torch.get_num_threads()
+        row["command"] = results["command"]  # rows of one table may come from different runs (--only)
         results["rows"][name] = row
         atomic_write_json(results_path, results)  # each finished row is kept, even if a later one fails
         atomic_write_text(out / "neu.md", markdown(results))
