@@ -12,16 +12,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from maemi.cli import app
+from maemi.data.datasets import Sample
 from maemi.data.synth import synthesize
 from maemi.teachers.measure import MeasureTeacher
-from maemi.teachers.pipeline import TeachConfig, teach
+from maemi.teachers.pipeline import TeachConfig, _few_shot_records, teach
 from maemi.teachers.questions import LENGTHS, PROFILES, TASKS, get_profile
-from maemi.teachers.records import read_records
+from maemi.teachers.records import few_shot_prompt, read_records
 from maemi.teachers.remote import OpenAITeacher
+from maemi.teachers.sampling import few_shot_demos
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
@@ -218,3 +221,26 @@ def test_remote_run_killed_midway_resumes_with_every_image_exactly_once(small, t
                                text=True, timeout=120)
         assert again.returncode == 0, again.stderr
         assert server.count == 0 and "6 replies from cache" in again.stdout
+
+
+def test_few_shot_records_hold_the_most_similar_demonstrations_in_a_reproducible_shuffled_order(tmp_path):
+    classes = ["a", "b", "c"]
+    samples = [Sample(path=tmp_path / f"{classes[i % 3]}/{i}.png", relpath=f"{classes[i % 3]}/{i}.png",
+                      label=classes[i % 3]) for i in range(30)]
+    embeddings = np.random.default_rng(0).normal(size=(30, 8))
+    profile, config = get_profile("generic"), TeachConfig(few_shot=30, shots=4)
+    records = _few_shot_records(samples, embeddings, profile, config)
+    assert len(records) == 30
+    assert records == _few_shot_records(samples, embeddings, profile, config)  # same records on a resumed run
+    index = {s.relpath: i for i, s in enumerate(samples)}
+    nearest_last = 0
+    for record in records:
+        query = index[record["images"][-1]]
+        support = [i for i in range(30) if i != query]
+        nearest = [support[j] for j in few_shot_demos(embeddings[query], embeddings[support], 4)]  # most similar last
+        demos = [index[rel] for rel in record["images"][:-1]]
+        assert sorted(demos) == sorted(nearest)
+        assert record["conversations"][0]["value"] == few_shot_prompt(profile.classify_question.text,
+                                                                      [samples[i].label for i in demos])
+        nearest_last += demos[-1] == nearest[-1]
+    assert nearest_last < 15  # unshuffled: all 30; shuffled, about one in four
