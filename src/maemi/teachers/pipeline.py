@@ -293,7 +293,8 @@ def _ask_compare(groups, samples, profile, teacher, writer, rejects, config, rep
 
 def _few_shot_records(samples: list[Sample], embs, profile: Profile, config: TeachConfig) -> list[dict]:
     """Queries from the classes in turn; demonstrations are the most similar other labelled images (RICES), in an
-    order shuffled per query (seeded by its path, so a resumed or repeated run writes the same records).
+    order shuffled per query (seeded by a CRC of its path, stable across processes unlike hash(), so a resumed or
+    repeated run writes the same records).
 
     Why shuffled: inference puts the most similar demonstration last (Assistant.classify). Trained on that order, the
     student leans on the last label, which these records' most similar image shares more often than the majority of

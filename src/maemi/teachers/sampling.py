@@ -2,7 +2,8 @@
 
 - Few-shot classification: the K training images most cosine-similar to the query as demonstrations, most similar
   last, nearest the query (open_flamingo's RICES, Yang et al. 2022 "An Empirical Study of GPT-3 for Few-Shot
-  Knowledge-Based VQA").
+  Knowledge-Based VQA"). Inference keeps that order; the teacher's training records shuffle it (see
+  pipeline._few_shot_records).
 - Inter-class similarity: the most similar pairs of images from different classes.
 - Intra-class dissimilarity: the least similar pairs of images within one class.
 - Spatial heterogeneity: the images with the most uneven size distribution, grouped 2-4 per record.
