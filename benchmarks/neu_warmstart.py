@@ -24,8 +24,9 @@ import torch
 
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.model.vision import VisionEncoder
+from maemi.seeds import derived_seed
 from maemi.train.config import load_train_config
-from maemi.train.data import ImageCache, derived_seed
+from maemi.train.data import ImageCache
 from maemi.train.warmstart import warm_start_vision
 
 from finetune_memory import machine_info  # benchmarks/ (this script's folder is on sys.path)

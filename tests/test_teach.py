@@ -244,3 +244,20 @@ def test_few_shot_records_hold_the_most_similar_demonstrations_in_a_reproducible
                                                                       [samples[i].label for i in demos])
         nearest_last += demos[-1] == nearest[-1]
     assert nearest_last < 15  # unshuffled: all 30; shuffled, about one in four
+
+
+def test_the_demonstration_order_does_not_depend_on_the_process():
+    """A resumed teacher run in a new process must write the records it would have written: the order must not be
+    seeded by anything that changes between processes (Python's hash() changes with PYTHONHASHSEED)."""
+    code = """if True:
+        import numpy as np
+        from maemi.data.datasets import Sample
+        from maemi.teachers.pipeline import TeachConfig, _few_shot_records
+        from maemi.teachers.questions import get_profile
+        samples = [Sample(path=None, relpath=f"{'ab'[i % 2]}/{i}.png", label='ab'[i % 2]) for i in range(12)]
+        embeddings = np.random.default_rng(0).normal(size=(12, 4))
+        records = _few_shot_records(samples, embeddings, get_profile("generic"), TeachConfig(few_shot=12, shots=4))
+        print([r["images"] for r in records])"""
+    orders = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(h)},
+                             capture_output=True, text=True, check=True).stdout for h in (1, 2, 3)}
+    assert len(orders) == 1 and orders.pop().count(".png") == 12 * 5

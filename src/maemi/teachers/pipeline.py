@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import zip_longest
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 from maemi.data.datasets import Sample, scan_dataset
 from maemi.data.images import ImageReadError
+from maemi.seeds import derived_seed
 from maemi.teachers.measure import MeasureTeacher
 from maemi.teachers.questions import (LENGTHS, Profile, Question, TeacherReply, TeacherReplyError,
                                       check_reply, get_profile)
@@ -293,8 +293,7 @@ def _ask_compare(groups, samples, profile, teacher, writer, rejects, config, rep
 
 def _few_shot_records(samples: list[Sample], embs, profile: Profile, config: TeachConfig) -> list[dict]:
     """Queries from the classes in turn; demonstrations are the most similar other labelled images (RICES), in an
-    order shuffled per query (seeded by a CRC of its path, stable across processes unlike hash(), so a resumed or
-    repeated run writes the same records).
+    order shuffled per query (seeded by its path, so a resumed or repeated run writes the same records).
 
     Why shuffled: inference puts the most similar demonstration last (Assistant.classify). Trained on that order, the
     student leans on the last label, which these records' most similar image shares more often than the majority of
@@ -309,7 +308,7 @@ def _few_shot_records(samples: list[Sample], embs, profile: Profile, config: Tea
     for qi in labelled[: config.few_shot]:
         support = [i for i in labelled if i != qi]
         demos = [support[j] for j in few_shot_demos(embs[qi], embs[support], config.shots)]
-        np.random.default_rng(zlib.crc32(samples[qi].relpath.encode())).shuffle(demos)
+        np.random.default_rng(derived_seed("few-shot-order", samples[qi].relpath)).shuffle(demos)
         members = [samples[i] for i in demos] + [samples[qi]]
         prompt = few_shot_prompt(q.text, [samples[i].label for i in demos])
         records.append(make_record([s.relpath for s in members], prompt, samples[qi].label, task="classify",

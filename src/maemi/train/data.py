@@ -12,7 +12,6 @@ References: LLaVA's conversation records (Liu et al. 2023); PyTorch's Distribute
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import Counter
@@ -25,13 +24,8 @@ import torch.nn.functional as F
 
 from maemi.data.images import ImagePreprocessConfig, ImageReadError, load_model_input
 from maemi.model.processor import MAEMIProcessor
+from maemi.seeds import derived_seed
 from maemi.train.config import AugmentConfig
-
-
-def derived_seed(*key: object) -> int:
-    """A 63-bit seed that is a hash of `key` (e.g. seed, epoch, index): independent random streams without state."""
-    digest = hashlib.blake2b("/".join(map(str, key)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def seeded_generator(*key: object) -> torch.Generator:

@@ -39,11 +39,11 @@ from transformers import get_cosine_schedule_with_warmup
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.model import MAEMI, AnswerVocab
 from maemi.model.lora import dylora_parameters, sample_dylora_rank_, set_dylora_rank_
+from maemi.seeds import derived_seed
 from maemi.teachers.records import read_records
 from maemi.train.checkpoint import ResumeError, find_checkpoint, load_checkpoint, save_checkpoint
 from maemi.train.config import ConfigError, TrainConfig
-from maemi.train.data import (ImageCache, InstructionDataset, chunks, derived_seed, epoch_order, epoch_pool,
-                              plan_step)
+from maemi.train.data import ImageCache, InstructionDataset, chunks, epoch_order, epoch_pool, plan_step
 from maemi.train.distributed import (DistributedEnv, all_reduce_sum, barrier, init_distributed, shutdown,
                                      wrap_ddp)
 from maemi.train.plots import plot_loss

@@ -22,8 +22,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from maemi.data.images import ImageReadError
 from maemi.model.vision import VisionEncoder
+from maemi.seeds import derived_seed
 from maemi.train.config import TrainConfig
-from maemi.train.data import ImageCache, augment_image, chunks, derived_seed, seeded_generator
+from maemi.train.data import ImageCache, augment_image, chunks, seeded_generator
 
 
 def image_labels(records: Sequence[dict]) -> dict[str, str]:
