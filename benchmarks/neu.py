@@ -254,7 +254,8 @@ def markdown(results: dict) -> str:
 
     def line(name: str, params: str, c: dict, row: dict, paper: float | None) -> str:
         s = row["train_seconds"]
-        wall = f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+        over = " (over budget)" if row.get("within_budget") is False else ""
+        wall = (f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min") + over
         return (f"| {name} | {params} | {c['top1']:.3f} | {c['top5']:.3f} | {c['macro']['f1']:.3f} | {wall} | "
                 f"{machine(row)} | {'' if paper is None else f'{paper:.3f}'} |")
 
