@@ -245,8 +245,8 @@ def markdown(results: dict) -> str:
 
     def machine(row: dict) -> str:
         m = row["machine"]
-        # A CPU with native bf16 trains ~1.5x faster here. Rows from before machine_info recorded it: a baseline that
-        # chose bf16 itself (config bf16 None) says it by its own bf16 field; otherwise unknown.
+        # A CPU with native bf16 trains these rows ~1.4x as fast (machine_info). Rows from before machine_info recorded
+        # it: a baseline that chose bf16 itself (config bf16 None) says it by its own bf16 field; otherwise unknown.
         chose = isinstance(row.get("config"), dict) and row["config"].get("bf16", False) is None
         native = m.get("native_bf16", row.get("bf16") if chose else None)
         bf16 = {True: ", native bf16", False: ", no native bf16"}.get(native, "")
