@@ -50,6 +50,7 @@ from maemi.train.data import ImageCache
 
 from finetune_memory import machine_info  # benchmarks/ (this script's folder is on sys.path)
 from neu_baselines import BASELINES, DEFAULT_CONFIGS, train_and_evaluate
+from neu_runs import add as log_run, describe_wrong, log_entry, wrong_images, write_table as write_runs_table
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -161,6 +162,8 @@ def maemi_row(root: Path, work: Path, settings: dict, train_args: list[str]) -> 
     for step, args in steps:
         seconds[step] += run_maemi(*args)
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    predictions = [json.loads(line) for line in (run / "eval" / "classifications.jsonl").read_text().splitlines()
+                   if line.strip()]
     missing = [key for key in ("zero_shot", "few_shot", "generation") if key not in metrics]
     if missing:
         sys.exit(f"{run / 'eval' / 'metrics.json'}: no {', '.join(missing)} section(s); the test split has no "
@@ -174,7 +177,7 @@ def maemi_row(root: Path, work: Path, settings: dict, train_args: list[str]) -> 
             "commands": [split_command(root, work)] + ["maemi " + shlex.join(args) for _, args in steps],
             "classification": metrics["zero_shot"], "few_shot": metrics["few_shot"],
             "classification_views": metrics.get("zero_shot_views"), "few_shot_views": metrics.get("few_shot_views"),
-            "vqa": vqa_scores(metrics), "eval_run": metrics["run"]}
+            "wrong": wrong_images(predictions), "vqa": vqa_scores(metrics), "eval_run": metrics["run"]}
 
 
 def model_params(run: Path) -> dict:
@@ -276,6 +279,8 @@ def markdown(results: dict) -> str:
                               PAPER_TOP1.get(paper_key) if paper_key else None))
     for paper_only in ("SqueezeNet", "GoogLeNet"):
         lines.append(f"| {paper_only} (paper only) | | | | | | | {PAPER_TOP1[paper_only]:.3f} |")
+    if rows.get("maemi", {}).get("wrong"):  # rows from before neu.py recorded them have none
+        lines += ["", f"MAEMI's wrong test images (image -> predicted): {describe_wrong(rows['maemi']['wrong'])}."]
 
     if "maemi" in rows:
         vqa = rows["maemi"]["vqa"]
@@ -379,6 +384,8 @@ def main() -> None:
         results["rows"][name] = row
         atomic_write_json(results_path, results)  # each finished row is kept, even if a later one fails
         atomic_write_text(out / "neu.md", markdown(results))
+        if name == "maemi" and not args.quick:  # every full run goes into the log, not only the committed one
+            log(f"logged {log_run(log_entry(results))}; wrote {write_runs_table()}")
         log(f"{name}: top-1 {row['top1']:.3f}, top-5 {row['top5']:.3f}, trained in {row['train_seconds']:.0f} s")
     print("\n" + markdown(results))
     log(f"wrote {results_path} and {out / 'neu.md'}")

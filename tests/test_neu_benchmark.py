@@ -19,6 +19,7 @@ needs_neu = pytest.mark.skipif(not NEU.is_dir(), reason="../shared/data/neu-det 
 
 sys.path.insert(0, str(BENCHMARKS))
 import neu  # noqa: E402  (benchmarks/neu.py)
+import neu_runs  # noqa: E402  (benchmarks/neu_runs.py)
 
 
 @needs_neu
@@ -56,6 +57,48 @@ def test_rows_of_another_split_are_refused(tmp_path):
         neu.load_results(stored, "abc")
 
 
+def _result(date: str, zero: float, few: float, train_args: list[str], native_bf16: bool | None,
+            minutes: float) -> dict:
+    """A neu.json result with the MAEMI row fields the run log reads."""
+    machine = {"date": date, "commit": "abc1234", "cpu": "AMD EPYC", "cpu_family_model": "25/17",
+               "native_bf16": native_bf16}
+    return {"split": {"fingerprint": "f00"}, "rows": {"maemi": {
+        "machine": machine, "threads": 2, "train_args": train_args, "classification": {"top1": zero},
+        "few_shot": {"top1": few}, "classification_views": {"top1": 1.0}, "few_shot_views": None, "top5": 1.0,
+        "few_shot_top5": 1.0, "vqa": {"vqa": {"METEOR": 0.5}, "vqa_shuffled_images": {"METEOR": 0.4}},
+        "train_seconds": minutes * 60, "within_budget": minutes <= 30}}}
+
+
+def test_the_run_log_keeps_every_run_and_summarises_the_shipped_config(tmp_path):
+    log = tmp_path / "neu_runs"
+    neu_runs.add(neu_runs.log_entry(_result("2026-12-01 10:00 UTC", 0.994, 0.997, [], True, 25.0)), log)
+    neu_runs.add(neu_runs.log_entry(_result("2026-12-01 11:00 UTC", 1.0, 0.994, ["--seed=2"], False, 33.0)), log)
+    # another setting: logged, listed and summarised apart
+    neu_runs.add(neu_runs.log_entry(_result("2026-12-01 12:00 UTC", 0.5, 0.5, ["--seed=1", "--epochs=2"], True, 9)), log)
+    again = neu_runs.add(neu_runs.log_entry(_result("2026-12-01 10:00 UTC", 0.994, 0.997, [], True, 25.0)), log)
+    assert again.name == "2026-12-01-1000_abc1234_seed0.json"  # the same run again replaces its file
+    entries = neu_runs.read_log(log)
+    assert [e["seed"] for e in entries] == [0, 2, 1]
+    table = neu_runs.write_table(log, tmp_path / "neu_runs.md").read_text()
+    assert "| 2026-12-01 11:00 | abc1234 | 2 | none | AMD EPYC (25/17), no native bf16, 2 thread(s) | 1.000 | 0.994 |" \
+        in table
+    assert "33.0 min (over budget) |" in table and "| --epochs=2 |" in table
+    summary = table.split("## Summary")[1]
+    assert "| none, all | 2 | 0.9970 (0.994-1.000), 1 of 2 | 0.9955 (0.994-0.997), 1 of 2 | 1.0000 (1.000-1.000), " \
+           "2 of 2 |  | 1 of 2 | 25.0-33.0 min |" in summary
+    assert "| none, native bf16 | 1 |" in summary and "| none, no native bf16 | 1 |" in summary
+    assert "| --epochs=2, all | 1 | 0.5000 (0.500-0.500), 0 of 1 |" in summary
+
+
+def test_wrong_images_come_from_the_eval_predictions():
+    rows = [{"image": "a/a_1.jpg", "label": "a", "zero_shot": [["a", 0.9]], "few_shot": [["b", 0.6], ["a", 0.4]]},
+            {"image": "b/b_1.jpg", "label": "b", "zero_shot": [["a", 0.7]], "few_shot": [["b", 0.8]]}]
+    wrong = neu_runs.wrong_images(rows)
+    assert wrong == {"zero_shot": [["b/b_1.jpg", "b", "a"]], "few_shot": [["a/a_1.jpg", "a", "b"]]}
+    assert neu_runs.describe_wrong(wrong) == "zero-shot: b_1 -> a; few-shot: a_1 -> b"
+    assert neu_runs.describe_wrong({"zero_shot_views": []}) == "zero-shot, views averaged: none"
+
+
 def run_benchmark(work: Path, *args: str) -> dict:
     subprocess.run([sys.executable, str(BENCHMARKS / "neu.py"), "--quick", "--work", str(work), "--threads", "1",
                     *args], check=True, cwd=REPO)
@@ -65,7 +108,9 @@ def run_benchmark(work: Path, *args: str) -> dict:
 @needs_neu
 @pytest.mark.slow  # about 2.5 minutes on the 2-core CPU: MAEMI's teach, train and eval, then three baselines
 def test_quick_benchmark_end_to_end_and_a_row_rerun_alone(tmp_path):
+    logged = sorted(neu_runs.LOG.glob("*.json"))
     results = run_benchmark(tmp_path)
+    assert sorted(neu_runs.LOG.glob("*.json")) == logged  # a --quick smoke run is not a run of the benchmark
     rows = results["rows"]
     assert set(rows) == {"maemi", "cnn", "resnet", "vit"}
     assert results["split"]["train"] == 36 and results["split"]["test"] == 12
@@ -87,6 +132,8 @@ def test_quick_benchmark_end_to_end_and_a_row_rerun_alone(tmp_path):
     for scores in (maemi["vqa"]["vqa"], maemi["vqa"]["vqa_shuffled_images"]):
         assert scores["n"] > 0 and all(0.0 <= scores[m] <= 1.0 for m in ("BLEU-4", "ROUGE-L", "METEOR"))
     assert all(command.startswith("maemi ") for command in maemi["commands"])
+    for mode, section in (("zero_shot", maemi["classification"]), ("few_shot", maemi["few_shot"])):
+        assert len(maemi["wrong"][mode]) == round((1 - section["top1"]) * 12)
     assert (tmp_path / "maemi" / "run" / "eval" / "metrics.json").is_file()
     table = (tmp_path / "neu.md").read_text()
     for c in (maemi["classification_views"], maemi["few_shot_views"]):

@@ -88,6 +88,10 @@ class TrainConfig:
     warmstart_lr: float = 1e-3
     warmstart_batch_size: int = 32  # its own: the demo's ViT came out weaker at 16 (linear probe 0.925 vs 0.975)
     warmstart_ema_decay: float = 0.0  # keep the moving average of the ViT's weights, updated every step; 0: off
+    # The few-shot records' demonstrations: "teacher", as `maemi teach` chose them (by a handcrafted embedding, before
+    # there is a model); "vision", chosen again after the warm start by the ViT's cls embedding, as inference chooses
+    # them, so the decoder learns how far to trust demonstrations as good as those it will be given (train/demos.py).
+    few_shot_demos: Literal["teacher", "vision"] = "teacher"
 
     # What moves. All of it from scratch; under --init a lab may freeze parts (e.g. the vision encoder).
     train_vision: bool = True
@@ -134,6 +138,8 @@ class TrainConfig:
             raise ConfigError(f"warmstart_ema_decay must be in [0, 1), got {self.warmstart_ema_decay}")
         if self.classify_repeat < 1:
             raise ConfigError(f"classify_repeat must be at least 1, got {self.classify_repeat}")
+        if self.few_shot_demos not in ("teacher", "vision"):
+            raise ConfigError(f"few_shot_demos must be teacher or vision, got {self.few_shot_demos!r}")
         if self.bf16 not in ("auto", "on", "off"):
             raise ConfigError(f"bf16 must be auto, on or off, got {self.bf16!r}")
 

@@ -44,6 +44,7 @@ from maemi.teachers.records import read_records
 from maemi.train.checkpoint import ResumeError, find_checkpoint, load_checkpoint, save_checkpoint
 from maemi.train.config import ConfigError, TrainConfig
 from maemi.train.data import ImageCache, InstructionDataset, chunks, epoch_order, epoch_pool, plan_step
+from maemi.train.demos import few_shot_demos_by_vision
 from maemi.train.distributed import (DistributedEnv, all_reduce_sum, barrier, init_distributed, shutdown,
                                      wrap_ddp)
 from maemi.train.plots import plot_loss
@@ -252,6 +253,15 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
     config.model = model.config
 
     cache = ImageCache(images_root, config.image_size)
+    warmstart_rows: list[dict] = []
+    if checkpoint is None and config.warmstart_epochs and config.train_vision:
+        warmstart_rows = warm_start_vision(model.vision, train_records, val_records, cache, config, device, say)
+    if config.few_shot_demos == "vision":
+        if checkpoint is None and init is None and not warmstart_rows:
+            raise ConfigError("few_shot_demos = 'vision' needs a trained ViT to choose by: a warm start "
+                              "(warmstart_epochs > 0, with labelled images) or --init")
+        train_records = few_shot_demos_by_vision(train_records, model.vision, cache, device, config.micro_batch, out,
+                                                 resuming=checkpoint is not None, write=env.is_main, log=say)
     train_set = InstructionDataset(train_records, cache, model.processor, config.augment, config.seed, say, "train")
     val_set = InstructionDataset(val_records, cache, model.processor, None, config.seed, say, "val")
     if not len(train_set):
@@ -277,11 +287,8 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
     rank_generator = torch.Generator().manual_seed(derived_seed("dylora", config.seed))
     generators = {"dylora": rank_generator}
     progress = Progress()
-    warmstart_rows: list[dict] = []
     if checkpoint is not None:
         progress = Progress(**load_checkpoint(checkpoint, optimizer, scheduler, param_names, generators))
-    elif config.warmstart_epochs and config.train_vision:
-        warmstart_rows = warm_start_vision(model.vision, train_records, val_records, cache, config, device, say)
     keep_vision_fixed(model, config)
 
     out.mkdir(parents=True, exist_ok=True)
