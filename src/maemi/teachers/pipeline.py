@@ -300,7 +300,10 @@ def _few_shot_records(samples: list[Sample], embs, profile: Profile, config: Tea
     the five does when the five disagree (NEU-SDD, 600 records: 138 against 132 of the 178 mixed ones). Shuffled, the
     position says nothing and the student weighs all K: on NEU-SDD (same ViT, measured at cd9db85) few-shot top-1
     0.994 -> 0.997 (a pitted surface with four pitted demonstrations of five, which zero-shot calls crazing, now
-    right). One test image on one seed: the gain is within the run-to-run scatter of a few borderline images."""
+    right). One test image on one seed: the gain is within the run-to-run scatter of a few borderline images.
+
+    The demonstrations come from the teacher's embedding (no model yet); `maemi train --few_shot_demos=vision` chooses
+    them again by the warm-started ViT, as inference does (train/demos.py), and shuffles them the same way."""
     q = profile.classify_question
     labelled = [i for i, s in enumerate(samples) if s.label is not None]
     if len(labelled) <= config.shots:

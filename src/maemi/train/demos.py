@@ -3,13 +3,12 @@
 
 `maemi teach` runs before there is a model, so it picks each few-shot record's K demonstrations by a handcrafted
 embedding (teachers.sampling). Inference picks them by the ViT's cls embedding (Assistant.demonstrations, RICES), which
-after the warm start separates the classes far better: on NEU-SDD, 178 of the teacher's 600 training records mix
-classes in their five demonstrations, against 4 of the 359 test images under the ViT. Trained on the teacher's
-demonstrations, the decoder learns that they are often wrong and reads the query alone: on the b41fa82 run a pitted
-surface whose five ViT neighbours are four pitted surfaces was still called crazing, at 0.98. Chosen again here by the
-same embedding and rule as at inference (the K most similar other labelled training images), the demonstrations the
-decoder learns from are as good as those it will be given. Their order is shuffled as the teacher's is, seeded by the
-query's path.
+after the warm start separates the classes far better: on NEU-SDD, 178 of the teacher's 600 training records hold a
+demonstration of another class than the query, 6 under the warm-started ViT. Trained on the teacher's, the decoder
+learnt to leave demonstrations aside: a test image whose five ViT neighbours were four of its class got the zero-shot
+answer anyway (README, NEU-SDD benchmark). Chosen again here by the same embedding and rule as at inference (the K most
+similar other labelled training images), the demonstrations the decoder learns from are as good as those it will be
+given. Their order is shuffled as the teacher's is, seeded by the query's path.
 
 The choice is written to the run folder (few_shot_demos.json) and read back on --resume: a ViT that goes on learning
 during instruction tuning would otherwise give other neighbours after a restart.
