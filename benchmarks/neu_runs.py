@@ -131,7 +131,10 @@ def markdown(entries: list[dict]) -> str:
     lines = ["# NEU-SDD: every full MAEMI run", "",
              "Every full MAEMI row `benchmarks/neu.py` measured, oldest first (the log: `benchmarks/results/neu_runs/`; "
              "written by `benchmarks/neu_runs.py`). Top-1 on the 359 test images; one image is 0.0028. Rows differ in "
-             "commit, seed and machine; `git log` between two commits says what changed.", "",
+             "commit, seed and machine; `git log` between two commits says what changed. Other settings are the run's "
+             "`maemi train` overrides of the `neu` config as it was at its commit (b511147 made `few_shot_demos = "
+             "\"vision\"` the config's own: runs from there on without overrides belong with the "
+             "`--few_shot_demos=vision` ones).", "",
              "| date (UTC) | commit | seed | other settings | machine | zero-shot | few-shot | zero-shot, 8 views | few-shot, 8 views "
              "| top-5 | VQA METEOR (shuffled) | training |",
              "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
