@@ -50,7 +50,8 @@ from maemi.train.data import ImageCache
 
 from finetune_memory import machine_info  # benchmarks/ (this script's folder is on sys.path)
 from neu_baselines import BASELINES, DEFAULT_CONFIGS, train_and_evaluate
-from neu_runs import add as log_run, describe_wrong, log_entry, wrong_images, write_table as write_runs_table
+from neu_runs import (add as log_run, describe_wrong, log_entry, read_predictions, wrong_images,
+                      write_table as write_runs_table)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -162,8 +163,6 @@ def maemi_row(root: Path, work: Path, settings: dict, train_args: list[str]) -> 
     for step, args in steps:
         seconds[step] += run_maemi(*args)
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    predictions = [json.loads(line) for line in (run / "eval" / "classifications.jsonl").read_text().splitlines()
-                   if line.strip()]
     missing = [key for key in ("zero_shot", "few_shot", "generation") if key not in metrics]
     if missing:
         sys.exit(f"{run / 'eval' / 'metrics.json'}: no {', '.join(missing)} section(s); the test split has no "
@@ -177,7 +176,8 @@ def maemi_row(root: Path, work: Path, settings: dict, train_args: list[str]) -> 
             "commands": [split_command(root, work)] + ["maemi " + shlex.join(args) for _, args in steps],
             "classification": metrics["zero_shot"], "few_shot": metrics["few_shot"],
             "classification_views": metrics.get("zero_shot_views"), "few_shot_views": metrics.get("few_shot_views"),
-            "wrong": wrong_images(predictions), "vqa": vqa_scores(metrics), "eval_run": metrics["run"]}
+            "wrong": wrong_images(read_predictions(run / "eval" / "classifications.jsonl")),
+            "vqa": vqa_scores(metrics), "eval_run": metrics["run"]}
 
 
 def model_params(run: Path) -> dict:

@@ -40,6 +40,11 @@ def wrong_images(rows: list[dict]) -> dict[str, list[list[str]]]:
     return wrong
 
 
+def read_predictions(path: Path) -> list[dict]:
+    """The rows of `maemi eval`'s classifications.jsonl."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def describe_wrong(wrong: dict[str, list[list[str]]]) -> str:
     """'zero-shot: patches_77 -> pitted_surface; few-shot: none; ...'"""
     return "; ".join(f"{mode.replace('_', '-').replace('-views', ', views averaged')}: "
@@ -184,8 +189,7 @@ def main() -> None:
             sys.exit(f"{args.add}: no MAEMI row")
         wrong = None
         if args.classifications:
-            rows = [json.loads(line) for line in args.classifications.read_text().splitlines() if line.strip()]
-            wrong = wrong_images(rows)
+            wrong = wrong_images(read_predictions(args.classifications))
         print(f"logged {add(log_entry(result, wrong))}")
     print(f"wrote {write_table()}")
 

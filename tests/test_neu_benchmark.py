@@ -69,7 +69,7 @@ def _result(date: str, zero: float, few: float, train_args: list[str], native_bf
         "train_seconds": minutes * 60, "within_budget": minutes <= 30}}}
 
 
-def test_the_run_log_keeps_every_run_and_summarises_the_shipped_config(tmp_path):
+def test_the_run_log_keeps_every_run_and_summarises_it_by_settings(tmp_path):
     log = tmp_path / "neu_runs"
     neu_runs.add(neu_runs.log_entry(_result("2026-12-01 10:00 UTC", 0.994, 0.997, [], True, 25.0)), log)
     neu_runs.add(neu_runs.log_entry(_result("2026-12-01 11:00 UTC", 1.0, 0.994, ["--seed=2"], False, 33.0)), log)

@@ -37,7 +37,7 @@ from maemi.data.datasets import scan_dataset
 from maemi.data.images import ImagePreprocessConfig, load_model_input, to_model_input
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
 from maemi.model.lora import set_dylora_rank_
-from maemi.teachers.records import few_shot_prompt, read_records
+from maemi.teachers.records import demonstration_labels, few_shot_prompt, read_records
 from maemi.teachers.sampling import few_shot_demos
 
 RUN_FILE = "run.json"
@@ -227,10 +227,7 @@ class Assistant:
                                  f"manifest with a label column)")
             return [s.path for s in samples], [s.label for s in samples]
         root = Path(str(self.run_value("images_root")))
-        by_image: dict[str, str] = {}
-        for rec in read_records(str(self.run_value("train_data"))):
-            if len(rec["images"]) == 1 and isinstance(rec.get("label"), str):
-                by_image.setdefault(rec["images"][0], rec["label"])
+        by_image = demonstration_labels(read_records(str(self.run_value("train_data"))))
         if not by_image:
             raise RunError(f"{self.run['train_data']}: no single-image record with a label to use as demonstrations")
         return [root / rel for rel in sorted(by_image)], [by_image[rel] for rel in sorted(by_image)]

@@ -118,6 +118,16 @@ def validate_record(rec: Any, where: str) -> None:
         fail("'meta' must be an object")
 
 
+def demonstration_labels(records: Iterable[dict]) -> dict[str, str]:
+    """image -> class of every image with a single-image labelled record (its first label): the images few-shot
+    demonstrations are drawn from, at inference (Assistant.support_set) and in training (train/demos.py)."""
+    labels: dict[str, str] = {}
+    for record in records:
+        if len(record["images"]) == 1 and isinstance(record.get("label"), str):
+            labels.setdefault(record["images"][0], record["label"])
+    return labels
+
+
 def read_records(path: str | os.PathLike) -> list[dict]:
     """Every record of a JSONL file, validated; errors name the file and line."""
     path = Path(path)

@@ -4,11 +4,11 @@
 `maemi teach` runs before there is a model, so it picks each few-shot record's K demonstrations by a handcrafted
 embedding (teachers.sampling). Inference picks them by the ViT's cls embedding (Assistant.demonstrations, RICES), which
 after the warm start separates the classes far better: on NEU-SDD, 178 of the teacher's 600 training records hold a
-demonstration of another class than the query, 6 under the warm-started ViT. Trained on the teacher's, the decoder
-learnt to leave demonstrations aside: a test image whose five ViT neighbours were four of its class got the zero-shot
-answer anyway (README, NEU-SDD benchmark). Chosen again here by the same embedding and rule as at inference (the K most
-similar other labelled training images), the demonstrations the decoder learns from are as good as those it will be
-given. Their order is shuffled as the teacher's is, seeded by the query's path.
+demonstration of another class than the query, 6 under the warm-started ViT (seed 0). Trained on the teacher's, the
+decoder learnt to leave demonstrations aside: a test image whose five ViT neighbours were four of its class got the
+zero-shot answer anyway (README, NEU-SDD benchmark). Chosen again here by the same embedding and rule as at inference
+(the K most similar other labelled training images), the demonstrations the decoder learns from are as good as those it
+will be given. Their order is shuffled as the teacher's is, seeded by the query's path.
 
 The choice is written to the run folder (few_shot_demos.json) and read back on --resume: a ViT that goes on learning
 during instruction tuning would otherwise give other neighbours after a restart.
@@ -28,7 +28,7 @@ from maemi.fileio import atomic_write_json
 from maemi.model import IMAGE_TOKEN
 from maemi.model.vision import VisionEncoder
 from maemi.seeds import derived_seed
-from maemi.teachers.records import few_shot_prompt
+from maemi.teachers.records import demonstration_labels, few_shot_prompt
 from maemi.teachers.sampling import few_shot_demos
 from maemi.train.data import ImageCache, chunks
 
@@ -42,10 +42,7 @@ def is_few_shot(record: dict) -> bool:
 def support_pool(records: Sequence[dict], cache: ImageCache) -> tuple[list[str], list[str]]:
     """The labelled training images demonstrations come from, as at inference (Assistant.support_set): the images of
     single-image records with a class label, sorted, the unreadable ones left out."""
-    labels: dict[str, str] = {}
-    for record in records:
-        if len(record["images"]) == 1 and isinstance(record.get("label"), str):
-            labels.setdefault(record["images"][0], record["label"])
+    labels = demonstration_labels(records)
     paths = []
     for path in sorted(labels):
         try:
