@@ -5,12 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test install clean-venv browser
+.PHONY: demo test install clean-venv browser ocr
 
-demo: $(STAMP)
+demo: $(STAMP) ocr
 	$(VENV)/bin/maemi demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser ocr
 	$(PY) -m pytest
 
 # The page test (tests/test_serve_page.py) drives a real headless Chromium: install Debian's when it is missing.
@@ -19,6 +19,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
 		echo "warning: could not install chromium and chromium-driver (needs root and apt): the page test will skip"
+
+# Reading a scale bar's label (maemi.measure.scalebar) runs Tesseract OCR: install Debian's when it is missing. Without
+# it, scales still come from metadata; a scale bar is reported unread, saying why, and the OCR tests skip.
+ocr:
+	@command -v tesseract >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr; } || \
+		echo "warning: could not install tesseract-ocr (needs root and apt): scale bars will not be read"
 
 install: $(STAMP)
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from maemi.data.datasets import scan_dataset
+from maemi.data.datasets import Sample, scan_dataset
 from maemi.data.synth import synthesize
+from maemi.measure.scalebar import tesseract_available
 from maemi.teachers.measure import ANSWERERS, THRESHOLDS, ImageFacts, MeasureTeacher
 from maemi.teachers.questions import PROFILES, check_reply, get_profile
 
@@ -67,7 +70,8 @@ def test_every_question_is_answered_short_and_long_deterministically(samples, pr
 def test_answers_state_the_numbers_it_measured(samples, sem_teacher):
     teacher = sem_teacher
     for sample in samples.values():
-        m, bar, _, _ = teacher.measure_image(sample.path, sample.metadata)
+        measured, _ = teacher.measure_image(sample.path, sample.metadata)
+        m, bar = measured.m, measured.info_bar_px
         assert bar == sample.metadata["info_bar_height_px"]
         assert m.height_px == sample.metadata["height"] - bar  # measured above the info bar
         a = ask(teacher, sample)
@@ -97,20 +101,35 @@ def test_count_and_size_match_the_generator_truth(samples, sem_teacher, cls):
         assert size == pytest.approx(truth["size_mean_nm"], rel=0.15), sample.relpath
 
 
-def test_without_a_scale_sizes_are_in_pixels(samples):
+def test_without_a_scale_sizes_are_in_pixels(samples, tmp_path):
+    sample = samples["Particles/particles_0001.png"]
+    # the micrograph alone: no metadata and no info bar, so no source of a scale
+    pixels = np.asarray(Image.open(sample.path))[: -sample.metadata["info_bar_height_px"]]
+    Image.fromarray(pixels).save(tmp_path / "cropped.png")
+    cropped = Sample(path=tmp_path / "cropped.png", relpath="cropped.png", label="Particles", metadata={})
+    a = ask(MeasureTeacher("sem"), cropped, {"size_distribution.size", "basics.scale"})
+    assert " px" in a["size_distribution.size"]["short"] and " nm" not in a["size_distribution.size"]["long"]
+    assert "not given" in a["basics.scale"]["short"] and "no information bar" in a["basics.scale"]["long"]
+    # the info bar is found without the metadata too
+    measured, _ = MeasureTeacher("sem").measure_image(sample.path, {})
+    assert measured.info_bar_px == sample.metadata["info_bar_height_px"]
+
+
+@pytest.mark.skipif(not tesseract_available(), reason="Tesseract OCR is not installed (make test installs it)")
+def test_without_metadata_the_scale_comes_from_the_scale_bar(samples):
     sample = samples["Particles/particles_0001.png"]
     md = {k: v for k, v in sample.metadata.items() if k != "nm_per_pixel"}
+    measured, _ = MeasureTeacher("sem").measure_image(sample.path, md)
+    assert measured.scale.source == "scale_bar"
+    assert measured.m.nm_per_pixel == pytest.approx(sample.metadata["nm_per_pixel"], rel=0.02)
     a = ask(MeasureTeacher("sem"), sample, {"size_distribution.size", "basics.scale"}, metadata=md)
-    assert " px" in a["size_distribution.size"]["short"] and " nm" not in a["size_distribution.size"]["long"]
-    assert "not given" in a["basics.scale"]["short"]
-    # the info bar is found without the metadata too
-    m, bar, _, _ = MeasureTeacher("sem").measure_image(sample.path, {})
-    assert bar == sample.metadata["info_bar_height_px"]
+    assert "read from the scale bar" in a["basics.scale"]["short"] and " nm" in a["size_distribution.size"]["short"]
 
 
 def test_words_follow_the_thresholds(samples, sem_teacher):
     sample = samples["Particles/particles_0000.png"]
-    m, bar, _, _ = sem_teacher.measure_image(sample.path, sample.metadata)
+    measured, _ = sem_teacher.measure_image(sample.path, sample.metadata)
+    m, bar = measured.m, measured.info_bar_px
     pick = lambda options: options[0]  # noqa: E731
 
     def answer(key: str, **changes) -> str:
@@ -146,7 +165,7 @@ def test_words_follow_the_thresholds(samples, sem_teacher):
 def test_comparisons_agree_with_the_measurements(samples, sem_teacher):
     teacher = sem_teacher
     two = [samples["Particles/particles_0000.png"], samples["Films_Coated_Surface/films_coated_surface_0000.png"]]
-    counts = [teacher.measure_image(s.path, s.metadata)[0].object_count for s in two]
+    counts = [teacher.measure_image(s.path, s.metadata)[0].m.object_count for s in two]
     md = {"labels": [s.label for s in two], "nm_per_pixel": [s.metadata["nm_per_pixel"] for s in two],
           "info_bar_height_px": [s.metadata["info_bar_height_px"] for s in two]}
     q = SEM.compare_questions["inter_class"]
@@ -155,11 +174,11 @@ def test_comparisons_agree_with_the_measurements(samples, sem_teacher):
         assert f"image {i + 1} ({s.label.lower().replace('_', ' ')}): {n} objects" in text
     # every "image K has more X (A against B)" claim names the image with the larger value
     values = {"object count": [float(n) for n in counts],
-              "texture contrast": [teacher.measure_image(s.path, s.metadata)[0].glcm_contrast for s in two],
-              "brightness": [teacher.measure_image(s.path, s.metadata)[0].brightness_mean for s in two],
-              "area fraction": [teacher.measure_image(s.path, s.metadata)[0].area_fraction for s in two],
-              "mean size": [teacher.measure_image(s.path, s.metadata)[0].to_nm(
-                  teacher.measure_image(s.path, s.metadata)[0].diameter_mean_px) for s in two]}
+              "texture contrast": [teacher.measure_image(s.path, s.metadata)[0].m.glcm_contrast for s in two],
+              "brightness": [teacher.measure_image(s.path, s.metadata)[0].m.brightness_mean for s in two],
+              "area fraction": [teacher.measure_image(s.path, s.metadata)[0].m.area_fraction for s in two],
+              "mean size": [teacher.measure_image(s.path, s.metadata)[0].m.to_nm(
+                  teacher.measure_image(s.path, s.metadata)[0].m.diameter_mean_px) for s in two]}
     claims = re.findall(r"image (\d) \([^)]*\) has [a-z ]+ \(([a-z ]+) [\d.,]+", text)
     assert claims
     for k, prop in claims:

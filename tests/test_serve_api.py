@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import tifffile
 import uvicorn
 from PIL import Image
 from typer.testing import CliRunner
@@ -128,11 +129,25 @@ def test_several_images_are_asked_about_together(server, assistant, images):
     assert r.json()["answer"] == assistant.ask([pair], "Which image is brighter?")[0]
 
 
-def test_measure_gives_the_measure_teachers_numbers(server, images):
+def test_measure_gives_the_measure_teachers_numbers_and_the_scale(server, images):
     r = post(server, "/v1/measure", images[0], nm_per_pixel="2.5")
     assert r.status_code == 200, r.text
-    grey, bar, _ = load_for_measuring(images[0])
-    assert r.json() == {"info_bar_px": bar, "measurements": dataclasses.asdict(measure(grey, nm_per_pixel=2.5))}
+    grey, bar, _, _ = load_for_measuring(images[0])
+    body = r.json()
+    assert body["info_bar_px"] == bar and body["measurements"] == dataclasses.asdict(measure(grey, nm_per_pixel=2.5))
+    assert (body["scale"]["nm_per_pixel"], body["scale"]["source"]) == (2.5, "explicit")
+    # a Zeiss TIFF carries its own scale in tag 34118: the upload keeps it
+    tag = b"0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 3.25 nm\r\n"
+    buffer = io.BytesIO()
+    pixels = np.asarray(Image.open(images[0]).convert("L"))
+    tifffile.imwrite(buffer, pixels, extratags=[(34118, 2, len(tag), tag, True)])
+    body = post(server, "/v1/measure", buffer.getvalue(), name="zeiss.tif").json()
+    assert (body["scale"]["nm_per_pixel"], body["scale"]["source"]) == (3.25, "instrument")
+    assert body["measurements"]["nm_per_pixel"] == 3.25 and "Image Pixel Size" in body["scale"]["detail"]
+    # a small PNG without an info bar: unknown, and why
+    body = post(server, "/v1/measure", images[0]).json()
+    assert body["scale"]["nm_per_pixel"] is None and body["measurements"]["nm_per_pixel"] is None
+    assert any("no instrument info bar" in note for note in body["scale"]["notes"])
 
 
 def test_preview_is_a_png_of_the_image(server, images):

@@ -18,6 +18,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from maemi.assistant import Assistant
@@ -128,14 +129,29 @@ def test_page_shows_caption_classes_measurements_and_answers_a_question(browser,
 
 def test_page_previews_a_16_bit_tiff_and_reports_a_bad_file(browser, served, tmp_path):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
+    # a 16-bit Zeiss TIFF: previewed by the server, its scale read from its tags into the page's scale field
     tiff = tmp_path / "deep.tif"
-    Image.fromarray((np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)).save(tiff)
+    tag = b"0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 4.75 nm\r\n"
+    tifffile.imwrite(tiff, (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16),
+                     extratags=[(34118, 2, len(tag), tag, True)])
     open_page_with_key(browser, served)
     browser.find_element(By.ID, "file").send_keys(str(tiff))
     wait_for(browser, lambda d: d.execute_script(
         "const i = document.getElementById('preview'); return i.src.startsWith('data:image/png') && i.naturalWidth"
     ) == 64, "the server-rendered preview of the TIFF")
+    wait_for(browser, lambda d: d.find_element(By.ID, "nm").get_attribute("value") == "4.75", "the file's scale")
+    assert "instrument's metadata" in browser.find_element(By.ID, "scale-source").text
+    assert " nm" in browser.find_element(By.ID, "measurements").text
+    # the user's own value overrides the file's
+    field = browser.find_element(By.ID, "nm")
+    field.clear()
+    field.send_keys("9.5", Keys.TAB)
+    wait_for(browser, lambda d: "as you typed it" in d.find_element(By.ID, "scale-source").text, "the typed scale")
+    assert "the instrument's metadata says 4.75 nm per pixel" in browser.find_element(By.ID, "scale-source").text
+    field.clear()
+    field.send_keys(Keys.TAB)  # emptied: the scale goes back to the file's
 
     not_image = tmp_path / "notes.png"
     not_image.write_text("these are notes, not a micrograph")

@@ -19,8 +19,8 @@ W, H = 256, 192  # small images where size does not matter
 
 REQUIRED = {
     "path", "class", "width", "height", "info_bar_height_px", "magnification", "nm_per_pixel", "scale_bar_nm",
-    "scale_bar_px", "eht_kv", "wd_mm", "object_count", "size_mean_nm", "size_std_nm", "orientation_deg",
-    "area_fraction", "porosity", "arrangement", "seed",
+    "scale_bar_px", "scale_bar_label", "eht_kv", "wd_mm", "object_count", "size_mean_nm", "size_std_nm",
+    "orientation_deg", "area_fraction", "porosity", "arrangement", "seed",
 }
 
 
@@ -67,6 +67,11 @@ def test_corpus_layout_and_metadata(corpus):
     assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporary files behind
 
 
+def _longest_run(mask: np.ndarray) -> int:
+    edges = np.diff(np.r_[0, mask.astype(np.int8), 0])
+    return int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max(initial=0))
+
+
 def test_info_bar_is_at_the_bottom_with_the_recorded_height():
     for name in ("Particles", "Porous_Sponge", "MEMS_devices_and_electrodes"):
         image, record = make_micrograph(name, 0, 0, width=512, height=384)
@@ -79,7 +84,7 @@ def test_info_bar_is_at_the_bottom_with_the_recorded_height():
         # the row above the bar is micrograph: noisy, not the band colour
         assert (image[-bar - 1] == INFO_BAR_LEVEL).mean() < 0.2
         # the scale bar line: a run of white pixels of the recorded length
-        runs = [np.diff(np.flatnonzero(np.diff(np.r_[0, row == 255, 0]))).max(initial=0) for row in band]
+        runs = [_longest_run(row == 255) for row in band]
         assert abs(max(runs) - record["scale_bar_px"]) <= 1
         assert re.fullmatch(r"Mag = (\d+\.\d\d K|\d+) X", record["magnification_label"])
 

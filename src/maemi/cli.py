@@ -304,7 +304,8 @@ def ask(
                                                                    "instrument metadata)."),
     together: bool = typer.Option(False, "--together", help="One question about all the images together (a comparison) "
                                                             "instead of one answer per image."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {images, question, context, answer}."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {images, question, context, answer, "
+                                                       "scales}; scales: each image's nm per pixel and its source."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
@@ -320,8 +321,11 @@ def ask(
     except ValueError as e:  # ImageReadError names the file; an over-long prompt says so
         _fail(str(e))
     if as_json:
-        _echo_json([{"images": q, "question": question, "context": context, "answer": a}
-                    for q, a in zip(queries, answers)])
+        from maemi.measure.scale import read_scale
+
+        scales = {image: read_scale(image).to_dict() for image in images}  # the scale each answer's sizes assume
+        _echo_json([{"images": q, "question": question, "context": context, "answer": a,
+                     "scales": [scales[image] for image in q]} for q, a in zip(queries, answers)])
     elif len(queries) == 1:
         typer.echo(answers[0])
     else:
@@ -426,6 +430,88 @@ def screen(
                + (f", {report.errors} with an error" if report.errors else "")
                + f"; {report.images} images in {folder}; {report.images_per_second:.1f} images/s "
                f"(batch {batch_size})")
+
+
+@app.command()
+def measure(
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    nm_per_pixel: Optional[float] = typer.Option(None, "--nm-per-pixel", min=0.0, help="The scale, when you know it "
+                                                                                      "better than the files do."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write a table: results.csv or results.jsonl."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
+) -> None:
+    """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is
+    known.
+
+    The scale comes from --nm-per-pixel, else the instrument's metadata in the file (Zeiss, FEI/Thermo Fisher, Tescan
+    TIFF tags; Hitachi/JEOL sidecar .txt; ImageJ/OME-TIFF calibration), else the info bar's scale bar read by OCR; when
+    none can be trusted it is unknown, sizes stay in pixels and the row says why.
+    """
+    import dataclasses
+
+    from maemi.data.images import ImageReadError
+    from maemi.serve.rows import RowWriter, check_table_path
+    from maemi.teachers.measure import measure_file
+    from maemi.teachers.measurements import Measurements
+
+    if nm_per_pixel is not None and nm_per_pixel <= 0:
+        _fail("--nm-per-pixel must be positive")
+    if out is not None:
+        try:
+            check_table_path(out, resume=False)
+        except (ValueError, FileExistsError) as e:
+            _fail(str(e))
+    rows = []
+    for image in images:
+        row = {"path": str(image), "nm_per_pixel": None, "scale_source": None, "scale_detail": None, "scale_notes": [],
+               "magnification": None, "info_bar_px": None, "measurements": None, "error": None}
+        try:
+            measured = measure_file(image, nm_per_pixel=nm_per_pixel)
+        except (ImageReadError, ValueError) as e:  # unreadable, or too small to measure
+            row["error"] = str(e)
+        else:
+            scale = measured.scale
+            row.update(nm_per_pixel=scale.nm_per_pixel, scale_source=scale.source, scale_detail=scale.detail or None,
+                       scale_notes=list(scale.notes), magnification=scale.magnification,
+                       info_bar_px=measured.info_bar_px, measurements=dataclasses.asdict(measured.m))
+        rows.append(row)
+    if out is not None:
+        columns = [c for c in rows[0] if c != "measurements"]
+        columns[-1:-1] = [f"measurements.{f.name}" for f in dataclasses.fields(Measurements)]
+        with RowWriter(out, columns) as writer:
+            writer.write(rows)
+    if as_json:
+        _echo_json(rows)
+    elif out is None or len(rows) == 1:
+        for row in rows:
+            _print_measurement(row)
+    if out is not None:
+        typer.echo(f"{out}: {len(rows)} rows, {sum(r['error'] is not None for r in rows)} with an error", err=True)
+    if all(r["error"] for r in rows):
+        raise typer.Exit(1)
+
+
+def _print_measurement(row: dict) -> None:
+    if row["error"]:
+        typer.echo(f"{row['path']}: error: {row['error']}")
+        return
+    nm, m = row["nm_per_pixel"], row["measurements"]
+    scale = (f"{nm:.4g} nm per pixel ({row['scale_source']}: {row['scale_detail']})" if nm
+             else "unknown: sizes in pixels")
+    typer.echo(f"{row['path']}\n  scale: {scale}")
+    for note in row["scale_notes"]:
+        typer.echo(f"    note: {note}")
+    if row["magnification"]:
+        typer.echo(f"  magnification: {row['magnification']:g} x")
+    unit = "nm" if nm else "px"
+    for key, value in m.items():
+        if key == "nm_per_pixel" or value is None:
+            continue
+        if key.endswith("_px") and key not in ("width_px", "height_px"):
+            key, value = key[:-3], f"{value * nm if nm else value:.4g} {unit}"
+        elif isinstance(value, float):
+            value = f"{value:.4g}"
+        typer.echo(f"  {key.replace('_', ' ')}: {value}")
 
 
 @app.command()

@@ -735,9 +735,39 @@ def _instrument(rng: np.random.Generator, spec: ClassScale, width: int) -> tuple
     return instrument, size_nm / nm_per_pixel
 
 
-def _format_length(nm: float) -> str:
-    # "um", not "µm": Pillow's built-in font has no micro sign
-    return f"{nm:g} nm" if nm < 1000 else f"{nm / 1000:g} um"
+# Info-bar styles, so that reading the scale from the bar (maemi.measure.scalebar) is exercised on more than one look:
+# fonts that matplotlib ships (a pinned dependency, so the bytes are the same on every machine) and Pillow's own.
+INFO_BAR_FONTS: tuple[str, ...] = (
+    "pillow-default", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf",
+    "STIXGeneral.ttf",
+)
+BAR_STYLES: tuple[str, ...] = ("solid", "ticks")  # a filled bar, or a thin line with end ticks
+LABEL_PLACES: tuple[str, ...] = ("above", "below", "right")
+MICRO_SPELLINGS: tuple[str, ...] = ("µm", "μm", "um")  # micro sign, Greek mu, ASCII
+
+
+@dataclass(frozen=True)
+class InfoBarStyle:
+    font: str
+    font_fraction: float  # text height as a fraction of the bar height
+    bar_style: str
+    label_place: str
+    micro: str  # how "µm" is spelled
+    space: bool  # "200 nm" or "200nm"
+
+
+def _info_bar_style(rng: np.random.Generator) -> InfoBarStyle:
+    return InfoBarStyle(
+        font=str(rng.choice(INFO_BAR_FONTS)), font_fraction=float(rng.uniform(0.22, 0.32)),
+        bar_style=str(rng.choice(BAR_STYLES)), label_place=str(rng.choice(LABEL_PLACES)),
+        micro=str(rng.choice(MICRO_SPELLINGS)), space=bool(rng.random() < 0.7),
+    )
+
+
+def format_length_label(nm: float, micro: str = "um", space: bool = True) -> str:
+    """A scale-bar label: "200 nm", "5 µm", "2um"."""
+    value, unit = (nm, "nm") if nm < 1000 else (nm / 1000, micro)
+    return f"{value:g}{' ' if space else ''}{unit}"
 
 
 def format_magnification(mag: float) -> str:
@@ -745,32 +775,56 @@ def format_magnification(mag: float) -> str:
     return f"Mag = {mag / 1000:.2f} K X" if mag >= 1000 else f"Mag = {mag:.0f} X"
 
 
-@lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.load_default(size=size)
+@lru_cache(maxsize=64)
+def _font(name: str, size: int) -> ImageFont.FreeTypeFont:
+    if name == "pillow-default":
+        return ImageFont.load_default(size=size)
+    import matplotlib  # its fonts only; pyplot is not imported
+
+    fonts = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "fonts", "ttf")
+    return ImageFont.truetype(os.path.join(fonts, name), size)
 
 
-def _with_info_bar(micrograph: np.ndarray, bar_height: int, instrument: Instrument) -> np.ndarray:
-    """Append the near-black data bar under the micrograph: scale bar, magnification, EHT, WD."""
+def _with_info_bar(micrograph: np.ndarray, bar_height: int, instrument: Instrument, style: InfoBarStyle
+                   ) -> tuple[np.ndarray, str]:
+    """Append the near-black data bar under the micrograph: scale bar and its label, magnification, EHT, WD.
+    Returns the image and the scale bar's label as drawn."""
     h, w = micrograph.shape
     image = Image.new("L", (w, h + bar_height), INFO_BAR_LEVEL)
     image.paste(Image.fromarray(micrograph), (0, 0))
     draw = ImageDraw.Draw(image)
-    font = _font(max(8, round(bar_height * 0.28)))
-    top, line_h = h, max(2, bar_height // 14)
-    x0 = round(0.03 * w)
-    label = _format_length(instrument.scale_bar_nm)
-    label_w = draw.textlength(label, font=font)
-    draw.text((x0 + (instrument.scale_bar_px - label_w) / 2, top + 0.12 * bar_height), label, fill=255, font=font)
-    y_bar = top + round(0.65 * bar_height)
-    draw.rectangle([x0, y_bar, x0 + instrument.scale_bar_px - 1, y_bar + line_h - 1], fill=255)
+    font = _font(style.font, max(8, round(bar_height * style.font_fraction)))
+    # Pillow's built-in font has no micro sign or Greek mu: it gets "um".
+    micro = style.micro if style.font != "pillow-default" else "um"
+    label = format_length_label(instrument.scale_bar_nm, micro, style.space)
+    top, x0, bar_px = h, round(0.03 * w), instrument.scale_bar_px
+    left, text_top, right, text_bottom = draw.textbbox((0, 0), label, font=font)
+    label_w, label_h = right - left, text_bottom - text_top
+    line_h = max(2, bar_height // 14) if style.bar_style == "solid" else max(1, bar_height // 35)
+    if style.label_place == "above":
+        y_bar = top + round(0.68 * bar_height)
+        label_xy = (x0 + (bar_px - label_w) / 2 - left, top + 0.14 * bar_height - text_top)
+    elif style.label_place == "below":
+        y_bar = top + round(0.22 * bar_height)
+        label_xy = (x0 + (bar_px - label_w) / 2 - left, top + 0.45 * bar_height - text_top)
+    else:  # right of the bar, on its line
+        y_bar = top + round(0.5 * bar_height)
+        label_xy = (x0 + bar_px + 0.4 * label_h - left, y_bar + line_h / 2 - label_h / 2 - text_top)
+    draw.text(label_xy, label, fill=255, font=font)
+    draw.rectangle([x0, y_bar, x0 + bar_px - 1, y_bar + line_h - 1], fill=255)
+    if style.bar_style == "ticks":
+        tick = max(3, round(0.12 * bar_height))
+        for x in (x0, x0 + bar_px - 1 - line_h + 1):
+            draw.rectangle([x, y_bar - tick, x + line_h - 1, y_bar + line_h - 1 + tick], fill=255)
+    label_right = label_xy[0] + left + label_w if style.label_place == "right" else 0
     rows = (top + 0.15 * bar_height, top + 0.55 * bar_height)
-    x1, x2 = max(x0 + instrument.scale_bar_px + 0.04 * w, 0.32 * w), 0.64 * w
+    x1 = max(x0 + bar_px + 0.04 * w, label_right + 0.04 * w, 0.32 * w)
+    x2 = max(0.64 * w, x1 + 0.3 * w)
     draw.text((x1, rows[0]), f"EHT = {instrument.eht_kv:.2f} kV", fill=255, font=font)
     draw.text((x1, rows[1]), f"WD = {instrument.wd_mm:.1f} mm", fill=255, font=font)
     draw.text((x2, rows[0]), format_magnification(instrument.magnification), fill=255, font=font)
     draw.text((x2, rows[1]), "Signal A = SE2", fill=255, font=font)
-    return np.asarray(image)
+    return np.asarray(image), label
 
 
 # ------------------------------------------------------------------------------------------------------- public API
@@ -813,7 +867,9 @@ def make_micrograph(
     drawn_arrangement = str(rng.choice(CLASS_ARRANGEMENTS.get(class_name, ("random",))))
     scene = SCENES[class_name](rng, shape, size_px, arrangement or drawn_arrangement)
     micrograph = _microscope(scene, rng)
-    image = _with_info_bar(micrograph, bar_height, instrument)
+    # The info bar's look has its own generator, so that it does not change the micrograph drawn above it.
+    style = _info_bar_style(np.random.default_rng([seed, SEM_CLASSES.index(class_name), index, 1]))
+    image, label = _with_info_bar(micrograph, bar_height, instrument, style)
 
     truth, npp = scene.truth, instrument.nm_per_pixel
     size_mean, size_std = _mean_std(truth.pop("sizes_px"), npp)
@@ -830,6 +886,7 @@ def make_micrograph(
         "nm_per_pixel": npp,
         "scale_bar_nm": instrument.scale_bar_nm,
         "scale_bar_px": instrument.scale_bar_px,
+        "scale_bar_label": label,
         "eht_kv": instrument.eht_kv,
         "wd_mm": instrument.wd_mm,
         "object_count": truth.pop("object_count"),

@@ -16,8 +16,7 @@ from pydantic import BaseModel, Field
 from maemi.data.images import ImageReadError
 from maemi.serve.openai_compat import MAX_IMAGES
 from maemi.serve.uploads import UploadError, upload_as_file, upload_name
-from maemi.teachers.measure import load_for_measuring
-from maemi.teachers.measurements import measure
+from maemi.teachers.measure import measure_file
 from maemi.teachers.remote import image_data_url
 
 router = APIRouter(prefix="/v1", tags=["MAEMI"])
@@ -46,11 +45,21 @@ class ClassifyResponse(BaseModel):
     predictions: list[Prediction] = Field(description="Most likely first")
 
 
+class ScaleResponse(BaseModel):
+    nm_per_pixel: float | None = Field(description="None when no source gives a trustworthy scale")
+    source: str | None = Field(description="explicit (the request's nm_per_pixel), instrument (the file's metadata), "
+                                           "scale_bar (the info bar read by OCR), or None")
+    detail: str = Field(description="Where exactly: the metadata field, or the bar's length and label")
+    magnification: float | None = None
+    notes: list[str] = Field(description="Why the scale is unknown, or which sources disagree")
+
+
 class MeasureResponse(BaseModel):
     info_bar_px: int = Field(description="Rows of instrument info bar found at the bottom and left out")
+    scale: ScaleResponse
     measurements: dict[str, float | int | str | None] = Field(
         description="maemi.teachers.measurements.Measurements: sizes (*_px) in pixels; times nm_per_pixel (when "
-                    "given) in nm")
+                    "known) in nm")
 
 
 class PreviewResponse(BaseModel):
@@ -98,22 +107,25 @@ async def classify(request: Request, image: UploadFile = File(...),
 
 
 def _measure(data: bytes, name: str | None, max_bytes: int, nm_per_pixel: float | None) -> MeasureResponse:
-    with upload_as_file(data, name, max_bytes) as path:
+    with upload_as_file(data, name, max_bytes) as path:  # a file: TIFF tags carry the instrument's scale
         try:
-            grey, info_bar_px, _ = load_for_measuring(path)
+            measured = measure_file(path, nm_per_pixel=nm_per_pixel)
         except ImageReadError as e:
             raise UploadError(422, f"upload {upload_name(name)}: {e.reason}") from None
-    try:
-        m = measure(grey, nm_per_pixel=nm_per_pixel)
-    except ValueError as e:  # too small, or no finite pixels
-        raise UploadError(422, f"upload {upload_name(name)}: {e}") from None
-    return MeasureResponse(info_bar_px=info_bar_px,
-                           measurements=dataclasses.asdict(m))
+        except ValueError as e:  # too small, or no finite pixels
+            raise UploadError(422, f"upload {upload_name(name)}: {e}") from None
+    scale = measured.scale
+    return MeasureResponse(info_bar_px=measured.info_bar_px,
+                           scale=ScaleResponse(nm_per_pixel=scale.nm_per_pixel, source=scale.source,
+                                               detail=scale.detail, magnification=scale.magnification,
+                                               notes=list(scale.notes)),
+                           measurements=dataclasses.asdict(measured.m))
 
 
 @router.post("/measure", response_model=MeasureResponse, summary="What the measure teacher measures on the image")
 async def measure_image(request: Request, image: UploadFile = File(...),
-                        nm_per_pixel: float | None = Form(None, gt=0, description="The scale, if known")):
+                        nm_per_pixel: float | None = Form(None, gt=0, description="The scale, if you know it "
+                                                                                  "better than the file does")):
     config = request.app.state.maemi.config
     return await run_in_threadpool(_measure, await image.read(), image.filename, config.max_upload_bytes,
                                    nm_per_pixel)

@@ -5,10 +5,11 @@ Images are found as datasets are (maemi.data.datasets.scan_dataset: every image 
 with `_` or `.` skipped, sorted by path; a CSV manifest works too); each row's `path` is relative to the folder and is
 the key that resume skips on. Inference is the Assistant's (zero-shot classification over the run's classes, the
 run's caption question); measurements are the measure teacher's (maemi.teachers.measurements.measure on the image
-above its info bar, with the scale from metadata.jsonl when the folder has one).
+above its info bar, with the scale of maemi.measure.scale: metadata.jsonl, the instrument's metadata or the scale bar).
 
-Row: path, top1, confidence (its probability), top5 ([{label, probability}], most likely first), caption (with
-caption), measurements (with measure: the Measurements fields), error (why a file could not be read or measured;
+Row: path, top1, confidence (its probability), top5 ([{label, probability}], most likely first), nm_per_pixel and
+scale_source (maemi.measure.scale: explicit, metadata, instrument, scale_bar; empty when the scale is unknown), caption
+(with caption), measurements (with measure: the Measurements fields), error (why a file could not be read or measured;
 empty otherwise). An unreadable file gets a row with its error and the rest go on.
 """
 
@@ -26,8 +27,9 @@ from maemi.assistant import Assistant
 from maemi.data.datasets import DatasetError, Sample, scan_dataset
 from maemi.data.images import IMAGE_EXTENSIONS, ImageReadError, load_model_input
 from maemi.serve.rows import RowWriter
-from maemi.teachers.measure import load_for_measuring
-from maemi.teachers.measurements import Measurements, measure
+from maemi.measure.scale import Scale, read_scale
+from maemi.teachers.measure import measure_file
+from maemi.teachers.measurements import Measurements
 
 TOP_K = 5
 MEASUREMENT_FIELDS = [f.name for f in dataclasses.fields(Measurements)]
@@ -59,7 +61,7 @@ class ScreenReport:
 
 def screen_columns(config: ScreenConfig) -> list[str]:
     """The table's columns; CSV spells the measurements as flat `measurements.<field>` columns."""
-    columns = ["path", "top1", "confidence", "top5"]
+    columns = ["path", "top1", "confidence", "top5", "nm_per_pixel", "scale_source"]
     if config.caption:
         columns.append("caption")
     if config.measure:
@@ -75,11 +77,11 @@ def find_images(folder: str | os.PathLike) -> list[Sample]:
     return samples
 
 
-def measure_sample(sample: Sample) -> dict:
-    """The measure teacher's measurements of one image, as a JSON-ready dict (sizes in px; nm_per_pixel when known)."""
-    grey, _, _ = load_for_measuring(sample.path, sample.metadata.get("info_bar_height_px"))
-    nm = sample.metadata.get("nm_per_pixel")
-    return dataclasses.asdict(measure(grey, nm_per_pixel=float(nm) if nm else None))
+def measure_sample(sample: Sample) -> tuple[dict, Scale]:
+    """The measure teacher's measurements of one image, as a JSON-ready dict (sizes in px; nm_per_pixel when known),
+    and the scale they used."""
+    measured = measure_file(sample.path, sample.metadata)
+    return dataclasses.asdict(measured.m), measured.scale
 
 
 def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConfig) -> list[dict]:
@@ -103,11 +105,14 @@ def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConf
                    top5=[{"label": label, "probability": round(p, 6)} for label, p in top])
         if config.caption:
             row["caption"] = caption
+        scale = None
         if config.measure:
             try:
-                row["measurements"] = measure_sample(sample)
+                row["measurements"], scale = measure_sample(sample)
             except ValueError as e:  # ImageReadError, or an image too small to measure
                 row["error"] = f"measurements: {e.reason if isinstance(e, ImageReadError) else e}"
+        scale = scale or read_scale(sample.path, metadata=sample.metadata)
+        row.update(nm_per_pixel=scale.nm_per_pixel, scale_source=scale.source)
     return rows
 
 

@@ -22,6 +22,7 @@ from skimage.color import rgb2gray
 
 from maemi.data.datasets import file_sha256
 from maemi.data.images import ImageReadError, find_info_bar, load_image
+from maemi.measure.scale import Scale, read_scale
 from maemi.teachers.measurements import Measurements, measure
 from maemi.teachers.questions import Profile, Question, TeacherReply, get_profile
 
@@ -112,6 +113,7 @@ class ImageFacts:
     info_bar_px: int
     colourful: bool
     profile: str
+    scale: Scale | None = None  # where m.nm_per_pixel came from
 
     # ---------------------------------------------------------------- numbers as text
     @property
@@ -231,7 +233,7 @@ class ImageFacts:
 
     @property
     def magnification(self) -> str:
-        mag = self.metadata.get("magnification")
+        mag = self.metadata.get("magnification") or (self.scale.magnification if self.scale else None)
         return f"magnified {fmt_number(float(mag))} times" if mag else ""
 
     # ---------------------------------------------------------------- reusable sentences
@@ -278,10 +280,18 @@ def _scale(f: ImageFacts, pick) -> tuple[str, str]:
     m, md = f.m, f.metadata
     if not m.nm_per_pixel:
         short = "The scale is not given, so sizes here are in pixels."
-        return short, (f"{short} The field of view is {m.width_px} x {m.height_px} pixels; the scale bar in the "
-                       "information bar cannot be read by a measuring teacher without the pixel size.")
+        why = ("no instrument metadata and no readable scale bar" if f.info_bar_px
+               else "no instrument metadata and no information bar with a scale bar")
+        return short, f"{short} The field of view is {m.width_px} x {m.height_px} pixels; there is {why}."
     fov = f"{f.length(m.width_px)} x {f.length(m.height_px)}"
-    bar = f"; the scale bar represents {fmt_number(float(md['scale_bar_nm']))} nm" if md.get("scale_bar_nm") else ""
+    source = f.scale.source if f.scale else "metadata"
+    if source == "scale_bar" and f.scale.readings:
+        bar = f", read from the scale bar ({f.scale.detail})"
+    elif source == "instrument":
+        bar = ", from the instrument's metadata in the file"
+    else:
+        bar = (f"; the scale bar represents {fmt_number(float(md['scale_bar_nm']))} nm" if md.get("scale_bar_nm")
+               else "")
     short = f"One pixel is {fmt_number(m.nm_per_pixel)} nm{bar}."
     long = (f"{short} The {m.width_px} x {m.height_px}-pixel field of view spans {fov}"
             + (f", {f.magnification}" if f.magnification else "") + ". All sizes below are in nanometres.")
@@ -742,8 +752,10 @@ COMPARE_ANSWERERS = {
 
 
 # ------------------------------------------------------------------------------------------ the teacher
-def load_for_measuring(path: Path, info_bar_height_px: int | None = None) -> tuple[np.ndarray, int, bool]:
-    """(grey image above the info bar, info bar height in px, whether the file is in false colour).
+def load_for_measuring(path: Path, info_bar_height_px: int | None = None
+                       ) -> tuple[np.ndarray, int, bool, np.ndarray]:
+    """(grey image above the info bar, info bar height in px, whether the file is in false colour, the whole grey
+    image with its bar).
 
     The bar's height comes from the metadata when given (the synthetic corpus knows it), else it is detected."""
     image = load_image(path)  # (H, W) for grey content, (H, W, 3) for colour
@@ -755,17 +767,33 @@ def load_for_measuring(path: Path, info_bar_height_px: int | None = None) -> tup
     else:
         top = find_info_bar(grey)
         top = height if top is None else top
-    return grey[:top], height - top, colourful
+    return grey[:top], height - top, colourful, grey
 
 
-def _measure_file(path: Path, metadata: dict | None) -> tuple[Measurements, int, bool, str]:
+@dataclass(frozen=True)
+class MeasuredImage:
+    m: Measurements  # sizes in px; times m.nm_per_pixel (the scale's) in nm
+    scale: Scale
+    info_bar_px: int
+    colourful: bool
+
+
+def measure_file(path: Path, metadata: dict | None = None, nm_per_pixel: float | None = None) -> MeasuredImage:
+    """Measure one image above its info bar, with its scale from maemi.measure.scale (the explicit `nm_per_pixel`,
+    metadata.jsonl, the instrument's metadata, else the scale bar). Raises ImageReadError, or ValueError for an image
+    too small to measure."""
     metadata = metadata or {}
-    grey, bar, colourful = load_for_measuring(path, metadata.get("info_bar_height_px"))
-    nm = metadata.get("nm_per_pixel")
-    return measure(grey, nm_per_pixel=float(nm) if nm else None), bar, colourful, file_sha256(path)
+    grey, bar, colourful, whole = load_for_measuring(path, metadata.get("info_bar_height_px"))
+    scale = read_scale(path, whole, explicit_nm_per_pixel=nm_per_pixel, metadata=metadata,
+                       info_bar_top=whole.shape[0] - bar)
+    return MeasuredImage(measure(grey, nm_per_pixel=scale.nm_per_pixel), scale, bar, colourful)
 
 
-def _measure_or_none(item: tuple[Path, dict | None]) -> tuple[Measurements, int, bool, str] | None:
+def _measure_file(path: Path, metadata: dict | None) -> tuple[MeasuredImage, str]:
+    return measure_file(path, metadata), file_sha256(path)
+
+
+def _measure_or_none(item: tuple[Path, dict | None]) -> tuple[MeasuredImage, str] | None:
     try:
         return _measure_file(*item)
     except ImageReadError:
@@ -779,11 +807,11 @@ class MeasureTeacher:
 
     def __init__(self, profile: Profile | str = "sem") -> None:
         self.profile = get_profile(profile) if isinstance(profile, str) else profile
-        self._cache: dict[str, tuple[Measurements, int, bool, str]] = {}
+        self._cache: dict[str, tuple[MeasuredImage, str]] = {}
         self._lock = threading.Lock()
 
-    def measure_image(self, path: Path, metadata: dict | None = None) -> tuple[Measurements, int, bool, str]:
-        """(measurements, info bar height, colourful, sha256) of one image, cached by path."""
+    def measure_image(self, path: Path, metadata: dict | None = None) -> tuple[MeasuredImage, str]:
+        """(the measured image, its sha256), cached by path."""
         key = str(path)
         with self._lock:
             if key in self._cache:
@@ -807,8 +835,9 @@ class MeasureTeacher:
                         self._cache[str(path)] = result
 
     def facts(self, path: Path, label: str | None, metadata: dict | None) -> tuple[ImageFacts, str]:
-        m, bar, colourful, sha = self.measure_image(Path(path), metadata)
-        return ImageFacts(m, label, dict(metadata or {}), bar, colourful, self.profile.name), sha
+        measured, sha = self.measure_image(Path(path), metadata)
+        return ImageFacts(measured.m, label, dict(metadata or {}), measured.info_bar_px, measured.colourful,
+                          self.profile.name, measured.scale), sha
 
     def answer(
         self,

@@ -250,7 +250,7 @@ def _compare_groups(samples: list[Sample], embs, measurer: MeasureTeacher, confi
     labels = [s.label for s in samples]
     het = []
     for s in samples:
-        m, *_ = measurer.measure_image(s.path, s.metadata)
+        m = measurer.measure_image(s.path, s.metadata)[0].m
         het.append(m.size_heterogeneity if m.object_count >= 2 else float("nan"))
     return {
         "inter_class": [list(p) for p in inter_class_pairs(embs, labels, config.compare)],

@@ -1,0 +1,1 @@
+"""Measurement: scale, segmentation, objects."""

@@ -1,0 +1,255 @@
+"""The scale bar in an SEM info bar: its length in pixels and its label read by OCR, hence nm per pixel.
+
+The info bar (maemi.data.images.find_info_bar) is a flat band under the micrograph holding high-contrast text and a
+scale bar. Here:
+1. the band's high-contrast pixels are split into connected components, after removing frame lines (rows or columns
+   that run across the whole band), so a bar drawn against a frame still stands alone;
+2. a scale bar is a component much wider than it is thick: a solid bar, or a line with end ticks; its length is the
+   extent of its longest row (the line between the ticks' outer edges);
+3. the band is read by Tesseract (word boxes), and the label is the "number unit" text (parse_length) nearest the bar;
+   the magnification ("Mag = 25.00 K X", "x5,000", "25.0kX") is read from the same text.
+
+A reading is only returned as a scale when the bar and its label are both found and the label reads the same in two
+OCR passes (read_label); otherwise nm_per_pixel is None and `reason` says why (a wrong scale is worse than none).
+
+References: Tesseract 5 (LSTM engine; page segmentation mode 11, sparse text, finds words anywhere in the band);
+the bar-then-label approach of imagedataextractor (Mukaddem, Beard & Cole, J. Chem. Inf. Model. 60, 2020).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from maemi.measure.instrument import parse_magnification
+from maemi.measure.units import parse_length
+
+BAR_TEXT_CONTRAST = 0.35  # |pixel - band background| at least this: text or bar (as maemi.data.images)
+MIN_BAR_LENGTH_PX = 12
+MIN_BAR_WIDTH_FRACTION = 0.04  # of the band's width: shorter lines are glyph strokes ("=", "-", "_"), not scale bars
+MIN_BAR_ASPECT = 6.0  # length / thickness of the line part of a scale bar
+_DIGIT_SLIPS = str.maketrans({"T": "1", "I": "1", "l": "1", "|": "1", "O": "0", "o": "0", "S": "5", "Z": "2",
+                              "μ": "µ"})  # Tesseract's commonest misreadings of digits in a label
+LABEL_LINES_TRIED = 3  # runs of text nearest a bar read again as a label
+LABEL_CHARACTERS = "0123456789., nmuµμpÅ"
+OCR_TEXT_HEIGHT_PX = 40  # band rows are upscaled so that text is about this tall: Tesseract reads 30-40 px best
+_MAGNIFICATION = re.compile(
+    r"(?i)(?:\bmag\w*\s*[:=]?\s*[x×]?\s*(\d[\d,]*(?:\.\d+)?\s*[km]?\s*[x×]?)"
+    r"|\b[x×]\s?(\d[\d,]*(?:\.\d+)?\s*[km]?)\b|\b(\d[\d,]*(?:\.\d+)?\s*[km]?\s?[x×])(?!\w))"
+)
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    confidence: float  # 0-100
+    box: tuple[int, int, int, int]  # left, top, right, bottom in band coordinates
+
+
+@dataclass(frozen=True)
+class ScaleBarReading:
+    nm_per_pixel: float | None
+    bar_px: int | None = None  # the bar's length
+    bar_box: tuple[int, int, int, int] | None = None  # left, top, right, bottom in image coordinates
+    label: str | None = None  # the label as read
+    label_nm: float | None = None
+    label_confidence: float | None = None
+    magnification: float | None = None
+    text: str = ""  # everything OCR read in the band
+    reason: str | None = None  # why nm_per_pixel is None
+    words: tuple[Word, ...] = field(default=(), repr=False)
+
+
+def tesseract_available() -> bool:
+    return shutil.which("tesseract") is not None
+
+
+def read_scale_bar(grey: np.ndarray, bar_top: int | None) -> ScaleBarReading:
+    """Read the scale bar of the info bar that starts at row `bar_top` of the (H, W) float image `grey`."""
+    if bar_top is None or bar_top >= grey.shape[0]:
+        return ScaleBarReading(None, reason="no instrument info bar found at the bottom of the image")
+    band = np.asarray(grey[bar_top:], dtype=np.float32)
+    if band.shape[0] < 4:
+        return ScaleBarReading(None, reason="the info bar is too small to hold a scale bar")
+    background = float(np.median(band))
+    ink = np.abs(band - background) >= BAR_TEXT_CONTRAST
+    bars = find_bars(ink)
+    if not tesseract_available():
+        return ScaleBarReading(None, reason="Tesseract OCR is not installed (Debian: apt-get install tesseract-ocr), "
+                                            "so the scale bar's label cannot be read")
+    bar_mask = np.zeros_like(ink)
+    for left, top, right, bottom in bars:
+        bar_mask[top:bottom, left:right] = True
+    lines = text_lines(ink & ~bar_mask)
+    free = {box: ocr_line(band, background, box) for box in lines}  # unrestricted readings
+    words = [w for w in free.values() if w.text]
+    text = " ".join(w.text for w in words)
+    magnification = read_magnification(text)
+    if not bars:
+        return ScaleBarReading(None, magnification=magnification, text=text, words=tuple(words),
+                               reason="no scale bar (a line much longer than it is thick) in the info bar")
+    # The label is one of the runs of text nearest a bar (above, below or beside it) that reads as a length.
+    near = sorted(lines, key=lambda box: min(_distance(b, box) for b in bars))[:LABEL_LINES_TRIED]
+    misread = None
+    for box in near:
+        if _names_a_field(free[box].text):
+            continue  # "WD = 5.1 mm": a length, but an instrument field, not the bar's label
+        label = read_label(band, background, box, free[box].text)
+        if label is None:
+            continue
+        if isinstance(label, str):
+            misread = misread or label
+            continue
+        text_label, label_nm = label
+        bar = min(bars, key=lambda b: _distance(b, box))
+        length = bar[2] - bar[0]
+        return ScaleBarReading(label_nm / length, bar_px=length, bar_box=_to_image(bar, bar_top), label=text_label,
+                               label_nm=label_nm, magnification=magnification, text=text, words=tuple(words))
+    return ScaleBarReading(None, bar_px=bars[0][2] - bars[0][0], magnification=magnification, text=text,
+                           words=tuple(words), bar_box=_to_image(bars[0], bar_top),
+                           reason=misread or "a scale bar was found but no length label (a number and a unit such "
+                                             "as nm or µm) could be read next to it")
+
+
+def read_label(band: np.ndarray, background: float, box: tuple[int, int, int, int], free_text: str
+               ) -> tuple[str, float] | str | None:
+    """(label, nm) when the run of text at `box` reads as a length label, a string saying why when it reads as one
+    that cannot be trusted, None when it is no label.
+
+    Tesseract reads the run restricted to a label's characters (which stops its commonest slips: "1 um" as "Tum",
+    "0" as "O"); the reading is trusted when the unrestricted reading, with those same slips undone, says the same
+    length: one reading alone is right too rarely on short labels to quote.
+    """
+    restricted = ocr_line(band, background, box, LABEL_CHARACTERS).text
+    if not _whole_label(restricted):
+        return None
+    parsed = parse_length(restricted)
+    if parsed is None:
+        return None
+    if parsed[1] == "pm":  # Tesseract reads the micro sign as "p": "1 µm" comes back "1 pm"
+        return (f"the scale bar's label was read as {restricted!r}: picometres, which OCR also returns for a misread "
+                "µm; not trusted")
+    free = parse_length(free_text.translate(_DIGIT_SLIPS))
+    if free is None or abs(free[0] - parsed[0]) > 1e-9 * parsed[0]:
+        return (f"the scale bar's label was read as {restricted!r} and, unrestricted, as {free_text!r}: the two "
+                "readings disagree, so neither is trusted")
+    return restricted, parsed[0]
+
+
+# ------------------------------------------------------------------------------------------------------------- bars
+
+
+def find_bars(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes (left, top, right, bottom; right/bottom exclusive) of scale-bar-like components of a boolean ink mask,
+    longest first."""
+    from skimage.measure import label, regionprops
+
+    ink = ink.copy()
+    height, width = ink.shape
+    ink[ink.mean(axis=1) > 0.9] = False  # frame lines across the band
+    ink[:, ink.mean(axis=0) > 0.9] = False  # frame lines down the band
+    bars = []
+    for region in regionprops(label(ink, connectivity=2)):
+        top, left, bottom, right = region.bbox
+        patch = region.image  # [h, w] bool
+        row_extent = patch.sum(axis=1)  # ink per row of the component
+        line_rows = row_extent >= 0.9 * row_extent.max()
+        length = int(row_extent.max())
+        thickness = int(line_rows.sum())
+        too_short = length < max(MIN_BAR_LENGTH_PX, MIN_BAR_WIDTH_FRACTION * width)
+        if too_short or length < MIN_BAR_ASPECT * thickness or length > 0.95 * width:
+            continue
+        # the line must be solid: its rows filled from one end of the component to the other (text never is)
+        line = patch[line_rows]
+        if line.mean() < 0.9 or length < 0.9 * (right - left):
+            continue
+        # ticks or nothing above/below the line: other rows of the component are narrow (ticks) or absent
+        others = row_extent[~line_rows]
+        if others.size and np.median(others) > 0.25 * length:
+            continue
+        bars.append((left, top, right, bottom))
+    return sorted(bars, key=lambda b: b[0] - b[2])
+
+
+def _to_image(box: tuple[int, int, int, int], bar_top: int) -> tuple[int, int, int, int]:
+    left, top, right, bottom = box
+    return int(left), int(top + bar_top), int(right), int(bottom + bar_top)
+
+
+def _distance(bar: tuple[int, int, int, int], label: tuple[int, int, int, int]) -> float:
+    """Gap between the boxes (0 when they overlap in both axes), with horizontal gaps weighted less: a label beside
+    a bar is common, far above or below it is not."""
+    dx = max(label[0] - bar[2], bar[0] - label[2], 0)
+    dy = max(label[1] - bar[3], bar[1] - label[3], 0)
+    return float(np.hypot(0.5 * dx, dy))
+
+
+# -------------------------------------------------------------------------------------------------------------- OCR
+
+
+def text_lines(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes of the runs of text in an ink mask: connected components (glyphs) joined when they overlap vertically
+    and the horizontal gap between them is under one glyph height (a word gap is smaller; a column gap larger)."""
+    from skimage.measure import label, regionprops
+
+    boxes = [r.bbox for r in regionprops(label(ink, connectivity=2)) if r.area >= 2]  # (top, left, bottom, right)
+    if not boxes:
+        return []
+    line_height = float(np.median([b[2] - b[0] for b in boxes]))
+    boxes.sort(key=lambda b: b[1])
+    groups: list[list[int]] = []  # [top, left, bottom, right]
+    for top, left, bottom, right in boxes:
+        for g in groups:
+            overlap = min(bottom, g[2]) - max(top, g[0])
+            if overlap > 0.3 * min(bottom - top, g[2] - g[0]) and left - g[3] < max(line_height, 0.8 * (g[2] - g[0])):
+                g[0], g[1], g[2], g[3] = min(g[0], top), min(g[1], left), max(g[2], bottom), max(g[3], right)
+                break
+        else:
+            groups.append([top, left, bottom, right])
+    return [(g[1], g[0], g[3], g[2]) for g in groups if g[2] - g[0] >= 4]  # as (left, top, right, bottom)
+
+
+def ocr_line(band: np.ndarray, background: float, box: tuple[int, int, int, int], characters: str | None = None
+             ) -> Word:
+    """Tesseract's reading of one run of text (page segmentation mode 7: a single line). The crop is made
+    dark-on-light (Tesseract's training data), upscaled so that text is about OCR_TEXT_HEIGHT_PX tall, and given a
+    margin of background."""
+    import pytesseract
+
+    left, top, right, bottom = box
+    crop = band[top:bottom, left:right]
+    text_dark = crop if background > 0.5 else 1.0 - crop
+    factor = float(np.clip(OCR_TEXT_HEIGHT_PX / max(1, bottom - top), 1.0, 8.0))
+    image = Image.fromarray((np.clip(text_dark, 0, 1) * 255).astype(np.uint8))
+    image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
+                         Image.Resampling.LANCZOS)
+    margin = OCR_TEXT_HEIGHT_PX // 2
+    canvas = Image.new("L", (image.width + 2 * margin, image.height + 2 * margin), 255)
+    canvas.paste(image, (margin, margin))
+    config = "--psm 7" + (f' -c tessedit_char_whitelist="{characters}"' if characters else "")
+    data = pytesseract.image_to_data(canvas, config=config, output_type=pytesseract.Output.DICT)
+    tokens = [(t.strip(), float(c)) for t, c in zip(data["text"], data["conf"]) if t.strip()]
+    text = " ".join(t for t, _ in tokens)
+    confidence = min((c for _, c in tokens), default=0.0)
+    return Word(text, confidence, box)
+
+
+def _names_a_field(text: str) -> bool:
+    """'WD = 5.1 mm', 'HFW: 2.5 µm', 'Mag 25 kX': a run of text that names an instrument field."""
+    return "=" in text or ":" in text or bool(re.search(r"(?i)\b(WD|HFW|FW|EHT|HV|mag|width|dwell|spot|det)\b", text))
+
+
+def _whole_label(text: str) -> bool:
+    """The text is a length label and nothing else ("200nm", "200 nm"): "WD 5.1mm" or "x200nm1" are not labels."""
+    return re.fullmatch(r"\s*(\d+(?:[.,]\d+)?|[.,]\d+)\s*(pm|nm|[µμu]\s?m|mm|Å)\s*", text) is not None
+
+
+def read_magnification(text: str) -> float | None:
+    match = _MAGNIFICATION.search(text)
+    if not match:
+        return None
+    return parse_magnification(next(g for g in match.groups() if g))
