@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from maemi.data.datasets import (
@@ -84,7 +85,8 @@ def test_inspect_reports_bad_files_and_counts_good_ones(tmp_path):
     _class_folders(tmp_path, per_class=3)
     _png(tmp_path / "a" / "copy.png", 0)  # same bytes as a/a_0.png
     sixteen = (np.linspace(1000, 3000, 20 * 10).reshape(10, 20)).astype(np.uint16)
-    Image.fromarray(sixteen).save(tmp_path / "b" / "deep.tif")
+    tag = b"0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 2.5 nm\r\n"  # a Zeiss TIFF: it carries its scale
+    tifffile.imwrite(tmp_path / "b" / "deep.tif", sixteen, extratags=[(34118, 2, len(tag), tag, True)])
     expected = _bad_files(tmp_path)
     report = inspect_dataset(tmp_path)
     assert report["images"] == 3 * 3 + 1 + 1
@@ -93,6 +95,7 @@ def test_inspect_reports_bad_files_and_counts_good_ones(tmp_path):
     assert report["duplicates"] == [["a/a_0.png", "a/copy.png"]]
     assert report["bit_depths"] == {"8": 10, "16": 1}
     assert report["formats"] == {"PNG": 10, "TIFF": 1}
+    assert report["scales"] == {"unknown": 10, "instrument": 1}
     reasons = {Path(b["path"]).name: b["reason"] for b in report["unreadable"]}
     assert set(reasons) == set(expected)
     for name, word in expected.items():
@@ -165,3 +168,4 @@ def test_inspect_neu_det():
                                  ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")}
     assert report["duplicates"] == [["patches/patches_101.jpg", "patches/patches_105.jpg"]]
     assert report["sizes"] == {"200x200": 1800}
+    assert report["scales"] == {"unknown": 1800}  # no info bar, no instrument metadata

@@ -12,7 +12,7 @@ from PIL import Image
 
 from maemi.data.datasets import Sample, scan_dataset
 from maemi.data.synth import synthesize
-from maemi.measure.scalebar import tesseract_available
+from maemi.measure.ocr import tesseract_available
 from maemi.teachers.measure import ANSWERERS, THRESHOLDS, ImageFacts, MeasureTeacher
 from maemi.teachers.questions import PROFILES, check_reply, get_profile
 

@@ -59,7 +59,8 @@ def data_inspect(
     root: Path = typer.Argument(..., help="Dataset folder (root/<class>/<image>) or a CSV manifest (path,label)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Count images per class; list sizes, formats, bit depths, duplicates and unreadable files."""
+    """Count images per class; list sizes, formats, bit depths, where their scale comes from, duplicates and unreadable
+    files."""
     from maemi.data.datasets import DatasetError, inspect_dataset
 
     try:
@@ -89,6 +90,8 @@ def _print_inspect_report(report: dict) -> None:
         items = list(report[key].items())
         shown = ", ".join(f"{k} ({v})" for k, v in items[:8]) + (f", ... {len(items) - 8} more" if len(items) > 8 else "")
         console.print(f"{key.replace('_', ' ')}: {shown or '-'}")
+    scales = ", ".join(f"{source} ({n})" for source, n in report["scales"].items())
+    console.print(f"scale (nm per pixel) from: {scales or '-'}")
     console.print(f"exact duplicates: {len(report['duplicates'])} group(s)")
     for group in report["duplicates"]:
         console.print("  " + " == ".join(group))

@@ -115,8 +115,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_samples(samples: list[Sample], progress: bool = False) -> tuple[list[Sample], list[dict], dict[str, dict]]:
-    """Fully decode every image. Returns (readable samples, unreadable [{path, reason}], facts by relpath)."""
+def check_samples(samples: list[Sample], progress: bool = False, scales: bool = False
+                  ) -> tuple[list[Sample], list[dict], dict[str, dict]]:
+    """Fully decode every image. Returns (readable samples, unreadable [{path, reason}], facts by relpath). With
+    `scales`, facts also hold each image's scale source (maemi.measure.scale; reading a scale bar runs OCR)."""
+    from maemi.measure.scale import read_scale
+
     good, bad, facts = [], [], {}
     it = samples
     if progress:
@@ -126,19 +130,22 @@ def check_samples(samples: list[Sample], progress: bool = False) -> tuple[list[S
     for s in it:
         try:
             info = read_image_info(s.path)
-            load_image(s.path)  # a header can be fine while the data is truncated: decode it all
+            image = load_image(s.path)  # a header can be fine while the data is truncated: decode it all
         except ImageReadError as e:
             bad.append({"path": s.relpath, "reason": e.reason})
             continue
         good.append(s)
         facts[s.relpath] = {"info": info, "sha256": file_sha256(s.path)}
+        if scales:
+            grey = image if image.ndim == 2 else image.mean(axis=2)
+            facts[s.relpath]["scale_source"] = read_scale(s.path, grey, metadata=s.metadata).source
     return good, bad, facts
 
 
 def inspect_dataset(root: str | Path, progress: bool = False) -> dict:
     """What a user wants to know before training on a folder: counts, sizes, formats, duplicates, unreadable files."""
     samples = scan_dataset(root)
-    return inspection_report(root, samples, *check_samples(samples, progress=progress))
+    return inspection_report(root, samples, *check_samples(samples, progress=progress, scales=True))
 
 
 def inspection_report(root: str | Path, samples: list[Sample], good: list[Sample], bad: list[dict],
@@ -159,6 +166,9 @@ def inspection_report(root: str | Path, samples: list[Sample], good: list[Sample
         "modes": dict(Counter(i.mode for i in infos).most_common()),
         "bit_depths": {str(k): v for k, v in sorted(Counter(i.bit_depth for i in infos).items())},
         "duplicates": sorted(sorted(paths) for paths in by_hash.values() if len(paths) > 1),
+        # images with a scale, by source (maemi.measure.scale); "unknown": none could be trusted
+        "scales": dict(Counter(facts[s.relpath].get("scale_source") or "unknown" for s in good
+                               if "scale_source" in facts[s.relpath]).most_common()),
         "unreadable": bad,
     }
 

@@ -6,37 +6,31 @@ scale bar. Here:
    that run across the whole band), so a bar drawn against a frame still stands alone;
 2. a scale bar is a component much wider than it is thick: a solid bar, or a line with end ticks; its length is the
    extent of its longest row (the line between the ticks' outer edges);
-3. the band is read by Tesseract (word boxes), and the label is the "number unit" text (parse_length) nearest the bar;
-   the magnification ("Mag = 25.00 K X", "x5,000", "25.0kX") is read from the same text.
+3. the other components are joined into runs of text (text_lines), each read by OCR (maemi.measure.ocr); the label is
+   the run nearest a bar that reads as a length ("200 nm", "1 µm"), and the magnification ("Mag = 25.00 K X",
+   "x5,000", "25.0kX") is read from all of them.
 
-A reading is only returned as a scale when the bar and its label are both found and the label reads the same in two
-OCR passes (read_label); otherwise nm_per_pixel is None and `reason` says why (a wrong scale is worse than none).
+A reading is only returned as a scale when the bar and its label are both found and the label is trusted
+(maemi.measure.ocr.read_label); otherwise nm_per_pixel is None and `reason` says why (a wrong scale is worse than none).
 
-References: Tesseract 5 (LSTM engine; page segmentation mode 11, sparse text, finds words anywhere in the band);
-the bar-then-label approach of imagedataextractor (Mukaddem, Beard & Cole, J. Chem. Inf. Model. 60, 2020).
+Reference: the bar-then-label approach of imagedataextractor (Mukaddem, Beard & Cole, J. Chem. Inf. Model. 60, 2020).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from maemi.measure.instrument import parse_magnification
-from maemi.measure.units import parse_length
+from maemi.measure.ocr import read_label, tesseract_available, tesseract_line
 
 BAR_TEXT_CONTRAST = 0.35  # |pixel - band background| at least this: text or bar (as maemi.data.images)
 MIN_BAR_LENGTH_PX = 12
 MIN_BAR_WIDTH_FRACTION = 0.04  # of the band's width: shorter lines are glyph strokes ("=", "-", "_"), not scale bars
 MIN_BAR_ASPECT = 6.0  # length / thickness of the line part of a scale bar
-_DIGIT_SLIPS = str.maketrans({"T": "1", "I": "1", "l": "1", "|": "1", "O": "0", "o": "0", "S": "5", "Z": "2",
-                              "μ": "µ"})  # Tesseract's commonest misreadings of digits in a label
 LABEL_LINES_TRIED = 3  # runs of text nearest a bar read again as a label
-LABEL_CHARACTERS = "0123456789., nmuµμpÅ"
-OCR_TEXT_HEIGHT_PX = 40  # band rows are upscaled so that text is about this tall: Tesseract reads 30-40 px best
 _MAGNIFICATION = re.compile(
     r"(?i)(?:\bmag\w*\s*[:=]?\s*[x×]?\s*(\d[\d,]*(?:\.\d+)?\s*[km]?\s*[x×]?)"
     r"|\b[x×]\s?(\d[\d,]*(?:\.\d+)?\s*[km]?)\b|\b(\d[\d,]*(?:\.\d+)?\s*[km]?\s?[x×])(?!\w))"
@@ -57,15 +51,10 @@ class ScaleBarReading:
     bar_box: tuple[int, int, int, int] | None = None  # left, top, right, bottom in image coordinates
     label: str | None = None  # the label as read
     label_nm: float | None = None
-    label_confidence: float | None = None
     magnification: float | None = None
     text: str = ""  # everything OCR read in the band
     reason: str | None = None  # why nm_per_pixel is None
     words: tuple[Word, ...] = field(default=(), repr=False)
-
-
-def tesseract_available() -> bool:
-    return shutil.which("tesseract") is not None
 
 
 def read_scale_bar(grey: np.ndarray, bar_top: int | None) -> ScaleBarReading:
@@ -85,7 +74,7 @@ def read_scale_bar(grey: np.ndarray, bar_top: int | None) -> ScaleBarReading:
     for left, top, right, bottom in bars:
         bar_mask[top:bottom, left:right] = True
     lines = text_lines(ink & ~bar_mask)
-    free = {box: ocr_line(band, background, box) for box in lines}  # unrestricted readings
+    free = {box: Word(*tesseract_line(_crop(band, box), background), box) for box in lines}  # unrestricted readings
     words = [w for w in free.values() if w.text]
     text = " ".join(w.text for w in words)
     magnification = read_magnification(text)
@@ -98,46 +87,20 @@ def read_scale_bar(grey: np.ndarray, bar_top: int | None) -> ScaleBarReading:
     for box in near:
         if _names_a_field(free[box].text):
             continue  # "WD = 5.1 mm": a length, but an instrument field, not the bar's label
-        label = read_label(band, background, box, free[box].text)
+        label = read_label(_crop(band, box), background, free[box].text)
         if label is None:
             continue
-        if isinstance(label, str):
-            misread = misread or label
+        if label.nm is None:
+            misread = misread or f"the scale bar's label: {label.reason}"
             continue
-        text_label, label_nm = label
         bar = min(bars, key=lambda b: _distance(b, box))
         length = bar[2] - bar[0]
-        return ScaleBarReading(label_nm / length, bar_px=length, bar_box=_to_image(bar, bar_top), label=text_label,
-                               label_nm=label_nm, magnification=magnification, text=text, words=tuple(words))
+        return ScaleBarReading(label.nm / length, bar_px=length, bar_box=_to_image(bar, bar_top), label=label.text,
+                               label_nm=label.nm, magnification=magnification, text=text, words=tuple(words))
     return ScaleBarReading(None, bar_px=bars[0][2] - bars[0][0], magnification=magnification, text=text,
                            words=tuple(words), bar_box=_to_image(bars[0], bar_top),
                            reason=misread or "a scale bar was found but no length label (a number and a unit such "
                                              "as nm or µm) could be read next to it")
-
-
-def read_label(band: np.ndarray, background: float, box: tuple[int, int, int, int], free_text: str
-               ) -> tuple[str, float] | str | None:
-    """(label, nm) when the run of text at `box` reads as a length label, a string saying why when it reads as one
-    that cannot be trusted, None when it is no label.
-
-    Tesseract reads the run restricted to a label's characters (which stops its commonest slips: "1 um" as "Tum",
-    "0" as "O"); the reading is trusted when the unrestricted reading, with those same slips undone, says the same
-    length: one reading alone is right too rarely on short labels to quote.
-    """
-    restricted = ocr_line(band, background, box, LABEL_CHARACTERS).text
-    if not _whole_label(restricted):
-        return None
-    parsed = parse_length(restricted)
-    if parsed is None:
-        return None
-    if parsed[1] == "pm":  # Tesseract reads the micro sign as "p": "1 µm" comes back "1 pm"
-        return (f"the scale bar's label was read as {restricted!r}: picometres, which OCR also returns for a misread "
-                "µm; not trusted")
-    free = parse_length(free_text.translate(_DIGIT_SLIPS))
-    if free is None or abs(free[0] - parsed[0]) > 1e-9 * parsed[0]:
-        return (f"the scale bar's label was read as {restricted!r} and, unrestricted, as {free_text!r}: the two "
-                "readings disagree, so neither is trusted")
-    return restricted, parsed[0]
 
 
 # ------------------------------------------------------------------------------------------------------------- bars
@@ -213,39 +176,14 @@ def text_lines(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
     return [(g[1], g[0], g[3], g[2]) for g in groups if g[2] - g[0] >= 4]  # as (left, top, right, bottom)
 
 
-def ocr_line(band: np.ndarray, background: float, box: tuple[int, int, int, int], characters: str | None = None
-             ) -> Word:
-    """Tesseract's reading of one run of text (page segmentation mode 7: a single line). The crop is made
-    dark-on-light (Tesseract's training data), upscaled so that text is about OCR_TEXT_HEIGHT_PX tall, and given a
-    margin of background."""
-    import pytesseract
-
+def _crop(band: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     left, top, right, bottom = box
-    crop = band[top:bottom, left:right]
-    text_dark = crop if background > 0.5 else 1.0 - crop
-    factor = float(np.clip(OCR_TEXT_HEIGHT_PX / max(1, bottom - top), 1.0, 8.0))
-    image = Image.fromarray((np.clip(text_dark, 0, 1) * 255).astype(np.uint8))
-    image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
-                         Image.Resampling.LANCZOS)
-    margin = OCR_TEXT_HEIGHT_PX // 2
-    canvas = Image.new("L", (image.width + 2 * margin, image.height + 2 * margin), 255)
-    canvas.paste(image, (margin, margin))
-    config = "--psm 7" + (f' -c tessedit_char_whitelist="{characters}"' if characters else "")
-    data = pytesseract.image_to_data(canvas, config=config, output_type=pytesseract.Output.DICT)
-    tokens = [(t.strip(), float(c)) for t, c in zip(data["text"], data["conf"]) if t.strip()]
-    text = " ".join(t for t, _ in tokens)
-    confidence = min((c for _, c in tokens), default=0.0)
-    return Word(text, confidence, box)
+    return band[top:bottom, left:right]
 
 
 def _names_a_field(text: str) -> bool:
     """'WD = 5.1 mm', 'HFW: 2.5 µm', 'Mag 25 kX': a run of text that names an instrument field."""
     return "=" in text or ":" in text or bool(re.search(r"(?i)\b(WD|HFW|FW|EHT|HV|mag|width|dwell|spot|det)\b", text))
-
-
-def _whole_label(text: str) -> bool:
-    """The text is a length label and nothing else ("200nm", "200 nm"): "WD 5.1mm" or "x200nm1" are not labels."""
-    return re.fullmatch(r"\s*(\d+(?:[.,]\d+)?|[.,]\d+)\s*(pm|nm|[µμu]\s?m|mm|Å)\s*", text) is not None
 
 
 def read_magnification(text: str) -> float | None:

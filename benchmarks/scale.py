@@ -1,0 +1,257 @@
+"""Benchmark: reading an image's scale (issue 22). Prints tables and writes benchmarks/results/scale.{json,md}.
+
+1. Scale-bar labels: the 252 label crops of ../shared/data/scalebars (published micrographs, text in NAME.gt.txt): the
+   label's value and unit, read by each engine. A reading counts as right when it is trusted and its value and unit
+   equal the ground truth's; trusted but wrong is the dangerous case (a wrong scale) and is counted apart. Targets:
+   right on >= 95%.
+2. The synthetic corpus (the demo's: `maemi synth --per-class 20 --seed 0`, 200 images) with its metadata hidden:
+   nm per pixel from the info bar alone (read_scale, scale bar only), within 2% of the generator's truth on >= 98%.
+3. Instrument metadata: TIFFs written here with documented tag contents (Zeiss, including a file whose "Pixel Size"
+   differs from its "Image Pixel Size"; FEI/Thermo Fisher; Tescan; ImageJ; OME-TIFF; a 72-dpi TIFF that must give no
+   scale) and Hitachi/JEOL sidecar files: the pixel size must be exact.
+4. Gatan DM3/DM4: no package on the registries we reach ships a DM3/DM4 test file (rosettasciio's test data is fetched
+   from the network; ncempy ships none), so none is measured; said in the results.
+
+    .venv/bin/python benchmarks/scale.py [--engines tesseract,learned] [--synthetic-per-class 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from maemi.fileio import atomic_write_json, atomic_write_text
+from maemi.measure.ocr import read_label, tesseract_available
+from maemi.measure.scale import read_scale
+from maemi.measure.units import NM_PER_UNIT, parse_length
+
+HERE = Path(__file__).resolve().parent
+SCALEBARS = HERE.parents[1] / "shared" / "data" / "scalebars" / "scalebar-ground-truth"
+TARGETS = {"labels_right": 0.95, "synthetic_within_2pct": 0.98}
+sys.path.insert(0, str(HERE))
+from finetune_memory import machine_info  # noqa: E402
+
+
+def load_crop(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+
+
+def value_unit(nm: float, unit: str) -> tuple[float, str]:
+    return round(nm / NM_PER_UNIT[unit], 9), unit
+
+
+# ------------------------------------------------------------------------------------------------------ 1. labels
+
+
+def label_engines(names: list[str]) -> dict:
+    """name -> function(crop) -> (text, nm or None when not trusted)."""
+    engines = {}
+    if "tesseract" in names:
+        def tesseract(crop):
+            reading = read_label(crop)
+            return (reading.text, reading.nm) if reading else ("", None)
+        engines["tesseract"] = tesseract
+    return engines
+
+
+def bench_labels(root: Path, engines: dict) -> dict:
+    files = sorted(root.glob("*.tif"))
+    cases = []
+    for f in files:
+        truth_text = f.with_suffix(".gt.txt").read_text(encoding="utf-8").strip()
+        truth = parse_length(truth_text)
+        cases.append((f, truth_text, value_unit(*truth) if truth else None))
+    scored = [c for c in cases if c[2] is not None]
+    result = {"crops": len(files), "scored": len(scored),
+              "skipped": [{"file": c[0].name, "truth": c[1], "why": "the ground truth holds no length"}
+                          for c in cases if c[2] is None], "engines": {}}
+    for name, engine in engines.items():
+        right = wrong = untrusted = 0
+        failures = []
+        start = time.perf_counter()
+        for f, truth_text, truth in scored:
+            text, nm = engine(load_crop(f))
+            parsed = parse_length(text) if nm is not None else None
+            got = value_unit(nm, parsed[1]) if parsed else None
+            if got is None:
+                untrusted += 1
+                failures.append({"file": f.name, "truth": truth_text, "read": text, "trusted": False})
+            elif got == truth:
+                right += 1
+            else:
+                wrong += 1
+                failures.append({"file": f.name, "truth": truth_text, "read": text, "trusted": True})
+        seconds = time.perf_counter() - start
+        n = len(scored)
+        result["engines"][name] = {"right": right / n, "wrong_trusted": wrong / n, "not_trusted": untrusted / n,
+                                   "ms_per_crop": 1000 * seconds / n, "failures": failures}
+    return result
+
+
+# --------------------------------------------------------------------------------------------------- 2. synthetic
+
+
+def bench_synthetic(per_class: int, seed: int) -> dict:
+    from maemi.data.synth import synthesize
+
+    with tempfile.TemporaryDirectory() as tmp:
+        records = synthesize(Path(tmp), per_class, seed)
+        right = wrong = unknown = 0
+        failures = []
+        start = time.perf_counter()
+        for r in records:
+            scale = read_scale(Path(tmp) / r["path"])  # no metadata: the info bar alone
+            truth = r["nm_per_pixel"]
+            if scale.nm_per_pixel is None:
+                unknown += 1
+                failures.append({"path": r["path"], "label": r["scale_bar_label"], "why": "; ".join(scale.notes)})
+            elif abs(scale.nm_per_pixel / truth - 1) <= 0.02:
+                right += 1
+            else:
+                wrong += 1
+                failures.append({"path": r["path"], "label": r["scale_bar_label"], "why": scale.describe()})
+        seconds = time.perf_counter() - start
+    n = len(records)
+    return {"images": n, "per_class": per_class, "seed": seed, "within_2pct": right / n, "wrong": wrong / n,
+            "unknown": unknown / n, "s_per_image": seconds / n, "failures": failures}
+
+
+# ---------------------------------------------------------------------------------------------------- 3. metadata
+
+
+def _zeiss(path: Path, fields: dict[str, str]) -> None:
+    import tifffile
+
+    text = "\r\n".join(["0", "0", "0", "0"] + [x for kv in fields.items() for x in kv]) + "\r\n"
+    tag = text.encode("latin-1")
+    tifffile.imwrite(path, np.zeros((48, 64), np.uint16), extratags=[(34118, 2, len(tag), tag, True)])
+
+
+def metadata_cases(folder: Path) -> list[tuple[str, Path, float | None]]:
+    """(what, file, the pixel size in nm it must give; None: no scale)."""
+    import tifffile
+
+    image = np.zeros((48, 64), np.uint8)
+    cases = []
+    _zeiss(folder / "zeiss_2k.tif", {"AP_PIXEL_SIZE": "Pixel Size = 9.922 nm",
+                                     "AP_IMAGE_PIXEL_SIZE": "Image Pixel Size = 4.961 nm"})
+    cases.append(("Zeiss, 'Pixel Size' 9.922 nm != 'Image Pixel Size' 4.961 nm", folder / "zeiss_2k.tif", 4.961))
+    _zeiss(folder / "zeiss_pm.tif", {"AP_IMAGE_PIXEL_SIZE": "Image Pixel Size = 496.1 pm"})
+    cases.append(("Zeiss, in pm", folder / "zeiss_pm.tif", 0.4961))
+    _zeiss(folder / "zeiss_um.tif", {"AP_IMAGE_PIXEL_SIZE": "Image Pixel Size = 1.25 µm"})
+    cases.append(("Zeiss, in µm (Latin-1 micro sign)", folder / "zeiss_um.tif", 1250.0))
+    _zeiss(folder / "zeiss_monitor.tif", {"AP_PIXEL_SIZE": "Pixel Size = 9.922 nm"})
+    cases.append(("Zeiss, only the monitor's 'Pixel Size': no scale", folder / "zeiss_monitor.tif", None))
+    fei = "[Beam]\r\nHV=10000\r\n[Scan]\r\nPixelWidth=2.5e-09\r\nPixelHeight=2.5e-09\r\n"
+    tifffile.imwrite(folder / "fei.tif", image, extratags=[(34682, "s", 0, fei, True)])
+    cases.append(("FEI/Thermo Fisher [Scan] PixelWidth, in m", folder / "fei.tif", 2.5))
+    tescan = "[MAIN]\r\nPixelSizeX=1.2e-08\r\nHV=15000\r\n"
+    tifffile.imwrite(folder / "tescan.tif", image, extratags=[(50431, "s", 0, tescan, True)])
+    cases.append(("Tescan tag 50431 PixelSizeX, in m", folder / "tescan.tif", 12.0))
+    tifffile.imwrite(folder / "imagej.tif", image, imagej=True, resolution=(4.0, 4.0), metadata={"unit": "um"})
+    cases.append(("ImageJ, 4 pixels per um", folder / "imagej.tif", 250.0))
+    tifffile.imwrite(folder / "ome.ome.tif", image, ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.0035, "PhysicalSizeXUnit": "µm"})
+    cases.append(("OME-TIFF PhysicalSizeX 0.0035 µm", folder / "ome.ome.tif", 3.5))
+    tifffile.imwrite(folder / "print.tif", image, resolution=(72, 72), resolutionunit="INCH")
+    cases.append(("72 dpi resolution tags: a print resolution, no scale", folder / "print.tif", None))
+    tifffile.imwrite(folder / "hitachi.tif", image)
+    (folder / "hitachi.txt").write_text("[SemImageFile]\nPixelSize=4.9609375\n", encoding="latin-1")
+    cases.append(("Hitachi sidecar PixelSize, in nm", folder / "hitachi.tif", 4.9609375))
+    tifffile.imwrite(folder / "jeol.tif", image)
+    (folder / "jeol.txt").write_text("$CM_MAG 10000\n$$SM_MICRON_BAR 200\n$$SM_MICRON_MARKER 1um\n", encoding="latin-1")
+    cases.append(("JEOL sidecar: marker 1um over 200 pixels", folder / "jeol.tif", 5.0))
+    return cases
+
+
+def bench_metadata() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = []
+        for what, path, expected in metadata_cases(Path(tmp)):
+            scale = read_scale(path, read_bar=False)
+            got = scale.nm_per_pixel
+            exact = (got is None) if expected is None else (got is not None and abs(got - expected) <= 1e-9 * expected)
+            rows.append({"case": what, "expected_nm_per_pixel": expected, "got": got, "source": scale.source,
+                         "exact": exact})
+    return {"cases": rows, "all_exact": all(r["exact"] for r in rows)}
+
+
+# ----------------------------------------------------------------------------------------------------------- main
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = ["# Reading the scale (benchmarks/scale.py)", "",
+             f"Commit {m.get('commit')}, {m.get('cpu')}, {os.cpu_count()} CPU threads.", ""]
+    labels = results.get("labels")
+    if labels:
+        lines += [f"## 1. Scale-bar labels ({labels['scored']} of {labels['crops']} crops from published micrographs; "
+                  f"target: right on >= {TARGETS['labels_right']:.0%})", "",
+                  "| engine | right | trusted but wrong | not trusted (scale unknown) | ms per crop |",
+                  "|---|---|---|---|---|"]
+        for name, e in labels["engines"].items():
+            lines.append(f"| {name} | {e['right']:.1%} | {e['wrong_trusted']:.1%} | {e['not_trusted']:.1%} | "
+                         f"{e['ms_per_crop']:.0f} |")
+        for s in labels["skipped"]:
+            lines.append(f"\nNot scored: {s['file']} (ground truth {s['truth']!r}: {s['why']}).")
+        lines.append("")
+    syn = results.get("synthetic")
+    if syn:
+        lines += [f"## 2. Synthetic corpus, metadata hidden ({syn['images']} images, `maemi synth --per-class "
+                  f"{syn['per_class']} --seed {syn['seed']}`; target: within 2% on >= "
+                  f"{TARGETS['synthetic_within_2pct']:.0%})", "",
+                  "| within 2% | wrong | unknown (said why) | s per image |", "|---|---|---|---|",
+                  f"| {syn['within_2pct']:.1%} | {syn['wrong']:.1%} | {syn['unknown']:.1%} | {syn['s_per_image']:.2f} |",
+                  ""]
+    meta = results.get("metadata")
+    if meta:
+        lines += ["## 3. Instrument metadata (files written with documented tag contents)", "",
+                  "| file | expected nm/px | read | source | exact |", "|---|---|---|---|---|"]
+        for r in meta["cases"]:
+            lines.append(f"| {r['case']} | {r['expected_nm_per_pixel']} | {r['got']} | {r['source']} | "
+                         f"{'yes' if r['exact'] else 'NO'} |")
+        lines.append("")
+    lines += ["## 4. Gatan DM3/DM4", "", results["dm"], ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default="tesseract", help="label engines, comma-separated: tesseract")
+    parser.add_argument("--scalebars", type=Path, default=SCALEBARS)
+    parser.add_argument("--synthetic-per-class", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip", default="", help="sections to skip, comma-separated: labels,synthetic,metadata")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "scale")
+    args = parser.parse_args()
+    if not tesseract_available():
+        sys.exit("tesseract is not installed (apt-get install tesseract-ocr; make test installs it)")
+    skip = set(filter(None, args.skip.split(",")))
+    results = {"machine": machine_info(), "targets": TARGETS,
+               "dm": "Not measured: no package on the registries this project reaches ships a DM3/DM4 file "
+                     "(rosettasciio fetches its test data from the network at test time; ncempy ships none), and "
+                     "maemi does not read DM3/DM4 yet."}
+    if "labels" not in skip:
+        if not args.scalebars.is_dir():
+            sys.exit(f"{args.scalebars}: not found (pass --scalebars or --skip labels)")
+        results["labels"] = bench_labels(args.scalebars, label_engines(args.engines.split(",")))
+    if "synthetic" not in skip:
+        results["synthetic"] = bench_synthetic(args.synthetic_per_class, args.seed)
+    if "metadata" not in skip:
+        results["metadata"] = bench_metadata()
+    text = markdown(results)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out.with_suffix(".json"), results)
+    atomic_write_text(args.out.with_suffix(".md"), text)
+
+
+if __name__ == "__main__":
+    main()

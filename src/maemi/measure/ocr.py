@@ -1,0 +1,95 @@
+"""Reading text in micrographs with Tesseract: one line of an info bar, and a scale bar's length label.
+
+Tesseract (Debian's tesseract-ocr, through pytesseract) is the OCR engine: it installs from the package registries,
+runs on CPU and reads the printed fonts of instrument info bars. Its failure modes on short labels drive the rules
+in read_label: measured on the synthetic info bars, it reads "1 um" as "Tum", "5um" as "Sum" and the micro sign as
+"p", and its word confidences do not separate right from wrong readings (right labels at 0-57, wrong ones at 90+).
+
+References: Tesseract 5, LSTM engine, page segmentation mode 7 (a single text line); pytesseract.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from maemi.measure.units import parse_length
+
+OCR_TEXT_HEIGHT_PX = 40  # crops are upscaled so that text is about this tall: Tesseract reads 30-40 px text best
+LABEL_CHARACTERS = "0123456789., nmuµμpÅ"
+# Tesseract's commonest misreadings of the digits of a label, undone before two readings are compared
+_DIGIT_SLIPS = str.maketrans({"T": "1", "I": "1", "l": "1", "|": "1", "O": "0", "o": "0", "S": "5", "Z": "2",
+                              "μ": "µ"})
+_WHOLE_LABEL = re.compile(r"\s*(\d+(?:[.,]\d+)?|[.,]\d+)\s*(pm|nm|[µμu]\s?m|mm|Å)\s*")
+
+
+@dataclass(frozen=True)
+class LabelReading:
+    text: str  # what was read (the restricted reading)
+    nm: float | None  # the label's length when it is read and trusted
+    reason: str | None = None  # why a reading that looks like a label is not trusted
+
+
+def tesseract_available() -> bool:
+    return shutil.which("tesseract") is not None
+
+
+def dark_on_light(crop: np.ndarray, background: float | None = None) -> np.ndarray:
+    """The crop as black text on white, uint8: the background level (the crop's median unless given) goes to white,
+    the text (the pixels farthest from it, on whichever side they lie) to black."""
+    crop = np.asarray(crop, dtype=np.float32)
+    background = float(np.median(crop)) if background is None else background
+    deviation = crop - background
+    spread = float(np.percentile(np.abs(deviation), 99))
+    if spread <= 1e-6:
+        return np.full(crop.shape, 255, np.uint8)
+    text_sign = np.sign(np.mean(deviation[np.abs(deviation) >= 0.5 * spread]))  # -1: dark text, +1: light text
+    ink = np.clip(deviation * text_sign / spread, 0.0, 1.0)  # 0 background .. 1 text
+    return ((1.0 - ink) * 255).astype(np.uint8)
+
+
+def tesseract_line(crop: np.ndarray, background: float | None = None, characters: str | None = None
+                   ) -> tuple[str, float]:
+    """(text, lowest word confidence 0-100) of one line of text, optionally restricted to `characters`."""
+    import pytesseract
+
+    image = Image.fromarray(dark_on_light(crop, background))
+    factor = float(np.clip(OCR_TEXT_HEIGHT_PX / max(1, image.height), 1.0, 8.0))
+    image = image.resize((max(1, round(image.width * factor)), max(1, round(image.height * factor))),
+                         Image.Resampling.LANCZOS)
+    margin = OCR_TEXT_HEIGHT_PX // 2
+    canvas = Image.new("L", (image.width + 2 * margin, image.height + 2 * margin), 255)
+    canvas.paste(image, (margin, margin))
+    config = "--psm 7" + (f' -c tessedit_char_whitelist="{characters}"' if characters else "")
+    data = pytesseract.image_to_data(canvas, config=config, output_type=pytesseract.Output.DICT)
+    tokens = [(t.strip(), float(c)) for t, c in zip(data["text"], data["conf"]) if t.strip()]
+    return " ".join(t for t, _ in tokens), min((c for _, c in tokens), default=0.0)
+
+
+def read_label(crop: np.ndarray, background: float | None = None, free_text: str | None = None
+               ) -> LabelReading | None:
+    """A scale bar's label in `crop`: a LabelReading (nm set when trusted), or None when the crop reads as no label.
+
+    Tesseract reads the crop restricted to a label's characters, which stops its commonest slips ("1 um" as "Tum",
+    "0" as "O"). The reading is trusted when the unrestricted reading (`free_text`, read here when not given), with
+    those same slips undone, gives the same length: one reading alone is right too rarely on short labels to quote.
+    "pm" is never trusted: it is what Tesseract returns for a micro sign.
+    """
+    restricted, _ = tesseract_line(crop, background, LABEL_CHARACTERS)
+    parsed = parse_length(restricted) if _WHOLE_LABEL.fullmatch(restricted) else None
+    if parsed is None:
+        return None
+    if parsed[1] == "pm":
+        return LabelReading(restricted, None, f"the label was read as {restricted!r}: picometres, which OCR also "
+                                              "returns for a misread µm; not trusted")
+    if free_text is None:
+        free_text, _ = tesseract_line(crop, background)
+    free = parse_length(free_text.translate(_DIGIT_SLIPS))
+    if free is None or abs(free[0] - parsed[0]) > 1e-9 * parsed[0]:
+        return LabelReading(restricted, None, f"the label was read as {restricted!r} and, unrestricted, as "
+                                              f"{free_text!r}: the two readings disagree, so neither is trusted")
+    return LabelReading(restricted, parsed[0])
