@@ -282,12 +282,14 @@ def test_cli_ask_caption_classify(tiny):
     rows = json.loads(result.stdout)
     assert [r["answer"] for r in rows] == [BRIGHTNESS[labels[0]], BRIGHTNESS[labels[2]]]
     assert rows[0]["images"] == [str(train[0])] and rows[0]["question"] == BRIGHT_Q
+    # each image's scale, with its source: these tiny images have none, and the reason is given
+    assert rows[0]["scales"][0]["nm_per_pixel"] is None and rows[0]["scales"][0]["notes"]
 
     # the training records have no context: the answer may change with it, so only its plumbing is checked here
     result = invoke("ask", run, train[0], train[2], "--together", "--context", "5 kV", COMPARE_Q, "--json")
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.stdout)
-    assert row["images"] == [str(train[0]), str(train[2])] and row["context"] == "5 kV"
+    assert row["images"] == [str(train[0]), str(train[2])] and row["context"] == "5 kV" and len(row["scales"]) == 2
 
     result = invoke("caption", run, *train[:3], "--json")
     assert result.exit_code == 0, result.output

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from maemi.assistant import Assistant
@@ -90,9 +91,28 @@ def test_one_row_per_image_with_classes_captions_measurements_and_errors(assista
         assert row["caption"] == text
         assert set(row["measurements"]) == set(MEASUREMENT_FIELDS)
         assert row["measurements"]["width_px"] == 40 and row["measurements"]["object_count"] >= 0
+        assert row["nm_per_pixel"] is None and row["scale_source"] is None  # tiny images: no bar, no metadata
     for rel in tiny["train"]:  # the tiny run knows its training images
         label = rel.split("/")[0]
         assert by_path[f"batch1/{rel}"]["top1"] == label and by_path[f"batch1/{rel}"]["caption"] == CAPTIONS[label]
+
+
+def test_rows_carry_the_scale_and_its_source(assistant, tmp_path):
+    root = tmp_path / "scaled"
+    root.mkdir()
+    pixels = (np.random.default_rng(0).random((48, 64)) * 255).astype(np.uint8)
+    tag = b"0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 3.5 nm\r\n"
+    tifffile.imwrite(root / "zeiss.tif", pixels, extratags=[(34118, 2, len(tag), tag, True)])
+    Image.fromarray(pixels).save(root / "listed.png")
+    (root / "metadata.jsonl").write_text(json.dumps({"path": "listed.png", "nm_per_pixel": 7.25}) + "\n")
+    for measure in (False, True):
+        out = tmp_path / f"scaled-{measure}.csv"
+        screen_folder(assistant, root, out, ScreenConfig(measure=measure), progress=False)
+        rows = {r["path"]: r for r in read_csv(out)}
+        assert (rows["zeiss.tif"]["scale_source"], float(rows["zeiss.tif"]["nm_per_pixel"])) == ("instrument", 3.5)
+        assert (rows["listed.png"]["scale_source"], float(rows["listed.png"]["nm_per_pixel"])) == ("metadata", 7.25)
+        if measure:
+            assert float(rows["zeiss.tif"]["measurements.nm_per_pixel"]) == 3.5
 
 
 def test_csv_holds_the_same_rows_flat(assistant, folder, tmp_path):

@@ -1,0 +1,53 @@
+"""`maemi measure`: each image's scale with its source, and the measurements in nm when the scale is known."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import tifffile
+from PIL import Image
+from typer.testing import CliRunner
+
+from maemi.cli import app
+from maemi.data.synth import make_micrograph
+
+ZEISS_TAG = b"0\r\nAP_PIXEL_SIZE\r\nPixel Size = 9.0 nm\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 4.5 nm\r\n"
+
+
+def _images(tmp_path):
+    image, record = make_micrograph("Particles", 0, 2, width=512, height=384)
+    micrograph = image[: -record["info_bar_height_px"]]  # no info bar: the scale can only come from the tags
+    tifffile.imwrite(tmp_path / "zeiss.tif", micrograph, extratags=[(34118, 2, len(ZEISS_TAG), ZEISS_TAG, True)])
+    Image.fromarray(micrograph).save(tmp_path / "plain.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    return [tmp_path / "zeiss.tif", tmp_path / "plain.png", tmp_path / "broken.png"]
+
+
+def test_measure_json_gives_scale_source_and_sizes_in_nm(tmp_path):
+    zeiss, plain, broken = _images(tmp_path)
+    result = CliRunner().invoke(app, ["measure", str(zeiss), str(plain), str(broken), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["path"]: r for r in json.loads(result.stdout)}
+    z = rows[str(zeiss)]
+    assert (z["nm_per_pixel"], z["scale_source"]) == (4.5, "instrument") and "Image Pixel Size" in z["scale_detail"]
+    assert z["measurements"]["nm_per_pixel"] == 4.5 and z["measurements"]["object_count"] > 0
+    p = rows[str(plain)]
+    assert p["nm_per_pixel"] is None and p["scale_source"] is None
+    assert any("no instrument info bar" in note for note in p["scale_notes"])
+    assert p["measurements"]["nm_per_pixel"] is None and p["measurements"]["object_count"] > 0
+    assert rows[str(broken)]["error"] and "broken.png" in rows[str(broken)]["error"]
+
+
+def test_measure_explicit_scale_wins_and_the_table_is_written(tmp_path):
+    zeiss, plain, _ = _images(tmp_path)
+    out = tmp_path / "table.csv"
+    result = CliRunner().invoke(app, ["measure", str(zeiss), str(plain), "--nm-per-pixel", "6", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["scale_source"] for r in rows] == ["explicit", "explicit"]
+    assert float(rows[0]["measurements.nm_per_pixel"]) == 6.0
+    assert "the instrument's metadata says 4.5 nm per pixel" in rows[0]["scale_notes"]  # reported, not used
+    assert CliRunner().invoke(app, ["measure", str(zeiss), "--out", str(out)]).exit_code == 1  # never overwritten
+    assert CliRunner().invoke(app, ["measure", str(tmp_path / "broken.png")]).exit_code == 1  # nothing measured
+    assert "scale: unknown" in CliRunner().invoke(app, ["measure", str(plain)]).stdout
