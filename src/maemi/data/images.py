@@ -274,7 +274,7 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 
 INFO_BAR_MAX_FRACTION = 0.3  # bars are 5-15% of the height on Zeiss/FEI images; a taller uniform band is content
 INFO_BAR_MIN_ROWS = 6  # one line of the smallest legible text
-_BAR_BACKGROUND_TOLERANCE = 0.1  # |pixel - bar background| within this: bar background
+_BAR_BACKGROUND_TOLERANCE = 0.05  # |pixel - bar background| within this: bar background
 _BAR_TEXT_CONTRAST = 0.35  # |pixel - bar background| at least this: text or scale bar
 _BAR_FLATNESS = 0.01  # median |background pixel - level|: an instrument overlay is flat, micrograph content is noisy
 _BAR_MAX_GAP = 2  # rows inside the bar that may be mostly text

@@ -65,9 +65,11 @@ def read_scale(
     info_bar_top: int | None = None,
     check_scale_bar: bool = False,
     read_bar: bool = True,
+    label_engine: str = "both",
 ) -> Scale:
     """The scale of one image. `grey` is the (H, W) image in [0, 1] with its info bar (loaded from `path` when not
-    given and the scale bar must be read); `info_bar_top` its first row when already known (else it is found)."""
+    given and the scale bar must be read); `info_bar_top` its first row when already known (else it is found);
+    `label_engine` the reader of the bar's label (maemi.measure.ocr.read_label)."""
     readings: list[tuple[str, float, str]] = []  # (source, nm per pixel, detail), priority order
     notes: list[str] = []
     extras: dict = {}
@@ -94,7 +96,7 @@ def read_scale(
         _set(extras, "wd_mm", instrument.wd_mm)
 
     if read_bar and (not readings or check_scale_bar):
-        bar = _read_bar(path, grey, info_bar_top)
+        bar = _read_bar(path, grey, info_bar_top, label_engine)
         if bar.nm_per_pixel:
             readings.append(("scale_bar", bar.nm_per_pixel,
                              f"scale bar of {bar.bar_px} px labelled {bar.label!r} in the info bar"))
@@ -116,7 +118,7 @@ def read_scale(
                  wd_mm=extras.get("wd_mm"), readings={s: v for s, v, _ in readings}, notes=tuple(notes))
 
 
-def _read_bar(path, grey, info_bar_top) -> ScaleBarReading:
+def _read_bar(path, grey, info_bar_top, label_engine) -> ScaleBarReading:
     from maemi.data.images import ImageReadError, find_info_bar, load_grey
 
     if grey is None:
@@ -128,7 +130,7 @@ def _read_bar(path, grey, info_bar_top) -> ScaleBarReading:
             return ScaleBarReading(None, reason=f"the image could not be read ({e.reason})")
     if info_bar_top is None:
         info_bar_top = find_info_bar(grey)
-    return read_scale_bar(grey, info_bar_top)
+    return read_scale_bar(grey, info_bar_top, label_engine)
 
 
 def _set(extras: dict, key: str, value, source: str | None = None) -> None:

@@ -30,6 +30,7 @@ BAR_TEXT_CONTRAST = 0.35  # |pixel - band background| at least this: text or bar
 MIN_BAR_LENGTH_PX = 12
 MIN_BAR_WIDTH_FRACTION = 0.04  # of the band's width: shorter lines are glyph strokes ("=", "-", "_"), not scale bars
 MIN_BAR_ASPECT = 6.0  # length / thickness of the line part of a scale bar
+WORD_GAP = 1.2  # in text heights: wide fonts (STIX) leave a space of ~0.9 height between "500" and "nm"
 LABEL_LINES_TRIED = 3  # runs of text nearest a bar read again as a label
 _MAGNIFICATION = re.compile(
     r"(?i)(?:\bmag\w*\s*[:=]?\s*[x×]?\s*(\d[\d,]*(?:\.\d+)?\s*[km]?\s*[x×]?)"
@@ -57,7 +58,7 @@ class ScaleBarReading:
     words: tuple[Word, ...] = field(default=(), repr=False)
 
 
-def read_scale_bar(grey: np.ndarray, bar_top: int | None) -> ScaleBarReading:
+def read_scale_bar(grey: np.ndarray, bar_top: int | None, label_engine: str = "both") -> ScaleBarReading:
     """Read the scale bar of the info bar that starts at row `bar_top` of the (H, W) float image `grey`."""
     if bar_top is None or bar_top >= grey.shape[0]:
         return ScaleBarReading(None, reason="no instrument info bar found at the bottom of the image")
@@ -87,7 +88,7 @@ def read_scale_bar(grey: np.ndarray, bar_top: int | None) -> ScaleBarReading:
     for box in near:
         if _names_a_field(free[box].text):
             continue  # "WD = 5.1 mm": a length, but an instrument field, not the bar's label
-        label = read_label(_crop(band, box), background, free[box].text)
+        label = read_label(_crop(band, box), background, free[box].text, label_engine)
         if label is None:
             continue
         if label.nm is None:
@@ -156,19 +157,20 @@ def _distance(bar: tuple[int, int, int, int], label: tuple[int, int, int, int]) 
 
 def text_lines(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Boxes of the runs of text in an ink mask: connected components (glyphs) joined when they overlap vertically
-    and the horizontal gap between them is under one glyph height (a word gap is smaller; a column gap larger)."""
+    and the horizontal gap between them is under WORD_GAP text heights (the space in "200 nm" is smaller; the gap
+    between an info bar's columns larger)."""
     from skimage.measure import label, regionprops
 
     boxes = [r.bbox for r in regionprops(label(ink, connectivity=2)) if r.area >= 2]  # (top, left, bottom, right)
     if not boxes:
         return []
-    line_height = float(np.median([b[2] - b[0] for b in boxes]))
     boxes.sort(key=lambda b: b[1])
     groups: list[list[int]] = []  # [top, left, bottom, right]
     for top, left, bottom, right in boxes:
         for g in groups:
             overlap = min(bottom, g[2]) - max(top, g[0])
-            if overlap > 0.3 * min(bottom - top, g[2] - g[0]) and left - g[3] < max(line_height, 0.8 * (g[2] - g[0])):
+            height = max(bottom - top, g[2] - g[0])
+            if overlap > 0.3 * min(bottom - top, g[2] - g[0]) and left - g[3] < WORD_GAP * height:
                 g[0], g[1], g[2], g[3] = min(g[0], top), min(g[1], left), max(g[2], bottom), max(g[3], right)
                 break
         else:
@@ -177,8 +179,11 @@ def text_lines(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
 
 
 def _crop(band: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The run of text with a margin of half its height (as far as the band allows): readers need the background
+    around the glyphs to see where they end."""
     left, top, right, bottom = box
-    return band[top:bottom, left:right]
+    margin = max(2, (bottom - top) // 2)
+    return band[max(0, top - margin):bottom + margin, max(0, left - margin):right + margin]
 
 
 def _names_a_field(text: str) -> bool:

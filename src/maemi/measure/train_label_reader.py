@@ -1,0 +1,138 @@
+"""Train the scale-bar label CRNN on synthetic renders (CPU, one thread).
+
+    python -m maemi.measure.train_label_reader \
+        --out src/maemi/measure/weights/scalebar_label.safetensors [--steps N --seed S]
+
+Every batch is rendered on the fly from ``numpy.random.default_rng([seed, step])``
+so a run is deterministic for a seed. Settings are chosen on a fixed synthetic
+validation set rendered from a separate seed (never on real crops). References:
+CRNN (Shi et al. 2015), CTC (Graves et al. 2006), AdamW (Loshchilov & Hutter 2019).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from maemi.measure.label_reader import (ALPHABET, CRNN, LabelReader, ReaderConfig, batch_tensor,
+                                        canonical_text, greedy_decode, normalise, parse_length_label)
+from maemi.measure.label_render import HELD_OUT_FONT, render_label
+
+VAL_SEED = 987_654  # validation renders never share a stream with training
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2400
+    batch: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup: int = 100
+    seed: int = 0
+    val_size: int = 600
+    log_every: int = 100
+
+
+def make_batch(rng: np.random.Generator, n: int, cfg: ReaderConfig, fonts=None):
+    images, targets = [], []
+    for _ in range(n):
+        img, text = render_label(rng) if fonts is None else render_label(rng, fonts)
+        images.append(normalise(img, cfg))
+        targets.append(canonical_text(text))
+    return images, targets
+
+
+def encode(targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = [[ALPHABET.index(c) + 1 for c in t] for t in targets]
+    return torch.tensor([i for t in ids for i in t]), torch.tensor([len(t) for t in ids])
+
+
+def same_text(a: str, b: str) -> bool:
+    return a.replace(" ", "") == b.replace(" ", "")
+
+
+def same_label(a: str, b: str) -> bool:
+    pa, pb = parse_length_label(a), parse_length_label(b)
+    return pa is not None and pb is not None and pa[1] == pb[1] and math.isclose(pa[0], pb[0])
+
+
+@torch.no_grad()
+def evaluate(model: CRNN, images, targets) -> tuple[float, float]:
+    """(exact text ignoring spaces, value+unit) accuracy."""
+    model.eval()
+    preds = []
+    for s in range(0, len(images), 100):
+        preds += [p for p, _ in greedy_decode(model(batch_tensor(images[s: s + 100])))]
+    model.train()
+    text = np.mean([same_text(p, t) for p, t in zip(preds, targets)])
+    label = np.mean([same_label(p, t) for p, t in zip(preds, targets)])
+    return float(text), float(label)
+
+
+def train(out: str, tc: TrainConfig, rc: ReaderConfig) -> None:
+    torch.set_num_threads(1)  # the budget is one CPU thread
+    torch.manual_seed(tc.seed)
+    model = CRNN(rc)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, tc.steps) / tc.steps)))
+    ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
+
+    val = make_batch(np.random.default_rng(VAL_SEED), tc.val_size, rc)
+    val_font = make_batch(np.random.default_rng(VAL_SEED + 1), 200, rc, fonts=((HELD_OUT_FONT, 1.0),))
+    t0, running = time.time(), 0.0
+    for step in range(tc.steps):
+        images, targets = make_batch(np.random.default_rng([tc.seed, step]), tc.batch, rc)
+        x = batch_tensor(images)
+        lp = model(x)  # (B, T, C)
+        tgt, tgt_len = encode(targets)
+        in_len = torch.full((len(images),), lp.shape[1], dtype=torch.long)
+        loss = ctc(lp.transpose(0, 1), tgt, in_len, tgt_len)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        running += loss.item()
+        if (step + 1) % tc.log_every == 0:
+            msg = f"step {step + 1}/{tc.steps} loss {running / tc.log_every:.3f} lr {sched.get_last_lr()[0]:.2e} " \
+                  f"{time.time() - t0:.0f}s"
+            if (step + 1) % (tc.log_every * 5) == 0:
+                msg += " val text/label %.3f/%.3f" % evaluate(model, *val)
+            print(msg, flush=True)
+            running = 0.0
+
+    text_acc, label_acc = evaluate(model, *val)
+    font_text, font_label = evaluate(model, *val_font)
+    print(f"final synthetic val: text {text_acc:.3f} label {label_acc:.3f}; held-out font "
+          f"{HELD_OUT_FONT}: text {font_text:.3f} label {font_label:.3f}; train {time.time() - t0:.0f}s")
+    model.eval()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    meta = LabelReader.config_metadata(rc)
+    meta.update(steps=str(tc.steps), seed=str(tc.seed), val_text_acc=f"{text_acc:.4f}",
+                val_label_acc=f"{label_acc:.4f}")
+    save_file(state, out, metadata=meta)
+    print(f"saved {out} ({os.path.getsize(out) / 1e6:.2f} MB)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--seed", type=int, default=TrainConfig.seed)
+    ap.add_argument("--batch", type=int, default=TrainConfig.batch)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    args = ap.parse_args()
+    train(args.out, TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, lr=args.lr), ReaderConfig())
+
+
+if __name__ == "__main__":
+    main()
