@@ -66,7 +66,7 @@ def read_scale_bar(grey: np.ndarray, bar_top: int | None, label_engine: str = "b
     if band.shape[0] < 4:
         return ScaleBarReading(None, reason="the info bar is too small to hold a scale bar")
     background = float(np.median(band))
-    ink = np.abs(band - background) >= BAR_TEXT_CONTRAST
+    ink = without_frame(np.abs(band - background) >= BAR_TEXT_CONTRAST)
     bars = find_bars(ink)
     if not tesseract_available():
         return ScaleBarReading(None, reason="Tesseract OCR is not installed (Debian: apt-get install tesseract-ocr), "
@@ -107,15 +107,22 @@ def read_scale_bar(grey: np.ndarray, bar_top: int | None, label_engine: str = "b
 # ------------------------------------------------------------------------------------------------------------- bars
 
 
+def without_frame(ink: np.ndarray) -> np.ndarray:
+    """The ink mask without frame lines: rows that run across the whole band and columns that run down it. A bar or
+    a label drawn against the frame then stands alone."""
+    ink = ink.copy()
+    ink[ink.mean(axis=1) > 0.9] = False
+    ink[:, ink.mean(axis=0) > 0.9] = False
+    return ink
+
+
 def find_bars(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Boxes (left, top, right, bottom; right/bottom exclusive) of scale-bar-like components of a boolean ink mask,
     longest first."""
     from skimage.measure import label, regionprops
 
-    ink = ink.copy()
-    height, width = ink.shape
-    ink[ink.mean(axis=1) > 0.9] = False  # frame lines across the band
-    ink[:, ink.mean(axis=0) > 0.9] = False  # frame lines down the band
+    ink = without_frame(ink)
+    width = ink.shape[1]
     bars = []
     for region in regionprops(label(ink, connectivity=2)):
         top, left, bottom, right = region.bbox
