@@ -1,9 +1,12 @@
-"""Reading text in micrographs with Tesseract: one line of an info bar, and a scale bar's length label.
+"""Reading text in micrographs: one line of an info bar (Tesseract), and a scale bar's length label (Tesseract and
+the learned label reader, which must agree before a label is trusted).
 
-Tesseract (Debian's tesseract-ocr, through pytesseract) is the OCR engine: it installs from the package registries,
-runs on CPU and reads the printed fonts of instrument info bars. Its failure modes on short labels drive the rules
-in read_label: measured on the synthetic info bars, it reads "1 um" as "Tum", "5um" as "Sum" and the micro sign as
-"p", and its word confidences do not separate right from wrong readings (right labels at 0-57, wrong ones at 90+).
+Tesseract (Debian's tesseract-ocr, through pytesseract) installs from the package registries, runs on CPU and reads
+the printed fonts of instrument info bars. Its failure modes on short labels drive the rules here: measured on the
+synthetic info bars, it reads "1 um" as "Tum", "5um" as "Sum" and the micro sign as "p", and its word confidences do
+not separate right from wrong readings (right labels at 0-57, wrong ones at 90+). The learned reader
+(maemi.measure.label_reader) tells a micro sign from a "p" but confuses "nm" with "mm" and reads some zeros as nines;
+the two fail on different labels, so their agreement is what is trusted.
 
 References: Tesseract 5, LSTM engine, page segmentation mode 7 (a single text line); pytesseract.
 """
@@ -131,7 +134,7 @@ _UNIT_KIND = {"nm": "n", "mm": "m", "µm": "micro", "pm": "micro", "Å": "Å"}
 
 def _confirms(restricted: str, learned: tuple[float, str]) -> bool:
     """Tesseract's restricted reading has the learned label's number and a unit glyph of the same kind."""
-    match = _TESSERACT_READING.fullmatch(restricted.translate(_DIGIT_SLIPS))
+    match = _TESSERACT_READING.fullmatch(restricted.translate(_DIGIT_SLIPS).rstrip(".,;:"))  # "2um." is "2um"
     if match is None:
         return False
     number, unit = float(match.group(1).replace(",", ".")), match.group(2).replace(" ", "")
