@@ -69,6 +69,9 @@ def test_fei_pixel_width_in_metres(tmp_path):
     s = read_instrument_scale(tmp_path / "f.tif")
     assert s.flavour == "fei" and s.nm_per_pixel == pytest.approx(2.5)
     assert s.eht_kv == pytest.approx(10.0) and s.wd_mm == pytest.approx(5.1) and s.field_width_nm == pytest.approx(320)
+    # without PixelWidth, the horizontal field width over the image's 128 pixels
+    tifffile.imwrite(tmp_path / "hfw.tif", IMAGE, extratags=[(34682, "s", 0, "[EBeam]\r\nHFW=6.4e-07\r\n", True)])
+    assert read_instrument_scale(tmp_path / "hfw.tif").nm_per_pixel == pytest.approx(5.0)
 
 
 def test_tescan_ini_tag(tmp_path):

@@ -74,7 +74,7 @@ def _from_tiff(tif: tifffile.TiffFile) -> InstrumentScale | None:
     if tif.is_sem and tif.sem_metadata:
         return _zeiss(tif.sem_metadata, width)
     if tif.is_fei and tif.fei_metadata:
-        return _fei(tif.fei_metadata)
+        return _fei(tif.fei_metadata, width)
     if _TESCAN_TAG in page.tags:
         tescan = _tescan(page.tags[_TESCAN_TAG].value)
         if tescan:
@@ -140,7 +140,7 @@ def _zeiss(sem: dict, width: int) -> InstrumentScale:
                                 "monitor's pixel, not the stored image's")
 
 
-def _fei(fei: dict) -> InstrumentScale:
+def _fei(fei: dict, width: int) -> InstrumentScale:
     scan = fei.get("Scan") or fei.get("EScan") or {}
     beam = fei.get("EBeam") or fei.get("Beam") or {}
     pixel_m = _positive(scan.get("PixelWidth"))
@@ -151,8 +151,10 @@ def _fei(fei: dict) -> InstrumentScale:
                   field_width_nm=hfw * 1e9 if hfw else None)
     if pixel_m:
         return InstrumentScale(pixel_m * 1e9, "fei", f"FEI/Thermo Fisher [Scan] PixelWidth = {pixel_m} m", **common)
+    if hfw and width > 0:  # the horizontal field width spans the stored image's width
+        return InstrumentScale(hfw * 1e9 / width, "fei", f"FEI/Thermo Fisher HFW = {hfw} m / {width} pixels", **common)
     return InstrumentScale(None, "fei", "FEI/Thermo Fisher metadata", **common,
-                           note="the FEI metadata has no [Scan] PixelWidth")
+                           note="the FEI metadata has no [Scan] PixelWidth and no HFW")
 
 
 def _tescan(value) -> InstrumentScale | None:
