@@ -44,11 +44,18 @@ TRAIN_FONTS: tuple[tuple[str, float], ...] = (
     ("DejaVuSerif-Bold.ttf", 0.5),
     ("cmr10.ttf", 0.7),
     ("cmb10.ttf", 0.3),
+    ("DejaVuSansMono.ttf", 1.0),  # slashed/dotted zero: must not read as '9' or '6'
+    ("DejaVuSansMono-Bold.ttf", 0.3),
 )
 # Never used in training: kept for testing generalisation to an unseen face.
 HELD_OUT_FONT = "DejaVuSans-BoldOblique.ttf"
 
 MICRO_CHARS = ("\u00b5", "\u03bc", "u")  # micro sign, Greek mu, ASCII stand-in
+# Fonts and look of the instrument info bars (white text on a flat near-black
+# band, drawn directly at 15-22 px, no resampling), which get their own renders.
+INFO_BAR_FONTS = ("default", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf",
+                  "DejaVuSansMono.ttf", "STIXGeneral.ttf")
+INFO_BAR_PROB = 0.25
 FRAGMENTS = ("WD", "kV", "x", "HV", "Mag", "SE", "HFW", "det", "TEM", "kx", "|", "-")
 BIG = 64  # font size (px) of the large intermediate render
 
@@ -76,13 +83,16 @@ def sample_value(rng: np.random.Generator) -> str:
     r = rng.random()
     if r < 0.08:  # arbitrary integers keep every digit in the training signal
         return str(int(rng.integers(1, 1000)))
+    if r < 0.14:  # decimals as printed: "0.5", "1.0", "2.00", "20.0", "50.0", "0.25"
+        return str(rng.choice(["0.5", "1.0", "2.0", "5.0", "2.00", "1.00", "0.50", "10.0", "20.0",
+                               "50.0", "0.2", "0.1", "0.25", "2.5", "1.5", "0.05", "100.0", "200.0"]))
     mant = rng.choice([1, 2, 5, 3, 4, 25, 15, 6, 8, 7, 9, 35, 250],
                       p=np.array([24, 20, 20, 5, 4, 4, 2, 2, 2, 1, 1, 1, 1]) / 87)
     exp = rng.choice([-2, -1, 0, 1, 2], p=[0.02, 0.13, 0.35, 0.3, 0.2])
     v = mant * 10.0 ** exp
     if v >= 1000:
         v /= 10
-    if v != int(v) or rng.random() < 0.08:
+    if v != int(v) or rng.random() < 0.12:
         # decimals: "0.5", ".5", "1.0", "2.00", "1,5"
         decimals = max(1, len(f"{v:g}".split(".")[1]) if "." in f"{v:g}" else 1)
         if rng.random() < 0.2:
@@ -154,6 +164,8 @@ def _draw_pieces(draw, pieces, font_name, mu_font, x, y, stroke, fill=255):
 
 def render_label(rng: np.random.Generator, fonts=TRAIN_FONTS) -> tuple[np.ndarray, str]:
     """Render one degraded label crop; returns (grey float32 image in [0,1], text)."""
+    if fonts is TRAIN_FONTS and rng.random() < INFO_BAR_PROB:
+        return render_info_bar_label(rng)
     pieces, text = sample_label(rng)
     names = [f for f, _ in fonts]
     weights = np.array([w for _, w in fonts], float)
@@ -258,7 +270,7 @@ def render_label(rng: np.random.Generator, fonts=TRAIN_FONTS) -> tuple[np.ndarra
         cov[sl] = rng.uniform(0.5, 1.0)
 
     # --- compose intensities: background (flat box or texture) and text
-    dark_text = rng.random() < 0.5
+    dark_text = rng.random() < 0.45  # light-on-dark slightly favoured
     bg_level = rng.uniform(0.45, 1.0)
     contrast = rng.uniform(0.2, 0.95) if rng.random() < 0.8 else rng.uniform(0.5, 1.0)
     txt_level = bg_level - contrast * bg_level
@@ -291,6 +303,68 @@ def render_label(rng: np.random.Generator, fonts=TRAIN_FONTS) -> tuple[np.ndarra
     if rng.random() < 0.6:
         buf = io.BytesIO()
         pil.save(buf, "JPEG", quality=int(rng.integers(15, 95)))
+        pil = Image.open(buf).convert("L")
+    return np.asarray(pil, np.float32) / 255, text
+
+
+def _info_bar_value(rng: np.random.Generator) -> tuple[str, bool]:
+    """(number string, is micro) as an info bar prints a 1-2-5 length ("{value:g}")."""
+    if rng.random() < 0.2:
+        return sample_value(rng), bool(rng.random() < 0.5)
+    nm = float(rng.choice([1, 2, 5])) * 10.0 ** int(rng.integers(-1, 6))
+    if nm < 1000:
+        return f"{nm:g}", False
+    return f"{nm / 1000:g}", True
+
+
+def render_info_bar_label(rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """A label cut from a synthetic SEM info bar: white text drawn directly at 13-24 px
+    on a flat near-black band, cropped with margins of about half the text height;
+    sometimes the end of the bar (line, tick) pokes in, sometimes mild degradations."""
+    font_name = INFO_BAR_FONTS[int(rng.integers(len(INFO_BAR_FONTS)))]
+    font = load_font(font_name, int(rng.integers(13, 25)))
+    num, micro = _info_bar_value(rng)
+    space = rng.random() < 0.7
+    if micro:
+        m = "u" if font_name == "default" else MICRO_CHARS[int(rng.integers(3))]
+        unit, target_unit = m + "m", "µm"
+    else:
+        unit = target_unit = "nm" if rng.random() < 0.93 else "mm"
+    label = num + (" " if space else "") + unit
+    text = num + (" " if space else "") + target_unit
+    bg = int(rng.choice([12, 12, 12, int(rng.integers(0, 60))]))
+    fg = 255 if rng.random() < 0.8 else int(rng.integers(150, 256))
+    if rng.random() < 0.1:  # dark text on a light band
+        bg, fg = 255 - bg, 255 - fg
+    pad = 40
+    w = int(font.getlength(label)) + 2 * pad
+    im = Image.new("L", (w, 2 * pad + 30), bg)
+    d = ImageDraw.Draw(im)
+    d.text((pad + rng.uniform(0, 1), pad + rng.uniform(0, 1)), label, fill=fg, font=font)
+    L, T, R, B = d.textbbox((pad, pad), label, font=font)
+    th = B - T
+    if rng.random() < 0.35:  # the scale bar ending just left of the label, on its line
+        lh = max(1, int(rng.choice([1, 2, 3, 4])))
+        yb = int((T + B) / 2 - lh / 2)
+        xe = int(L - rng.uniform(0.3, 0.5) * th)
+        d.rectangle([0, yb, xe, yb + lh - 1], fill=fg)
+        if rng.random() < 0.5:
+            tick = int(rng.integers(3, 10))
+            d.rectangle([xe - lh + 1, yb - tick, xe, yb + lh - 1 + tick], fill=fg)
+    ml, mr, mt, mb = rng.uniform(0.35, 0.7, 4) * th
+    box = (int(max(0, L - ml)), int(max(0, T - mt)), int(min(w, R + mr)), int(min(im.height, B + mb)))
+    crop = im.crop(box)
+    if rng.random() < 0.2:  # displayed/saved at another scale
+        f = rng.uniform(0.7, 1.6)
+        crop = crop.resize((max(8, int(crop.width * f)), max(8, int(crop.height * f))),
+                           [Image.BILINEAR, Image.BICUBIC, Image.LANCZOS][int(rng.integers(3))])
+    img = np.asarray(crop, np.float32) / 255
+    if rng.random() < 0.3:
+        img = img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape).astype(np.float32)
+    pil = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
+    if rng.random() < 0.25:
+        buf = io.BytesIO()
+        pil.save(buf, "JPEG", quality=int(rng.integers(40, 95)))
         pil = Image.open(buf).convert("L")
     return np.asarray(pil, np.float32) / 255, text
 
