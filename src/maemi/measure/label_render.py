@@ -297,14 +297,20 @@ def render_label(rng: np.random.Generator, fonts=TRAIN_FONTS) -> tuple[np.ndarra
     if (sh, sw) != (out_h, out_w):
         pil = pil.resize((out_w, out_h), [Image.BILINEAR, Image.BICUBIC, Image.NEAREST][int(rng.integers(3))])
     img = np.asarray(pil, np.float32) / 255
-    if rng.random() < 0.7:
-        img = img + rng.normal(0, rng.uniform(0.005, 0.06), img.shape).astype(np.float32)
+    return _noise_and_jpeg(img, rng, p_noise=0.7, max_sigma=0.06, p_jpeg=0.6, min_quality=15), text
+
+
+def _noise_and_jpeg(img: np.ndarray, rng: np.random.Generator, p_noise: float, max_sigma: float, p_jpeg: float,
+                    min_quality: int) -> np.ndarray:
+    """Sensor noise (with probability p_noise) then JPEG compression (p_jpeg), as saved micrographs carry them."""
+    if rng.random() < p_noise:
+        img = img + rng.normal(0, rng.uniform(0.005, max_sigma), img.shape).astype(np.float32)
     pil = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
-    if rng.random() < 0.6:
+    if rng.random() < p_jpeg:
         buf = io.BytesIO()
-        pil.save(buf, "JPEG", quality=int(rng.integers(15, 95)))
+        pil.save(buf, "JPEG", quality=int(rng.integers(min_quality, 95)))
         pil = Image.open(buf).convert("L")
-    return np.asarray(pil, np.float32) / 255, text
+    return np.asarray(pil, np.float32) / 255
 
 
 def _info_bar_value(rng: np.random.Generator) -> tuple[str, bool]:
@@ -359,14 +365,7 @@ def render_info_bar_label(rng: np.random.Generator) -> tuple[np.ndarray, str]:
         crop = crop.resize((max(8, int(crop.width * f)), max(8, int(crop.height * f))),
                            [Image.BILINEAR, Image.BICUBIC, Image.LANCZOS][int(rng.integers(3))])
     img = np.asarray(crop, np.float32) / 255
-    if rng.random() < 0.3:
-        img = img + rng.normal(0, rng.uniform(0.005, 0.03), img.shape).astype(np.float32)
-    pil = Image.fromarray((np.clip(img, 0, 1) * 255).astype(np.uint8))
-    if rng.random() < 0.25:
-        buf = io.BytesIO()
-        pil.save(buf, "JPEG", quality=int(rng.integers(40, 95)))
-        pil = Image.open(buf).convert("L")
-    return np.asarray(pil, np.float32) / 255, text
+    return _noise_and_jpeg(img, rng, p_noise=0.3, max_sigma=0.03, p_jpeg=0.25, min_quality=40), text
 
 
 def render_clean(text_pieces: list[tuple[str, int]], font_name: str, height: int = 40,
