@@ -209,7 +209,7 @@ def test_load_grey_gives_luminance(tmp_path):
 
 
 def test_image_extensions():
-    assert IMAGE_EXTENSIONS == frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+    assert IMAGE_EXTENSIONS == frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dm3", ".dm4"})
 
 
 # -------------------------------------------------------------------------------------------------------- bad input

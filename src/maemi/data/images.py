@@ -31,7 +31,8 @@ import tifffile
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dm3", ".dm4"})
+GATAN_EXTENSIONS: frozenset[str] = frozenset({".dm3", ".dm4"})  # Gatan DigitalMicrograph, read with RosettaSciIO
 
 # Refuse images whose header declares more pixels than this (decompression bombs). Read at call time, so it can be
 # changed at run time; Pillow's own hard stop (2 * PIL.Image.MAX_IMAGE_PIXELS, about 179 MP) still applies above it.
@@ -66,7 +67,7 @@ class ImageInfo:
     are those of the loaded array, after EXIF orientation."""
 
     path: str
-    format: str  # "PNG" | "JPEG" | "BMP" | "TIFF"
+    format: str  # "PNG" | "JPEG" | "BMP" | "TIFF" | "DM3" | "DM4"
     mode: str
     width: int
     height: int
@@ -80,6 +81,11 @@ class ImageInfo:
 def read_image_info(path: str | os.PathLike) -> ImageInfo:
     """Probe the header only (cheap); a truncated body is found by load_image, not here."""
     p = _check_file(path)
+    if p.suffix.lower() in GATAN_EXTENSIONS:
+        data = _gatan_image(p)
+        bits = data.dtype.itemsize * 8
+        mode = "F" if data.dtype.kind == "f" else {8: "L", 16: "I;16"}.get(bits, "I")
+        return ImageInfo(str(p), p.suffix[1:].upper(), mode, data.shape[1], data.shape[0], bits, 1)
     im = _open_pillow(p)
     if im is None:
         return _tiff_info(p)
@@ -100,15 +106,17 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """float32 in [0, 1]: (H, W) for grey content, (H, W, 3) for colour. Raises ImageReadError for a bad file."""
     p = _check_file(path)
     pixels = None
-    im = _open_pillow(p)
-    if im is not None:
+    im = _open_pillow(p) if p.suffix.lower() not in GATAN_EXTENSIONS else None
+    if p.suffix.lower() in GATAN_EXTENSIONS:
+        pixels = _decode_gatan(p)
+    elif im is not None:
         with im:
             _check_pixel_count(p, *im.size)
             # Pillow opens multi-sample 16-bit TIFFs as 8-bit RGB and keeps only the high byte: tifffile reads those.
             if _tiff_bits(im) <= _MODE_BITS.get(im.mode, 8):
                 pixels = _decode_pillow(p, im)
     if pixels is None:
-        pixels = _decode_tifffile(p)
+        pixels = _decode_tifffile(p)  # a TIFF that Pillow cannot represent
     image = _to_unit_range(p, pixels)
     if image.ndim == 3 and np.abs(image - image[..., :1]).max() <= GREY_TOLERANCE:
         image = _luminance(image)
@@ -229,6 +237,38 @@ def _decode_tifffile(p: Path) -> np.ndarray:
     if pixels.ndim == 3:
         # 1 sample: grey; 2: grey + alpha; 3 or more: RGB + alpha or extra samples, all dropped
         pixels = pixels[..., 0] if pixels.shape[2] < 3 else pixels[..., :3]
+    return pixels
+
+
+def _gatan_image(p: Path):
+    """The first 2-D image of a DM3/DM4 file as a lazy (dask) array, its size checked; ImageReadError otherwise."""
+    try:
+        from rsciio.digitalmicrograph import file_reader
+
+        signals = file_reader(str(p), lazy=True)
+    except MemoryError:
+        raise
+    except Exception as e:  # the reader raises many types on a damaged file
+        raise ImageReadError(p, f"corrupt or unsupported Gatan DM file ({type(e).__name__}: {e})") from None
+    images = [s["data"] for s in signals if s["data"].ndim == 2]
+    if not images:
+        shapes = ", ".join(str(tuple(s["data"].shape)) for s in signals) or "none"
+        raise ImageReadError(p, f"the DM file holds no 2-D image (datasets: {shapes}): spectra and stacks are not "
+                                "micrographs")
+    _check_pixel_count(p, images[0].shape[1], images[0].shape[0])
+    return images[0]
+
+
+def _decode_gatan(p: Path) -> np.ndarray:
+    data = _gatan_image(p)
+    try:
+        pixels = np.asarray(data.compute())
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageReadError(p, f"truncated or corrupt Gatan DM image data ({type(e).__name__}: {e})") from None
+    if pixels.dtype.kind == "c":
+        pixels = np.abs(pixels)  # a complex (FFT) image: its magnitude
     return pixels
 
 

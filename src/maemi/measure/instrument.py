@@ -17,6 +17,8 @@ Known traps handled:
 - Zeiss values come in pm, nm, µm; Thermo Fisher/FEI `[Scan] PixelWidth` is in metres, HV in volts, WD in metres.
 - TIFF resolution tags in inches or centimetres are a print resolution (72, 96, 300 dpi) in almost every file that is
   not a calibrated micrograph: they are trusted only when they imply a pixel below MAX_RESOLUTION_TAG_PIXEL_NM.
+- Gatan DM3/DM4: the x axis's Scale and Units (ImageData.Calibrations), through RosettaSciIO's DigitalMicrograph
+  reader; a reciprocal unit ("1/nm", a diffraction pattern) is no length.
 - Hitachi writes a sidecar `NAME.txt` with `PixelSize=` in nm; JEOL a sidecar `NAME.txt` with the marker's length in
   pixels (`$$SM_MICRON_BAR`) and its label (`$$SM_MICRON_MARKER`); Tescan an INI block in TIFF tag 50431 with
   `PixelSizeX=` in metres.
@@ -43,7 +45,7 @@ _TESCAN_TAG = 50431
 @dataclass(frozen=True)
 class InstrumentScale:
     nm_per_pixel: float | None
-    flavour: str  # "zeiss" | "fei" | "tescan" | "hitachi" | "jeol" | "imagej" | "ome" | "tiff-resolution"
+    flavour: str  # "zeiss" | "fei" | "tescan" | "hitachi" | "jeol" | "imagej" | "ome" | "tiff-resolution" | "gatan"
     detail: str  # the field the pixel size came from, as a person would look it up
     magnification: float | None = None
     eht_kv: float | None = None
@@ -56,6 +58,8 @@ def read_instrument_scale(path: str | Path) -> InstrumentScale | None:
     """The calibration the instrument stored with `path` (TIFF tags or a sidecar .txt), or None when there is none."""
     path = Path(path)
     found = None
+    if path.suffix.lower() in (".dm3", ".dm4"):
+        return _gatan(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         try:
             with tifffile.TiffFile(path) as tif:
@@ -207,6 +211,27 @@ def _resolution_tags(page, imagej: dict | None) -> InstrumentScale | None:
         return None  # a print resolution (module docstring)
     unit_name = "inch" if per_unit == _RESOLUTION_UNIT_NM[2] else "centimetre"
     return InstrumentScale(nm, "tiff-resolution", f"TIFF XResolution = {pixels_per_unit:g} pixels per {unit_name}")
+
+
+def _gatan(path: Path) -> InstrumentScale | None:
+    """A DM3/DM4 file's spatial calibration (ImageData.Calibrations.Dimension), through RosettaSciIO's reader."""
+    try:
+        from rsciio.digitalmicrograph import file_reader
+
+        signals = file_reader(str(path), lazy=True)
+    except Exception:  # not a DM file rsciio reads: the image loader reports that, with its reason
+        return None
+    for signal in signals:
+        axes = [a for a in signal["axes"] if a.get("name") == "x"] or signal["axes"][-1:]
+        if signal["data"].ndim != 2 or not axes:
+            continue
+        scale, units = float(axes[0]["scale"]), str(axes[0]["units"] or "")
+        per_unit = unit_to_nm(units) if units else None
+        if per_unit is None or scale <= 0:
+            why = f"its unit {units!r} is not a length (a diffraction pattern?)" if units else "it is uncalibrated"
+            return InstrumentScale(None, "gatan", "Gatan DM calibration", note=f"the DM file's x axis: {why}")
+        return InstrumentScale(scale * per_unit, "gatan", f"Gatan DM calibration: {scale:g} {units} per pixel")
+    return None
 
 
 # ------------------------------------------------------------------------------------------------------ sidecar files
