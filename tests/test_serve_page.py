@@ -146,12 +146,13 @@ def test_page_previews_a_16_bit_tiff_and_reports_a_bad_file(browser, served, tmp
     assert " nm" in browser.find_element(By.ID, "measurements").text
     # the user's own value overrides the file's
     field = browser.find_element(By.ID, "nm")
-    field.clear()
+    field.send_keys(Keys.CONTROL, "a")  # select and overwrite: clear() would fire a change (and a re-measure) first
     field.send_keys("9.5", Keys.TAB)
     wait_for(browser, lambda d: "as you typed it" in d.find_element(By.ID, "scale-source").text, "the typed scale")
     assert "the instrument's metadata says 4.75 nm per pixel" in browser.find_element(By.ID, "scale-source").text
-    field.clear()
-    field.send_keys(Keys.TAB)  # emptied: the scale goes back to the file's
+    field.send_keys(Keys.CONTROL, "a")  # a modifier stays down until the call ends: select in a call of its own
+    field.send_keys(Keys.DELETE, Keys.TAB)  # emptied: the scale goes back to the file's
+    wait_for(browser, lambda d: d.find_element(By.ID, "nm").get_attribute("value") == "4.75", "the file's scale again")
 
     not_image = tmp_path / "notes.png"
     not_image.write_text("these are notes, not a micrograph")
