@@ -33,7 +33,7 @@ def test_parse_length_label(text, expected):
 def test_shipped_weights_load_with_safetensors():
     from safetensors import safe_open
 
-    assert os.path.getsize(DEFAULT_WEIGHTS) <= 3_000_000
+    assert os.path.getsize(DEFAULT_WEIGHTS) <= 2_000_000  # float16: small enough to ship in the package
     with safe_open(DEFAULT_WEIGHTS, framework="pt") as f:
         assert "config" in f.metadata()
     assert isinstance(LabelReader.load(), LabelReader)
