@@ -121,7 +121,8 @@ def test_hitachi_and_jeol_sidecars(tmp_path):
 def test_plain_files_have_no_instrument_scale(tmp_path):
     tifffile.imwrite(tmp_path / "plain.tif", IMAGE)
     assert read_instrument_scale(tmp_path / "plain.tif") is None
-    (tmp_path / "notes.txt").write_text("nothing to see")
+    (tmp_path / "plain.txt").write_text("sample 12, etched 30 s\nMagnification noted by hand: 5000\n")
+    assert read_instrument_scale(tmp_path / "plain.tif") is None  # a sidecar of notes is no Hitachi/JEOL file
     assert read_instrument_scale(tmp_path / "missing.png") is None
 
 
