@@ -119,6 +119,8 @@ def check_samples(samples: list[Sample], progress: bool = False, scales: bool = 
                   ) -> tuple[list[Sample], list[dict], dict[str, dict]]:
     """Fully decode every image. Returns (readable samples, unreadable [{path, reason}], facts by relpath). With
     `scales`, facts also hold each image's scale source (maemi.measure.scale; reading a scale bar runs OCR)."""
+    from skimage.color import rgb2gray
+
     from maemi.measure.scale import read_scale
 
     good, bad, facts = [], [], {}
@@ -137,7 +139,7 @@ def check_samples(samples: list[Sample], progress: bool = False, scales: bool = 
         good.append(s)
         facts[s.relpath] = {"info": info, "sha256": file_sha256(s.path)}
         if scales:
-            grey = image if image.ndim == 2 else image.mean(axis=2)
+            grey = image if image.ndim == 2 else rgb2gray(image).astype("float32")  # luminance, as load_grey
             facts[s.relpath]["scale_source"] = read_scale(s.path, grey, metadata=s.metadata).source
     return good, bad, facts
 

@@ -23,7 +23,6 @@ from maemi.measure.instrument import InstrumentScale, read_instrument_scale
 from maemi.measure.scalebar import ScaleBarReading, read_scale_bar
 
 DISAGREEMENT = 0.05  # relative difference between two sources' nm per pixel that is reported
-SOURCES = ("explicit", "metadata", "instrument", "scale_bar")
 SOURCE_NAMES = {"explicit": "your value", "metadata": "metadata.jsonl", "instrument": "the instrument's metadata",
                 "scale_bar": "the scale bar"}
 
@@ -31,7 +30,7 @@ SOURCE_NAMES = {"explicit": "your value", "metadata": "metadata.jsonl", "instrum
 @dataclass(frozen=True)
 class Scale:
     nm_per_pixel: float | None
-    source: str | None  # one of SOURCES, or None when unknown
+    source: str | None  # a key of SOURCE_NAMES (explicit, metadata, instrument, scale_bar), or None when unknown
     detail: str = ""  # e.g. "Zeiss tag 34118 'Image Pixel Size' = 4.961 nm", "scale bar 205 px = '200 nm'"
     magnification: float | None = None
     magnification_source: str | None = None

@@ -21,11 +21,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from skimage.color import rgb2gray
 from tqdm import tqdm
 
 from maemi.assistant import Assistant
 from maemi.data.datasets import DatasetError, Sample, scan_dataset
-from maemi.data.images import IMAGE_EXTENSIONS, ImageReadError, load_model_input
+from maemi.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, to_model_input
 from maemi.serve.rows import RowWriter
 from maemi.measure.scale import Scale, read_scale
 from maemi.teachers.measure import measure_file
@@ -92,15 +94,17 @@ def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConf
     for sample, row in zip(samples, rows):
         try:
             # Read here, not through assistant.image_tensor: its cache is for a server seeing the same files again.
-            tensors.append(load_model_input(sample.path, assistant.image_config))
-            readable.append((sample, row))
+            # The decoded image serves the model input and the scale bar alike: each file is read once.
+            image = load_image(sample.path)
+            tensors.append(to_model_input(image, assistant.image_config))
+            readable.append((sample, row, image))
         except ImageReadError as e:
             row["error"] = e.reason
     if not tensors:
         return rows
     ranked = assistant.classify(tensors, top_k=TOP_K)
     captions = assistant.caption(tensors) if config.caption else [None] * len(tensors)
-    for (sample, row), top, caption in zip(readable, ranked, captions):
+    for (sample, row, image), top, caption in zip(readable, ranked, captions):
         row.update(top1=top[0][0], confidence=round(top[0][1], 6),
                    top5=[{"label": label, "probability": round(p, 6)} for label, p in top])
         if config.caption:
@@ -111,7 +115,8 @@ def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConf
                 row["measurements"], scale = measure_sample(sample)
             except ValueError as e:  # ImageReadError, or an image too small to measure
                 row["error"] = f"measurements: {e.reason if isinstance(e, ImageReadError) else e}"
-        scale = scale or read_scale(sample.path, metadata=sample.metadata)
+        grey = image if image.ndim == 2 else rgb2gray(image).astype(np.float32)
+        scale = scale or read_scale(sample.path, grey, metadata=sample.metadata)
         row.update(nm_per_pixel=scale.nm_per_pixel, scale_source=scale.source)
     return rows
 
