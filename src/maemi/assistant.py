@@ -21,10 +21,11 @@ RICES (L2-normalised features, top-k, most similar demonstration last); LLaVA us
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -33,11 +34,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maemi.data.datasets import scan_dataset
-from maemi.data.images import ImagePreprocessConfig, load_model_input, to_model_input
+from maemi.data.datasets import metadata_for, scan_dataset
+from maemi.data.images import ImagePreprocessConfig, ImageReadError, load_model_input, to_model_input
+from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
 from maemi.model.lora import set_dylora_rank_
-from maemi.teachers.records import demonstration_labels, few_shot_prompt, read_records
+from maemi.teachers.measure import (ImageFacts, MeasuredImage, compare_values, measure_file, measure_pixels,
+                                    measured_context)
+from maemi.teachers.records import demonstration_labels, few_shot_prompt, read_records, with_measured
 from maemi.teachers.sampling import few_shot_demos
 
 RUN_FILE = "run.json"
@@ -99,6 +103,16 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start: start + size]
 
 
+def _facts_or_reason(measure: Callable[[], MeasuredImage], metadata: dict | None = None, name: str = "the image"
+                     ) -> ImageFacts | str:
+    try:
+        measured = measure()
+    except (ImageReadError, ValueError) as error:
+        return f"{name} could not be measured: {error}"
+    return ImageFacts(measured.m, None, dict(metadata or {}), measured.info_bar_px, measured.colourful, "generic",
+                      measured.scale)
+
+
 @dataclass
 class SupportSet:
     """Labelled images for few-shot demonstrations, with their cls embeddings (rows L2-normalised)."""
@@ -110,6 +124,26 @@ class SupportSet:
     @property
     def classes(self) -> list[str]:
         return sorted(set(self.labels))
+
+
+@dataclass
+class Answer:
+    """One answer with its provenance: which measured value each number came from."""
+
+    text: str  # the answer, its slots filled
+    template: str  # as the decoder wrote it: {slot} where a measured value goes (maemi.measure.slots)
+    slots: dict[str, str]  # slot -> the value written in its place
+    missing: list[str]  # slots the measurement could not fill: written "unknown", never a made-up number
+    measurements: list[dict]  # per image: the measured values, or {"error": why it could not be measured}
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A decoded image as model input and its measurement, made in a request thread (the server) so that the model
+    thread only runs the model."""
+
+    tensor: torch.Tensor
+    facts: ImageFacts | str  # the measurement, or why there is none
 
 
 class Assistant:
@@ -124,6 +158,7 @@ class Assistant:
         self._supports: dict[str, SupportSet] = {}
         # Keyed by (path, mtime, size) so a file rewritten in place is read again (a long-lived server).
         self._cached_file = functools.lru_cache(maxsize=image_cache)(self._read_file)
+        self._cached_facts = functools.lru_cache(maxsize=image_cache)(self._measure_file)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 16,
@@ -159,6 +194,8 @@ class Assistant:
 
     def image_tensor(self, image: ImageInput) -> torch.Tensor:
         """Model input [3, S, S] in [-1, 1]. Raises ImageReadError naming the file for an unreadable one."""
+        if isinstance(image, PreparedImage):
+            return image.tensor
         if isinstance(image, torch.Tensor):
             expected = (self.model.config.vision.channels, self.image_config.size, self.image_config.size)
             if tuple(image.shape) != expected or not torch.is_floating_point(image):
@@ -175,21 +212,82 @@ class Assistant:
             return load_model_input(path, self.image_config)  # raises ImageReadError with the file and the cause
         return self._cached_file(str(path), stat.st_mtime_ns, stat.st_size)
 
+    # -------------------------------------------------------------------------------------------------- measuring
+
+    def prepare(self, pixels: np.ndarray) -> PreparedImage:
+        """A decoded image (H, W) or (H, W, 3), uint8 or float in [0, 1]: model input and measurement."""
+        pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
+        return PreparedImage(to_model_input(pixels, self.image_config), _facts_or_reason(lambda: measure_pixels(pixels)))
+
+    def _measure_file(self, path: str, mtime_ns: int, size: int) -> ImageFacts | str:
+        metadata = metadata_for(path)
+        return _facts_or_reason(lambda: measure_file(Path(path), metadata), metadata, Path(path).name)
+
+    def image_facts(self, image: ImageInput) -> ImageFacts | str:
+        """The measurement of an image (the teacher's: maemi.teachers.measure, with the scale of maemi.measure.scale
+        and the metadata.jsonl row of a file when one lists it), once per image; or why it could not be measured."""
+        if isinstance(image, PreparedImage):
+            return image.facts
+        if isinstance(image, torch.Tensor):
+            return "a preprocessed image tensor cannot be measured"
+        if isinstance(image, np.ndarray):
+            return self.prepare(image).facts
+        path = Path(image)
+        try:
+            stat = path.stat()
+        except OSError as error:
+            return f"{path.name} could not be measured: {error.strerror or error}"
+        return self._cached_facts(str(path), stat.st_mtime_ns, stat.st_size)
+
+    @property
+    def measured_answers(self) -> bool:
+        """Whether the run learnt answers as templates with the measurement in the prompt."""
+        return bool(self.run.get("measured_answers"))
+
     # -------------------------------------------------------------------------------------------------- generation
 
     def answer(self, items: Sequence[tuple[Sequence[ImageInput], str]], gen: GenerationConfig | None = None,
                progress: bool = False) -> list[str]:
         """(images, prompt with one <image> per image) -> the generated answer, for each item, in batches."""
+        return [a.text for a in self.answer_detailed(items, gen, progress)]
+
+    def answer_detailed(self, items: Sequence[tuple[Sequence[ImageInput], str]], gen: GenerationConfig | None = None,
+                        progress: bool = False) -> list[Answer]:
+        """answer() with provenance. A run trained on measured answers measures the images of each item, puts the
+        measurement in words into the prompt as training did, and fills the slots of the template the decoder
+        writes from the measured values; every number that states a measurement is then the measurement's."""
         gen = gen or GenerationConfig(max_new_tokens=self.model.config.decoder.max_len)
         processor = self.model.processor
-        answers: list[str] = []
+        answers: list[Answer] = []
         bar = tqdm(total=len(items), desc="answer", unit="q", disable=not progress)
         for chunk in _batches(items, self.batch_size):
-            samples = [processor([self.image_tensor(x) for x in images], prompt) for images, prompt in chunk]
-            answers += self.model.generate(processor.collate(samples), gen)
+            measured = [self._measured(images) for images, _ in chunk]
+            samples = [processor([self.image_tensor(x) for x in images], with_measured(prompt, words))
+                       for (images, prompt), (words, _, _) in zip(chunk, measured)]
+            for template, (_, values, per_image) in zip(self.model.generate(processor.collate(samples), gen), measured):
+                filled = fill(template, values)
+                text = filled.text
+                errors = [m["error"] for m in per_image if "error" in m]
+                if filled.missing:  # say why a number is "unknown" rather than leave the reader to guess
+                    text += f" (Unknown: {'; '.join(errors) if errors else 'not measured'}.)"
+                answers.append(Answer(text, template, filled.used, filled.missing, per_image))
             bar.update(len(chunk))
         bar.close()
         return answers
+
+    def _measured(self, images: Sequence[ImageInput]) -> tuple[str | None, dict[str, str], list[dict]]:
+        """(the measurement in words for the prompt, the slot values, per image what was measured) of one item."""
+        if not self.measured_answers:
+            return None, {}, []
+        facts = [self.image_facts(x) for x in images]
+        per_image = [f.values if isinstance(f, ImageFacts) else {"error": f} for f in facts]
+        if not all(isinstance(f, ImageFacts) for f in facts):
+            errors = "; ".join(f for f in facts if isinstance(f, str))
+            return f"nothing: {errors}", {}, per_image
+        if len(facts) == 1:
+            return measured_context(facts), facts[0].values, per_image
+        facts = [dataclasses.replace(f, index=i + 1) for i, f in enumerate(facts)]
+        return measured_context(facts), compare_values(facts), per_image
 
     def ask(self, images: ImageInput | Sequence[ImageInput | Sequence[ImageInput]], question: str,
             context: str | None = None, gen: GenerationConfig | None = None, progress: bool = False) -> list[str]:

@@ -126,8 +126,13 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     from maemi.assistant import Assistant
 
     image = corpus / json.loads(split_path.read_text())["test"][0]
-    question = "What type of nanomaterial is depicted in this image?"
-    answer = Assistant.load(run).ask(image, question)[0]
+    question = "How many nanostructures are there, and what is their mean size?"
+    assistant = Assistant.load(run)
+    answer = assistant.ask(image, question)[0]
     log(f"\n$ maemi ask {run} {image} \"{question}\"\n{answer}")
+    facts = assistant.image_facts(image)
+    if not isinstance(facts, str):  # the numbers above are these, as `maemi measure` reports them
+        log(f"measured: {facts.values['object_count']} objects, mean equivalent diameter {facts.values['diameter_mean']}"
+            f" (scale: {facts.scale.source if facts.scale else 'unknown'})")
     return {"corpus": corpus, "inspect": inspect_path, "splits": split_path, "data": data, "run": run,
             "metrics": metrics, "answer": answer}

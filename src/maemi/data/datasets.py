@@ -16,8 +16,10 @@ accuracy the lab will never see.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
+import os
 import random
 import re
 from collections import Counter, defaultdict
@@ -65,6 +67,28 @@ def _read_metadata(root: Path) -> dict[str, dict]:
                 raise DatasetError(f"{meta_path}:{n}: a metadata row needs a 'path' key")
             out[row["path"]] = row
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _read_metadata_cached(root: str, mtime_ns: int) -> dict[str, dict]:
+    return _read_metadata(Path(root))
+
+
+def metadata_for(path: str | os.PathLike, levels: int = 4) -> dict:
+    """The metadata.jsonl row of one image file, from the nearest folder above it (up to `levels`) whose
+    metadata.jsonl lists it, as `maemi synth` writes one at its root; {} when none does or the file is unreadable
+    (the scale then comes from the instrument's metadata or the scale bar)."""
+    path = Path(path).absolute()
+    for parent in list(path.parents)[:levels]:
+        meta = parent / METADATA_FILE
+        try:
+            rows = _read_metadata_cached(str(parent), meta.stat().st_mtime_ns)
+        except (OSError, DatasetError):
+            continue
+        row = rows.get(path.relative_to(parent).as_posix())
+        if row is not None:
+            return dict(row)
+    return {}
 
 
 def _scan_manifest(csv_path: Path) -> list[Sample]:

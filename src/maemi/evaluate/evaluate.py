@@ -29,6 +29,7 @@ import torch
 from maemi.assistant import Assistant
 from maemi.evaluate.classification import classification_metrics
 from maemi.evaluate.metrics import generation_metrics
+from maemi.evaluate.numeric import numeric_fidelity
 from maemi.evaluate.report import write_report
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.model import IMAGE_TOKEN
@@ -103,18 +104,24 @@ def evaluate_generation(assistant: Assistant, records: list[dict], root: Path, s
     control = [i for i, other in enumerate(shuffled) if other is not None]
     items = [([root / p for p in imgs], prompt) for imgs, prompt in zip(images, prompts)]
     items += [([root / p for p in shuffled[i]], prompts[i]) for i in control]
-    answers = assistant.answer(items, progress=progress)
+    detailed = assistant.answer_detailed(items, progress=progress)
+    answers = [a.text for a in detailed]
     real, control_answers = answers[: len(records)], answers[len(records):]
     groups = {key: [str(rec[key]) for rec in records] for key in GROUPS}
-    sections = {"generation": generation_metrics(references, real, groups)}
+    sections = {"generation": generation_metrics(references, real, groups),
+                "numeric_fidelity": numeric_fidelity(references, real, groups)}
     if control:
-        sections["generation_shuffled"] = generation_metrics(
-            [references[i] for i in control], control_answers,
-            {key: [values[i] for i in control] for key, values in groups.items()})
+        control_groups = {key: [values[i] for i in control] for key, values in groups.items()}
+        sections["generation_shuffled"] = generation_metrics([references[i] for i in control], control_answers,
+                                                             control_groups)
+        sections["numeric_fidelity_shuffled"] = numeric_fidelity([references[i] for i in control], control_answers,
+                                                                 control_groups)
     by_record = dict(zip(control, control_answers))
     rows = [{"id": rec["id"], "task": rec["task"], "family": rec["family"], "length": rec["length"],
              "images": rec["images"], "question": _question(prompts[i]), "reference": references[i],
-             "answer": real[i], "shuffled_images": list(shuffled[i]) if shuffled[i] else None,
+             "answer": real[i], "template": detailed[i].template, "slots": detailed[i].slots,
+             "unknown_slots": detailed[i].missing,
+             "shuffled_images": list(shuffled[i]) if shuffled[i] else None,
              "shuffled_answer": by_record.get(i)} for i, rec in enumerate(records)]
     return sections, rows
 

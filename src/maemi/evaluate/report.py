@@ -143,7 +143,8 @@ def _md_table(table: Table) -> str:
 
 def format_metrics_table(metrics: dict) -> str:
     """The headline (generation overall and shuffled control; zero-/few-shot classification) as plain text."""
-    tables = [t for t in (generation_headline(metrics), classification_headline(metrics)) if t is not None]
+    tables = [t for t in (generation_headline(metrics), numeric_fidelity_table(metrics),
+                          classification_headline(metrics)) if t is not None]
     return "\n\n".join(_text_table(t) for t in tables)
 
 
@@ -194,10 +195,33 @@ def _headline_section(metrics: dict) -> list[str]:
                 "the question alone would score the same on both.",
                 "",
             ]
+    fidelity = numeric_fidelity_table(metrics)
+    if fidelity is not None:
+        lines += ["Numeric fidelity: the share of the numbers in the reference answers that the answer states within "
+                  "10% and exactly (as rounded in the reference).", "", _md_table(fidelity), ""]
     classification = classification_headline(metrics)
     if classification is not None:
         lines += [_md_table(classification), ""]
     return lines
+
+
+def numeric_fidelity_table(metrics: dict) -> Table | None:
+    """Overall and per question family, with the shuffled-images control beside."""
+    real, shuffled = metrics.get("numeric_fidelity"), metrics.get("numeric_fidelity_shuffled")
+    if real is None:
+        return None
+
+    def share(section: dict | None, key: str) -> str:
+        return "-" if section is None or section[key] is None else f"{section[key]:.3f}"
+
+    rows = [["all", str(real["overall"]["numbers"]), share(real["overall"], "within_10pct"),
+             share(real["overall"], "exact"), share((shuffled or {}).get("overall"), "within_10pct")]]
+    for family, section in real["groups"].get("family", {}).items():
+        if section["numbers"]:
+            other = (shuffled or {}).get("groups", {}).get("family", {}).get(family)
+            rows.append([family, str(section["numbers"]), share(section, "within_10pct"), share(section, "exact"),
+                         share(other, "within_10pct")])
+    return ["numbers of", "n", "within 10%", "exact", "within 10%, images shuffled"], rows
 
 
 def _groups_section(metrics: dict) -> list[str]:

@@ -9,6 +9,7 @@ Phrasing varies between images (choices seeded by the image's SHA-256) but a giv
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -23,6 +24,7 @@ from skimage.color import rgb2gray
 from maemi.data.datasets import file_sha256
 from maemi.data.images import ImageReadError, find_info_bar, load_image
 from maemi.measure.scale import Scale, read_scale
+from maemi.measure.slots import fill, indexed, slot
 from maemi.teachers.measurements import Measurements, measure
 from maemi.teachers.questions import Profile, Question, TeacherReply, get_profile
 
@@ -115,19 +117,71 @@ class ImageFacts:
     profile: str
     scale: Scale | None = None  # where m.nm_per_pixel came from
 
-    # ---------------------------------------------------------------- numbers as text
+    index: int | None = None  # place (from 1) among the images of a multi-image answer: its slots read {name#i}
+
+    # ---------------------------------------------------------------- numbers as slots
     @property
     def unit(self) -> str:
         return "nm" if self.m.nm_per_pixel else "px"
 
-    def length(self, px: float) -> str:
-        return f"{fmt_number(self.m.to_nm(px) if self.m.nm_per_pixel else px)} {self.unit}"
+    def s(self, name: str) -> str:
+        """The slot for measured value `name`: answers are written as templates and filled from `values`."""
+        return slot(name, self.index)
+
+    def length(self, name: str) -> str:
+        return self.s(name)  # a length slot's value carries its unit (nm, or px when the scale is unknown)
 
     @property
     def scale_note(self) -> str:
-        if self.m.nm_per_pixel:
-            return f"(at {fmt_number(self.m.nm_per_pixel)} nm per pixel)"
-        return "(in pixels: the image's scale is not known)"
+        return self.s("scale_note")
+
+    @functools.cached_property
+    def values(self) -> dict[str, str]:
+        """Every measured value an answer may quote, as the answer writes it (unit and rounding included). Only what
+        was measured is here: a slot without a value is filled with "unknown"."""
+        m, md = self.m, self.metadata
+
+        def length(px: float) -> str:
+            return f"{fmt_number(m.to_nm(px) if m.nm_per_pixel else px)} {self.unit}"
+
+        v = {
+            "object_count": str(m.object_count), "objects": _objects_phrase(m.object_count),
+            "width_px": str(m.width_px), "height_px": str(m.height_px),
+            "field_width": length(m.width_px), "field_height": length(m.height_px),
+            "diameter_mean": length(m.diameter_mean_px), "diameter_std": length(m.diameter_std_px),
+            "diameter_min": length(m.diameter_min_px), "diameter_max": length(m.diameter_max_px),
+            "width_mean": length(m.width_mean_px), "length_mean": length(m.length_mean_px),
+            "area_fraction": _pct(m.area_fraction), "background_fraction": _pct(1 - m.area_fraction),
+            "circularity_mean": f"{m.circularity_mean:.2f}", "aspect_ratio_mean": f"{m.aspect_ratio_mean:.2f}",
+            "glcm_contrast": f"{m.glcm_contrast:.2f}", "glcm_homogeneity": f"{m.glcm_homogeneity:.2f}",
+            "edge_density": f"{m.edge_density:.3f}", "edge_density_pct": _pct(m.edge_density),
+            "brightness_mean": f"{m.brightness_mean:.2f}", "brightness_std": f"{m.brightness_std:.2f}",
+            "orientation_coherence": f"{m.orientation_coherence:.2f}", "anisotropy": f"{m.anisotropy:.2f}",
+            "size_heterogeneity": f"{m.size_heterogeneity:.2f}", "size_cv": f"{self.cv:.2f}",
+            "outlier_ratio": f"{self.outlier_ratio:.1f}", "info_bar_px": str(self.info_bar_px),
+            "scale_note": (f"(at {fmt_number(m.nm_per_pixel)} nm per pixel)" if m.nm_per_pixel
+                           else "(in pixels: the image's scale is not known)"),
+        }
+        if m.nn_distance_mean_px is not None:
+            v["nn_distance_mean"] = length(m.nn_distance_mean_px)
+        if self.pattern_known:
+            v["clark_evans_r"] = f"{m.clark_evans_r:.2f}"
+            v["nn_ratio"] = f"{self.nn_ratio:.2f}"
+        if m.orientation_deg is not None:
+            v["orientation_deg"] = f"{m.orientation_deg:.0f}"
+        if m.nm_per_pixel:
+            v["nm_per_pixel"] = fmt_number(m.nm_per_pixel)
+        mag = md.get("magnification") or (self.scale.magnification if self.scale else None)
+        if mag:
+            v["magnification"] = fmt_number(float(mag))
+        if md.get("scale_bar_nm"):
+            v["scale_bar_nm"] = fmt_number(float(md["scale_bar_nm"]))
+        if self.scale is not None and self.scale.detail:
+            v["scale_detail"] = self.scale.detail
+        for key in INSTRUMENT_FIELDS:
+            if md.get(key) is not None:
+                v[key] = str(md[key])
+        return v
 
     # ---------------------------------------------------------------- words from thresholds
     @property
@@ -233,25 +287,51 @@ class ImageFacts:
 
     @property
     def magnification(self) -> str:
-        mag = self.metadata.get("magnification") or (self.scale.magnification if self.scale else None)
-        return f"magnified {fmt_number(float(mag))} times" if mag else ""
+        return f"magnified {self.s('magnification')} times" if "magnification" in self.values else ""
 
     # ---------------------------------------------------------------- reusable sentences
     def size_sentence(self) -> str:
-        m = self.m
-        return (f"mean equivalent diameter {self.length(m.diameter_mean_px)} (standard deviation "
-                f"{self.length(m.diameter_std_px)}, range {self.length(m.diameter_min_px)} to "
-                f"{self.length(m.diameter_max_px)})")
+        return (f"mean equivalent diameter {self.length('diameter_mean')} (standard deviation "
+                f"{self.length('diameter_std')}, range {self.length('diameter_min')} to "
+                f"{self.length('diameter_max')})")
 
     def count_sentence(self) -> str:
-        return f"{self.m.object_count} {self.noun}" if self.countable else "no separate objects"
+        return f"{self.s('object_count')} {self.noun}" if self.countable else "no separate objects"
 
     def orientation_sentence(self) -> str:
-        m = self.m
         if self.aligned:
-            return (f"they are aligned, about {m.orientation_deg:.0f} degrees from the horizontal "
-                    f"(orientation coherence {m.orientation_coherence:.2f})")
-        return f"there is no preferred direction (orientation coherence {m.orientation_coherence:.2f})"
+            return (f"they are aligned, about {self.s('orientation_deg')} degrees from the horizontal "
+                    f"(orientation coherence {self.s('orientation_coherence')})")
+        return f"there is no preferred direction (orientation coherence {self.s('orientation_coherence')})"
+
+
+def _fact_words(f: ImageFacts, brief: bool) -> str:
+    """What the measurement says about one image, in words: the branches an answer takes (objects or a continuous
+    surface, sizes in nm or px, magnification known, ...) and the adjectives, so that the decoder reads them rather
+    than guessing them from pixels."""
+    if not f.countable:
+        words = ["no separate objects"]
+    elif not f.pattern_known:
+        words = ["one or two objects", f.shape]
+    else:
+        words = ["many objects", f.shape, f.arrangement, f.contact, f.uniformity]
+    words += [f"sizes in {'nanometres' if f.m.nm_per_pixel else 'pixels'}", f"{f.roughness} surface", f.brightness]
+    if brief:
+        return ", ".join(words)
+    source = f.scale.source if f.scale and f.m.nm_per_pixel else "none"
+    words += [f"scale from {source.replace('_', ' ')}",
+              "magnification known" if "magnification" in f.values else "magnification unknown",
+              "information bar" if f.info_bar_px else "no information bar",
+              f"{f.contrast} contrast", f.coverage, "aligned" if f.aligned else "no preferred direction",
+              "some much larger objects" if f.has_outliers else "no size outliers"]
+    return ", ".join(words)
+
+
+def measured_context(facts: list[ImageFacts]) -> str:
+    """The measurement in words, as the student's prompt carries it (teachers.records.with_measured)."""
+    if len(facts) == 1:
+        return _fact_words(facts[0], brief=False)
+    return "; ".join(f"image {i + 1}: {_fact_words(f, brief=True)}" for i, f in enumerate(facts))
 
 
 Answerer = Callable[[ImageFacts, Callable[[list[str]], str]], tuple[str, str]]
@@ -259,7 +339,6 @@ Answerer = Callable[[ImageFacts, Callable[[list[str]], str]], tuple[str, str]]
 
 # ------------------------------------------------------------------------------------------ one answerer per aspect
 def _material(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if f.label and f.profile != "sem":
         short = pick([f"The material is {f.label_text}.", f"It is {f.label_text}."])
     elif f.label:
@@ -267,12 +346,12 @@ def _material(f: ImageFacts, pick) -> tuple[str, str]:
     else:
         short = f"Judging by shape alone (no label is given), it shows {f.noun}."
     if f.countable:
-        detail = (f"The segmentation finds {_objects_phrase(m.object_count)}, {f.shape} (mean circularity "
-                  f"{m.circularity_mean:.2f}, aspect ratio {m.aspect_ratio_mean:.2f}), with {f.size_sentence()} "
+        detail = (f"The segmentation finds {f.s('objects')}, {f.shape} (mean circularity "
+                  f"{f.s('circularity_mean')}, aspect ratio {f.s('aspect_ratio_mean')}), with {f.size_sentence()} "
                   f"{f.scale_note}.")
     else:
         detail = (f"No separate objects can be counted; it is a continuous {f.roughness} surface "
-                  f"(co-occurrence contrast {m.glcm_contrast:.2f}).")
+                  f"(co-occurrence contrast {f.s('glcm_contrast')}).")
     return short, f"{short} {detail}"
 
 
@@ -282,92 +361,96 @@ def _scale(f: ImageFacts, pick) -> tuple[str, str]:
         short = "The scale is not given, so sizes here are in pixels."
         why = ("no instrument metadata and no readable scale bar" if f.info_bar_px
                else "no instrument metadata and no information bar with a scale bar")
-        return short, f"{short} The field of view is {m.width_px} x {m.height_px} pixels; there is {why}."
-    fov = f"{f.length(m.width_px)} x {f.length(m.height_px)}"
+        return short, f"{short} The field of view is {f.s('width_px')} x {f.s('height_px')} pixels; there is {why}."
+    fov = f"{f.s('field_width')} x {f.s('field_height')}"
     source = f.scale.source if f.scale else "metadata"
     if source == "scale_bar" and f.scale.readings:
-        bar = f", read from the scale bar ({f.scale.detail})"
+        bar = f", read from the scale bar ({f.s('scale_detail')})"
     elif source == "instrument":
         bar = ", from the instrument's metadata in the file"
     else:
-        bar = (f"; the scale bar represents {fmt_number(float(md['scale_bar_nm']))} nm" if md.get("scale_bar_nm")
+        bar = (f"; the scale bar represents {f.s('scale_bar_nm')} nm" if md.get("scale_bar_nm")
                else "")
-    short = f"One pixel is {fmt_number(m.nm_per_pixel)} nm{bar}."
-    long = (f"{short} The {m.width_px} x {m.height_px}-pixel field of view spans {fov}"
+    short = f"One pixel is {f.s('nm_per_pixel')} nm{bar}."
+    long = (f"{short} The {f.s('width_px')} x {f.s('height_px')}-pixel field of view spans {fov}"
             + (f", {f.magnification}" if f.magnification else "") + ". All sizes below are in nanometres.")
     return short, long
 
 
 def _shape(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if not f.countable:
         short = f"There are no distinct objects; the surface is continuous and {f.roughness}."
-        return short, f"{short} Co-occurrence contrast {m.glcm_contrast:.2f}, edge density {m.edge_density:.3f}."
+        return short, f"{short} Co-occurrence contrast {f.s('glcm_contrast')}, edge density {f.s('edge_density')}."
     short = pick([f"The {f.noun} are mostly {f.shape}.", f"Mostly {f.shape} {f.noun}."])
-    long = (f"{short} Their mean circularity is {m.circularity_mean:.2f} (1 is a perfect circle) and their mean "
-            f"aspect ratio {m.aspect_ratio_mean:.2f}; {f.orientation_sentence()}.")
+    long = (f"{short} Their mean circularity is {f.s('circularity_mean')} (1 is a perfect circle) and their mean "
+            f"aspect ratio {f.s('aspect_ratio_mean')}; {f.orientation_sentence()}.")
     return short, long
 
 
 def _phases(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if f.countable:
-        short = (f"Two phases are distinguishable by grey level: the objects ({_pct(m.area_fraction)} of the area) "
+        short = (f"Two phases are distinguishable by grey level: the objects ({f.s('area_fraction')} of the area) "
                  "and the background.")
     else:
         short = "No distinct layers or phases stand out; the grey levels vary continuously."
-    return short, (f"{short} The brightness has mean {m.brightness_mean:.2f} and standard deviation "
-                   f"{m.brightness_std:.2f} on a 0-1 scale, a {f.contrast} contrast.")
+    return short, (f"{short} The brightness has mean {f.s('brightness_mean')} and standard deviation "
+                   f"{f.s('brightness_std')} on a 0-1 scale, a {f.contrast} contrast.")
 
 
 def _uniformity(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if not f.countable:
         short = "There are no separate objects to compare; the texture itself is the structure."
-        return short, f"{short} Size heterogeneity {m.size_heterogeneity:.2f}."
-    short = f"They are {f.uniformity} (coefficient of variation {f.cv:.2f}) and mostly {f.shape} in shape."
+        return short, f"{short} Size heterogeneity {f.s('size_heterogeneity')}."
+    short = f"They are {f.uniformity} (coefficient of variation {f.s('size_cv')}) and mostly {f.shape} in shape."
     return short, (f"{short} Sizes {f.scale_note}: {f.size_sentence()}; mean circularity "
-                   f"{m.circularity_mean:.2f}, aspect ratio {m.aspect_ratio_mean:.2f}.")
+                   f"{f.s('circularity_mean')}, aspect ratio {f.s('aspect_ratio_mean')}.")
 
 
 def _size(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if not f.countable:
         short = "No separate objects can be measured; the structure is continuous."
-        return short, f"{short} The field of view is {f.length(m.width_px)} x {f.length(m.height_px)}."
+        return short, f"{short} The field of view is {f.s('field_width')} x {f.s('field_height')}."
     width = ""
     if f.shape == "elongated":  # for wires and fibres the width is the size that matters
-        short = pick([f"About {f.length(m.width_mean_px)} wide and {f.length(m.length_mean_px)} long on average.",
-                      f"Typically about {f.length(m.width_mean_px)} wide, {f.length(m.length_mean_px)} long."])
-        width = f" The mean equivalent diameter is {f.length(m.diameter_mean_px)}."
+        short = pick([f"About {f.length('width_mean')} wide and {f.length('length_mean')} long on average.",
+                      f"Typically about {f.length('width_mean')} wide, {f.length('length_mean')} long."])
+        width = f" The mean equivalent diameter is {f.length('diameter_mean')}."
     else:
-        short = pick([f"About {f.length(m.diameter_mean_px)} across on average.",
-                      f"Typically about {f.length(m.diameter_mean_px)} in equivalent diameter."])
-    return short, (f"{short} Over {_objects_phrase(m.object_count)} {f.scale_note}: {f.size_sentence()}; "
+        short = pick([f"About {f.length('diameter_mean')} across on average.",
+                      f"Typically about {f.length('diameter_mean')} in equivalent diameter."])
+    return short, (f"{short} Over {f.s('objects')} {f.scale_note}: {f.size_sentence()}; "
                    f"they are {f.uniformity}.{width}")
 
 
+def _count(f: ImageFacts, pick) -> tuple[str, str]:
+    if not f.countable:
+        short = "None can be counted: the structure is continuous, with no separate objects."
+        return short, f"{short} The field of view is {f.s('field_width')} x {f.s('field_height')}."
+    short = pick([f"There are {f.count_sentence()}, {f.length('diameter_mean')} across on average.",
+                  f"The image holds {f.count_sentence()}, with a mean equivalent diameter of {f.length('diameter_mean')}."])
+    return short, (f"{short} Sizes {f.scale_note}: {f.size_sentence()}; they cover {f.s('area_fraction')} of the "
+                   "image.")
+
+
 def _spatial(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if not f.countable:
         short = "There are no separate objects to be distributed; the structure covers the image."
-        return short, f"{short} The area fraction of the segmented phase is {_pct(m.area_fraction)}."
+        return short, f"{short} The area fraction of the segmented phase is {f.s('area_fraction')}."
     if not f.pattern_known:
-        short = f"There are only {m.object_count}, too few to tell how they are distributed."
-        return short, f"{short} They cover {_pct(m.area_fraction)} of the area."
+        short = f"There are only {f.s('object_count')}, too few to tell how they are distributed."
+        return short, f"{short} They cover {f.s('area_fraction')} of the area."
     short = f"The {f.noun} are {f.arrangement} across the image."
-    return short, (f"{short} The Clark-Evans ratio is {m.clark_evans_r:.2f} (1 for a random pattern, lower when "
+    return short, (f"{short} The Clark-Evans ratio is {f.s('clark_evans_r')} (1 for a random pattern, lower when "
                    f"clustered, higher when evenly spaced); the mean nearest-neighbour distance is "
-                   f"{f.length(m.nn_distance_mean_px)} and the objects cover {_pct(m.area_fraction)} of the area.")
+                   f"{f.length('nn_distance_mean')} and the objects cover {f.s('area_fraction')} of the area.")
 
 
 def _aggregation(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if not f.countable:
         short = "No: there are no separate objects that could aggregate."
         return short, short
     if not f.pattern_known:
-        short = f"No: with {m.object_count} object(s) there is nothing to aggregate."
+        short = f"No: with {f.s('object_count')} object(s) there is nothing to aggregate."
         return short, short
     clustered = f.arrangement == "clustered"
     bundled = f.shape == "elongated" and f.aligned
@@ -376,93 +459,86 @@ def _aggregation(f: ImageFacts, pick) -> tuple[str, str]:
         short = f"Yes, there is {what}."
     else:
         short = f"No clear aggregation: the objects are {f.contact} and {f.arrangement}."
-    return short, (f"{short} Clark-Evans ratio {m.clark_evans_r:.2f}; nearest-neighbour distance "
-                   f"{f.length(m.nn_distance_mean_px)} for a mean diameter of {f.length(m.diameter_mean_px)} "
-                   f"(ratio {f.nn_ratio:.2f}); orientation coherence {m.orientation_coherence:.2f}.")
+    return short, (f"{short} Clark-Evans ratio {f.s('clark_evans_r')}; nearest-neighbour distance "
+                   f"{f.length('nn_distance_mean')} for a mean diameter of {f.length('diameter_mean')} "
+                   f"(ratio {f.s('nn_ratio')}); orientation coherence {f.s('orientation_coherence')}.")
 
 
 def _texture(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     short = pick([f"The surface looks {f.roughness}.", f"A {f.roughness} surface."])
     direction = "a directional" if f.aligned else "an isotropic"
-    return short, (f"{short} The grey-level co-occurrence contrast is {m.glcm_contrast:.2f} and homogeneity "
-                   f"{m.glcm_homogeneity:.2f}; edges cover {_pct(m.edge_density)} of the pixels, with {direction} "
-                   f"texture (orientation coherence {m.orientation_coherence:.2f}).")
+    return short, (f"{short} The grey-level co-occurrence contrast is {f.s('glcm_contrast')} and homogeneity "
+                   f"{f.s('glcm_homogeneity')}; edges cover {f.s('edge_density_pct')} of the pixels, with {direction} "
+                   f"texture (orientation coherence {f.s('orientation_coherence')}).")
 
 
 def _defects(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if f.has_outliers:
         short = "A few objects stand out, much larger than the rest: possible defects, impurities or agglomerates."
     else:
         short = "No obvious defects or impurities: no object stands out from the size distribution."
-    return short, (f"{short} The largest object is {f.length(m.diameter_max_px)} across, {f.outlier_ratio:.1f} "
-                   f"times the mean of {f.length(m.diameter_mean_px)}; the surface is {f.roughness} "
-                   f"(co-occurrence contrast {m.glcm_contrast:.2f}).")
+    return short, (f"{short} The largest object is {f.length('diameter_max')} across, {f.s('outlier_ratio')} "
+                   f"times the mean of {f.length('diameter_mean')}; the surface is {f.roughness} "
+                   f"(co-occurrence contrast {f.s('glcm_contrast')}).")
 
 
 def _composition(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     varied = f.contrast != "low"
     short = ("Yes, brightness varies, which may reflect composition or topography." if varied
              else "Little: the brightness is nearly even, with no clear compositional contrast.")
-    return short, (f"{short} The grey levels have a {f.contrast} spread (standard deviation {m.brightness_std:.2f} "
-                   f"around a mean of {m.brightness_mean:.2f}); in SEM, brightness also depends on edges and "
+    return short, (f"{short} The grey levels have a {f.contrast} spread (standard deviation {f.s('brightness_std')} "
+                   f"around a mean of {f.s('brightness_mean')}); in SEM, brightness also depends on edges and "
                    "topography, so contrast alone does not prove a change of composition.")
 
 
 def _markers(f: ImageFacts, pick) -> tuple[str, str]:
-    bar = (f"an instrument information bar of {f.info_bar_px} pixels at the bottom" if f.info_bar_px
+    bar = (f"an instrument information bar of {f.s('info_bar_px')} pixels at the bottom" if f.info_bar_px
            else "no instrument information bar")
     short = "No element labels or markers are visible."
     return short, f"{short} The image has {bar}; no overlay maps or labels elements."
 
 
 def _contact(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if not f.countable:
         short = "The structure is continuous, so there are no separate objects to touch."
         return short, short
     if not f.pattern_known:
-        short = f"There are only {m.object_count}, isolated from one another."
+        short = f"There are only {f.s('object_count')}, isolated from one another."
         return short, short
     short = f"The {f.noun} are {f.contact}."
-    return short, (f"{short} Neighbours are {f.length(m.nn_distance_mean_px)} apart centre to centre, "
-                   f"{f.nn_ratio:.2f} times their mean diameter of {f.length(m.diameter_mean_px)}.")
+    return short, (f"{short} Neighbours are {f.length('nn_distance_mean')} apart centre to centre, "
+                   f"{f.s('nn_ratio')} times their mean diameter of {f.length('diameter_mean')}.")
 
 
 def _boundaries(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     clear = f.contrast != "low"
     short = ("Yes, boundaries are clear against the background." if clear
              else "Boundaries are faint: the objects differ little from the background.")
-    return short, (f"{short} The grey-level standard deviation is {m.brightness_std:.2f} ({f.contrast} contrast) "
-                   f"and edges cover {_pct(m.edge_density)} of the image.")
+    return short, (f"{short} The grey-level standard deviation is {f.s('brightness_std')} ({f.contrast} contrast) "
+                   f"and edges cover {f.s('edge_density_pct')} of the image.")
 
 
 def _matrix(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if not f.countable:
         short = "No separate matrix is visible; the material fills the field of view."
-        return short, f"{short} Brightness {m.brightness_mean:.2f}, {f.roughness} texture."
-    short = f"The {f.noun} sit on a background that fills {_pct(1 - m.area_fraction)} of the area."
-    return short, (f"{short} The image is {f.coverage} ({_pct(m.area_fraction)} covered); nothing in the grey levels "
+        return short, f"{short} Brightness {f.s('brightness_mean')}, {f.roughness} texture."
+    short = f"The {f.noun} sit on a background that fills {f.s('background_fraction')} of the area."
+    return short, (f"{short} The image is {f.coverage} ({f.s('area_fraction')} covered); nothing in the grey levels "
                    "points to a solvent or polymer matrix, which a single micrograph cannot identify.")
 
 
 def _foreign(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     short = ("Possibly: a few objects are much larger than the rest." if f.has_outliers
              else "No: every segmented object falls within the main size distribution.")
     bar = " Apart from the instrument information bar, nothing else is present." if f.info_bar_px else ""
-    return short, (f"{short} The largest object is {f.outlier_ratio:.1f} times the mean size "
-                   f"({f.length(m.diameter_max_px)} against {f.length(m.diameter_mean_px)}).{bar}")
+    return short, (f"{short} The largest object is {f.s('outlier_ratio')} times the mean size "
+                   f"({f.length('diameter_max')} against {f.length('diameter_mean')}).{bar}")
 
 
 def _modality(f: ImageFacts, pick) -> tuple[str, str]:
     technique = f.metadata.get("technique") or ("SEM" if f.profile == "sem" else "an image of unknown modality")
     short = f"It is {'an ' if technique[0] in 'AEIOUS' else ''}{technique} image."
-    extra = [form.format(f.metadata[k]) for k, form in INSTRUMENT_FIELDS.items() if f.metadata.get(k) is not None]
+    extra = [form.format(f.s(k)) for k, form in INSTRUMENT_FIELDS.items() if f.metadata.get(k) is not None]
     long = (f"{short} The grey-scale, topographic look with an information bar is typical of scanning electron "
             "microscopy" + (f"; the metadata gives {', '.join(extra)}" if extra else "") + ".")
     return short, long
@@ -473,17 +549,16 @@ def _post_processing(f: ImageFacts, pick) -> tuple[str, str]:
         short = "Yes: the image is in colour, which in electron microscopy means false colouring."
     else:
         short = "No sign of post-processing: it is a plain grey-scale image without false colour or 3D rendering."
-    return short, f"{short} Its mean brightness is {f.m.brightness_mean:.2f} with {f.contrast} contrast."
+    return short, f"{short} Its mean brightness is {f.s('brightness_mean')} with {f.contrast} contrast."
 
 
 def _active_sites(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if f.countable:
-        short = f"The {f.noun} themselves are the regions with distinct properties, about {_pct(m.area_fraction)} of the area."
+        short = f"The {f.noun} themselves are the regions with distinct properties, about {f.s('area_fraction')} of the area."
     else:
         short = "No regions stand out as distinct; the surface looks alike throughout."
     return short, (f"{short} A micrograph shows structure, not function: which sites are active would need "
-                   f"spectroscopy or tests. The contrast here is {f.contrast} (standard deviation {m.brightness_std:.2f}).")
+                   f"spectroscopy or tests. The contrast here is {f.contrast} (standard deviation {f.s('brightness_std')}).")
 
 
 def _dynamics(f: ImageFacts, pick) -> tuple[str, str]:
@@ -524,15 +599,15 @@ def _caption(f: ImageFacts, pick) -> tuple[str, str]:
                 "close but mostly separate": "close together but mostly separate",
                 "isolated": "with no close neighbours"}[f.contact]
         short = pick([f"This {what} shows {group}, {tail}{mag}.", f"The {what} shows {group}, {tail}{mag}."])
-        many = f"There are {m.object_count} of them" if m.object_count > 1 else "There is one"
+        many = f"There are {f.s('object_count')} of them" if m.object_count > 1 else "There is one"
         long = (f"{short} {many}, {f.uniformity}, with a {f.size_sentence()} "
-                f"{f.scale_note}, covering {_pct(m.area_fraction)} of the field. The surface is {f.roughness} and the "
+                f"{f.scale_note}, covering {f.s('area_fraction')} of the field. The surface is {f.roughness} and the "
                 f"image {f.brightness} with {f.contrast} contrast.")
     else:
         short = pick([f"This {what} shows a continuous, {f.roughness} surface{mag}.",
                       f"The {what} shows a {f.roughness}, continuous surface{mag}."])
         long = (f"{short} The texture is {'directional' if f.aligned else 'isotropic'} (orientation coherence "
-                f"{m.orientation_coherence:.2f}) and the image {f.brightness} with {f.contrast} contrast.")
+                f"{f.s('orientation_coherence')}) and the image {f.brightness} with {f.contrast} contrast.")
     if f.label:
         long += f" It belongs to the category {f.label_text}."
     return short, long
@@ -549,95 +624,86 @@ def _classify(f: ImageFacts, pick) -> tuple[str, str]:
 
 # Steel surface defects (NEU), textures (KTH), corrosion panels (CMI), generic images.
 def _central_feature(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     what = {"neu": f"{f.label_text} defect", "cmi": f"panel rated {f.label_text}"}.get(f.profile, f.label_text)
     what = what if f.label else "surface"
     if f.countable:
-        short = f"The {what} shows {m.object_count} {f.shape} marks, {f.arrangement}."
+        short = f"The {what} shows {f.s('object_count')} {f.shape} marks, {f.arrangement}."
     else:
         short = f"The {what} is a continuous, {f.roughness} texture."
-    return short, f"{short} {f.orientation_sentence().capitalize()}; the marks cover {_pct(m.area_fraction)} " \
+    return short, f"{short} {f.orientation_sentence().capitalize()}; the marks cover {f.s('area_fraction')} " \
                   f"of the image."
 
 
 def _contrast(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     short = f"The contrast between the defect and the surrounding texture is {f.contrast}."
-    return short, (f"{short} The grey-level standard deviation is {m.brightness_std:.2f} and the co-occurrence "
-                   f"contrast {m.glcm_contrast:.2f}, with homogeneity {m.glcm_homogeneity:.2f}.")
+    return short, (f"{short} The grey-level standard deviation is {f.s('brightness_std')} and the co-occurrence "
+                   f"contrast {f.s('glcm_contrast')}, with homogeneity {f.s('glcm_homogeneity')}.")
 
 
 def _orientation(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if f.aligned:
-        short = f"The linear features run about {m.orientation_deg:.0f} degrees from the horizontal."
+        short = f"The linear features run about {f.s('orientation_deg')} degrees from the horizontal."
     else:
         short = "There is no dominant orientation."
-    return short, f"{short} The orientation coherence is {m.orientation_coherence:.2f} and the texture " \
-                  f"anisotropy {m.anisotropy:.2f}."
+    return short, f"{short} The orientation coherence is {f.s('orientation_coherence')} and the texture " \
+                  f"anisotropy {f.s('anisotropy')}."
 
 
 def _dispersion(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if not f.countable:
         short = "Neither: the pattern covers the whole image."
-        return short, f"{short} No separate marks are segmented; the texture contrast is {m.glcm_contrast:.2f}."
+        return short, f"{short} No separate marks are segmented; the texture contrast is {f.s('glcm_contrast')}."
     if not f.pattern_known:
-        short = f"There are only {m.object_count} isolated marks."
-        return short, f"{short} They cover {_pct(m.area_fraction)} of the image."
+        short = f"There are only {f.s('object_count')} isolated marks."
+        return short, f"{short} They cover {f.s('area_fraction')} of the image."
     if f.arrangement == "clustered":
         short = "They are centralised: the marks gather in clusters."
     else:
         short = f"They are dispersed: the marks are {f.arrangement} over the image."
-    return short, f"{short} Clark-Evans ratio {m.clark_evans_r:.2f} over {m.object_count} segmented marks " \
-                  f"covering {_pct(m.area_fraction)}."
+    return short, f"{short} Clark-Evans ratio {f.s('clark_evans_r')} over {f.s('object_count')} segmented marks " \
+                  f"covering {f.s('area_fraction')}."
 
 
 def _overall_brightness(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     short = f"The image is {f.brightness} overall."
-    return short, f"{short} Its mean grey level is {m.brightness_mean:.2f} on a 0-1 scale, with a {f.contrast} " \
-                  f"contrast (standard deviation {m.brightness_std:.2f})."
+    return short, f"{short} Its mean grey level is {f.s('brightness_mean')} on a 0-1 scale, with a {f.contrast} " \
+                  f"contrast (standard deviation {f.s('brightness_std')})."
 
 
 def _colour(f: ImageFacts, pick) -> tuple[str, str]:
     tone = "in colour" if f.colourful else "grey"
     short = f"The surface appears {tone}, {f.brightness} in tone."
-    return short, f"{short} Mean grey level {f.m.brightness_mean:.2f}, contrast {f.contrast}."
+    return short, f"{short} Mean grey level {f.s('brightness_mean')}, contrast {f.contrast}."
 
 
 def _pattern(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     kind = "a directional, striated pattern" if f.aligned else "an isotropic pattern"
     short = f"It shows {kind}, {f.roughness} in grain."
-    return short, f"{short} Co-occurrence contrast {m.glcm_contrast:.2f}, edge density {m.edge_density:.3f}; " \
+    return short, f"{short} Co-occurrence contrast {f.s('glcm_contrast')}, edge density {f.s('edge_density')}; " \
                   f"{f.orientation_sentence()}."
 
 
 def _texture_uniformity(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     even = f.cv < THRESHOLDS["uniform_cv"] or not f.countable
     short = "The texture is uniform across the image." if even else "The texture varies across the image."
-    return short, f"{short} Size heterogeneity {m.size_heterogeneity:.2f}, co-occurrence homogeneity " \
-                  f"{m.glcm_homogeneity:.2f}."
+    return short, f"{short} Size heterogeneity {f.s('size_heterogeneity')}, co-occurrence homogeneity " \
+                  f"{f.s('glcm_homogeneity')}."
 
 
 def _severity(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
-    short = f"Corrosion marks cover {_pct(m.area_fraction)} of the panel."
+    short = f"Corrosion marks cover {f.s('area_fraction')} of the panel."
     rating = f" The panel is rated {f.label}." if f.label else ""
     where = f" They are {f.arrangement} and {f.contact}." if f.pattern_known else ""
     return short, f"{short}{where} The contrast is {f.contrast}.{rating}"
 
 
 def _scribe_pattern(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     if f.aligned:
-        short = f"The corrosion follows a line about {m.orientation_deg:.0f} degrees from the horizontal, along the scribe."
+        short = f"The corrosion follows a line about {f.s('orientation_deg')} degrees from the horizontal, along the scribe."
     else:
         short = f"The corrosion has no dominant direction: {f.arrangement} marks around the scribe."
-    return short, f"{short} Orientation coherence {m.orientation_coherence:.2f}; the marks cover " \
-                  f"{_pct(m.area_fraction)} of the panel, {f.contact}."
+    return short, f"{short} Orientation coherence {f.s('orientation_coherence')}; the marks cover " \
+                  f"{f.s('area_fraction')} of the panel, {f.contact}."
 
 
 def _rating_meaning(f: ImageFacts, pick) -> tuple[str, str]:
@@ -650,15 +716,14 @@ def _rating_meaning(f: ImageFacts, pick) -> tuple[str, str]:
 
 
 def _objects(f: ImageFacts, pick) -> tuple[str, str]:
-    m = f.m
     short = f"There are {f.count_sentence()}." if f.countable else "No separate objects: a continuous structure."
-    return short, f"{short} They cover {_pct(m.area_fraction)} of the image and are mostly {f.shape}."
+    return short, f"{short} They cover {f.s('area_fraction')} of the image and are mostly {f.shape}."
 
 
 ANSWERERS: dict[str, Answerer] = {
     "basics.material": _material, "basics.scale": _scale,
     "morphology.shape": _shape, "morphology.phases": _phases, "morphology.uniformity": _uniformity,
-    "size_distribution.size": _size, "size_distribution.spatial": _spatial,
+    "size_distribution.size": _size, "size_distribution.count": _count, "size_distribution.spatial": _spatial,
     "size_distribution.aggregation": _aggregation,
     "surface.texture": _texture, "surface.defects": _defects,
     "composition.contrast": _composition, "composition.markers": _markers,
@@ -686,14 +751,15 @@ def _name(i: int, f: ImageFacts) -> str:
 
 def _compare_table(facts: list[ImageFacts]) -> str:
     return "; ".join(
-        f"{_name(i, f)}: {f.m.object_count} objects, mean size {f.length(f.m.diameter_mean_px)}, "
-        f"area fraction {_pct(f.m.area_fraction)}, brightness {f.m.brightness_mean:.2f}"
+        f"{_name(i, f)}: {f.s('object_count')} objects, mean size {f.length('diameter_mean')}, "
+        f"area fraction {f.s('area_fraction')}, brightness {f.s('brightness_mean')}"
         for i, f in enumerate(facts)
     )
 
 
 def _differences(facts: list[ImageFacts]) -> list[tuple[float, str]]:
-    """(relative spread, sentence) per measured property, most different first."""
+    """(relative spread, sentence) per measured property, most different first. The sentences name the images by
+    place only ("image 2"): they are slot values, measured again at inference, where no label is known."""
     unit = facts[0].unit
     props = {  # name: (value, as text, what the larger value means)
         "object count": (lambda f: float(f.m.object_count), lambda v: f"{v:.0f}", "more objects"),
@@ -714,15 +780,28 @@ def _differences(facts: list[ImageFacts]) -> list[tuple[float, str]]:
             out.append((0.0, f"they have the same {name} ({text(hi)})"))
             continue
         winner = values.index(hi)  # first of equals: deterministic
-        out.append((spread, f"{_name(winner, facts[winner])} has {more} ({name} {text(hi)} against {text(lo)})"))
+        out.append((spread, f"image {winner + 1} has {more} ({name} {text(hi)} against {text(lo)})"))
     return sorted(out, key=lambda t: -t[0])
 
 
-def _inter_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
+def compare_values(facts: list[ImageFacts]) -> dict[str, str]:
+    """The slot values of a multi-image answer: each image's as {name#i}, and what the comparison measures."""
+    values: dict[str, str] = {}
+    for i, f in enumerate(facts):
+        values.update(indexed(f.values, i + 1))
     diffs = _differences(facts)
-    short = (f"They differ most in that {diffs[0][1]}." if diffs[0][0] > 0
+    values["difference_1"], values["difference_2"] = diffs[0][1], diffs[1][1]
+    het = [f.m.size_heterogeneity for f in facts]
+    most = int(np.argmax(het))
+    values["most_heterogeneous"], values["heterogeneity_max"] = f"Image {most + 1}", f"{het[most]:.2f}"
+    return values
+
+
+def _inter_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
+    differ = _differences(facts)[0][0] > 0
+    short = ("They differ most in that {difference_1}." if differ
              else "Their measurements do not tell them apart; only their categories differ.")
-    return short, f"{short} Also, {diffs[1][1]}. Measured: {_compare_table(facts)}."
+    return short, f"{short} Also, {{difference_2}}. Measured: {_compare_table(facts)}."
 
 
 def _intra_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
@@ -732,17 +811,14 @@ def _intra_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
     label = f"the category {facts[0].label_text}" if facts[0].label else "one category"
     common = ", ".join(words[w] for w in shared) if shared else "no single measured trait, only their category"
     short = f"They belong to {label} and share {common}."
-    diffs = _differences(facts)
-    why = f"They look different because {diffs[0][1]}." if diffs[0][0] > 0 else "Their measurements agree."
+    why = "They look different because {difference_1}." if _differences(facts)[0][0] > 0 else "Their measurements agree."
     return short, f"{short} {why} Measured: {_compare_table(facts)}."
 
 
 def _spatial_heterogeneity(facts: list[ImageFacts], pick) -> tuple[str, str]:
-    het = [f.m.size_heterogeneity for f in facts]
-    most = int(np.argmax(het))
-    short = f"{_name(most, facts[most]).capitalize()} is the most heterogeneous (size heterogeneity {het[most]:.2f})."
-    per = "; ".join(f"{_name(i, f)}: heterogeneity {f.m.size_heterogeneity:.2f}, sizes {f.length(f.m.diameter_min_px)}"
-                    f" to {f.length(f.m.diameter_max_px)}, {f.uniformity}" for i, f in enumerate(facts))
+    short = "{most_heterogeneous} is the most heterogeneous (size heterogeneity {heterogeneity_max})."
+    per = "; ".join(f"{_name(i, f)}: heterogeneity {f.s('size_heterogeneity')}, sizes {f.length('diameter_min')}"
+                    f" to {f.length('diameter_max')}, {f.uniformity}" for i, f in enumerate(facts))
     return short, f"{short} {per[0].upper()}{per[1:]}."
 
 
@@ -758,7 +834,12 @@ def load_for_measuring(path: Path, info_bar_height_px: int | None = None
     image with its bar).
 
     The bar's height comes from the metadata when given (the synthetic corpus knows it), else it is detected."""
-    image = load_image(path)  # (H, W) for grey content, (H, W, 3) for colour
+    return split_for_measuring(load_image(path), info_bar_height_px)
+
+
+def split_for_measuring(image: np.ndarray, info_bar_height_px: int | None = None
+                        ) -> tuple[np.ndarray, int, bool, np.ndarray]:
+    """load_for_measuring for an image already decoded: (H, W) grey or (H, W, 3) colour, floats in [0, 1]."""
     colourful = image.ndim == 3 and float((image.max(axis=2) - image.min(axis=2)).mean()) > THRESHOLDS["colour_saturation"]
     grey = rgb2gray(image).astype(np.float32) if image.ndim == 3 else image
     height = grey.shape[0]
@@ -782,8 +863,14 @@ def measure_file(path: Path, metadata: dict | None = None, nm_per_pixel: float |
     """Measure one image above its info bar, with its scale from maemi.measure.scale (the explicit `nm_per_pixel`,
     metadata.jsonl, the instrument's metadata, else the scale bar). Raises ImageReadError, or ValueError for an image
     too small to measure."""
+    return measure_pixels(load_image(path), path, metadata, nm_per_pixel)
+
+
+def measure_pixels(image: np.ndarray, path: Path | None = None, metadata: dict | None = None,
+                   nm_per_pixel: float | None = None) -> MeasuredImage:
+    """measure_file for an image already decoded (`path`, when known, for the instrument's metadata in the file)."""
     metadata = metadata or {}
-    grey, bar, colourful, whole = load_for_measuring(path, metadata.get("info_bar_height_px"))
+    grey, bar, colourful, whole = split_for_measuring(image, metadata.get("info_bar_height_px"))
     scale = read_scale(path, whole, explicit_nm_per_pixel=nm_per_pixel, metadata=metadata,
                        info_bar_top=whole.shape[0] - bar)
     return MeasuredImage(measure(grey, nm_per_pixel=scale.nm_per_pixel), scale, bar, colourful)
@@ -854,22 +941,24 @@ class MeasureTeacher:
             raise ValueError("answer() needs at least one image")
         if len(images) == 1:
             facts, sha = self.facts(images[0], label, metadata)
-            answers = {}
+            templates = {}
             for q in questions:
                 if q.key not in ANSWERERS:
                     raise KeyError(f"the measure teacher has no answer for question {q.key!r}")
-                answers[q.key] = self._both_lengths(lambda pick: ANSWERERS[q.key](facts, pick), sha, q.key)
-            return TeacherReply(answers=answers)
+                templates[q.key] = self._both_lengths(lambda pick: ANSWERERS[q.key](facts, pick), sha, q.key)
+            return _filled_reply(templates, facts.values, measured_context([facts]))
         per_image = _split_metadata(metadata or {}, len(images))
         pairs = [self.facts(p, md.get("label"), md) for p, md in zip(images, per_image)]
         facts_list = [f for f, _ in pairs]
+        for i, f in enumerate(facts_list):
+            f.index = i + 1
         seed = "+".join(sha for _, sha in pairs)
-        answers = {}
+        templates = {}
         for q in questions:
             if q.key not in COMPARE_ANSWERERS:
                 raise KeyError(f"the measure teacher has no multi-image answer for question {q.key!r}")
-            answers[q.key] = self._both_lengths(lambda pick: COMPARE_ANSWERERS[q.key](facts_list, pick), seed, q.key)
-        return TeacherReply(answers=answers)
+            templates[q.key] = self._both_lengths(lambda pick: COMPARE_ANSWERERS[q.key](facts_list, pick), seed, q.key)
+        return _filled_reply(templates, compare_values(facts_list), measured_context(facts_list))
 
     @staticmethod
     def _both_lengths(render: Callable, seed: str, key: str) -> dict[str, str]:
@@ -877,6 +966,11 @@ class MeasureTeacher:
         rng = random.Random(f"{seed}:{key}")
         short, long = render(lambda options: options[rng.randrange(len(options))])
         return {"short": short, "long": long}
+
+
+def _filled_reply(templates: dict[str, dict[str, str]], values: dict[str, str], measured: str) -> TeacherReply:
+    answers = {key: {length: fill(t, values).text for length, t in pair.items()} for key, pair in templates.items()}
+    return TeacherReply(answers=answers, templates=templates, slots=values, measured=measured)
 
 
 def _split_metadata(metadata: dict, n: int) -> list[dict]:

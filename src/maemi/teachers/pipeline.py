@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from maemi.data.datasets import Sample, scan_dataset
 from maemi.data.images import ImageReadError
+from maemi.measure.slots import fill
 from maemi.seeds import derived_seed
 from maemi.teachers.measure import MeasureTeacher
 from maemi.teachers.questions import (LENGTHS, Profile, Question, TeacherReply, TeacherReplyError,
@@ -95,11 +96,20 @@ def interleave_by_label(samples: list[Sample]) -> list[Sample]:
     return [s for r in rounds for s in r if s is not None]
 
 
+def _measured(reply: TeacherReply, key: str, length: str) -> dict:
+    """make_record's template, slots and measured for one answer, when the teacher measured (else nothing)."""
+    template = reply.templates.get(key, {}).get(length)
+    if template is None:
+        return {}
+    return {"template": template, "slots": fill(template, reply.slots).used, "measured": reply.measured}
+
+
 def image_records(sample: Sample, questions: tuple[Question, ...], reply: TeacherReply, teacher: str,
                   profile: str) -> list[dict]:
     return [
         make_record([sample.relpath], q.text, reply.answers[q.key][length], task=q.task, family=q.family,
-                    length=length, label=sample.label, teacher=teacher, question_key=q.key, meta={"profile": profile})
+                    length=length, label=sample.label, teacher=teacher, question_key=q.key, meta={"profile": profile},
+                    **(_measured(reply, q.key, length) if q.task != "classify" else {}))
         for q in questions for length in LENGTHS
     ]
 
@@ -285,7 +295,7 @@ def _ask_compare(groups, samples, profile, teacher, writer, rejects, config, rep
         report.records += writer.write([
             make_record(paths, q.text, result.answers[q.key][length], task=q.task, family=q.family, length=length,
                         label=labels, teacher=teacher.name, question_key=q.key,
-                        meta={"profile": profile.name, "strategy": strategy})
+                        meta={"profile": profile.name, "strategy": strategy}, **_measured(result, q.key, length))
             for length in LENGTHS
         ])
     bar.close()

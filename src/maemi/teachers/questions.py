@@ -47,6 +47,11 @@ class TeacherReply:
     answers: dict[str, dict[str, str]]  # question key -> {"short": ..., "long": ...}
     usage: dict[str, int] = field(default_factory=dict)  # e.g. {"prompt_tokens": .., "completion_tokens": ..}
     cached: bool = False
+    # The answers with a {slot} (maemi.measure.slots) wherever a measured value stands, the values they were filled
+    # from, and the measurement in words (the student's prompt carries it). Empty for a teacher that measures nothing.
+    templates: dict[str, dict[str, str]] = field(default_factory=dict)
+    slots: dict[str, str] = field(default_factory=dict)
+    measured: str = ""
 
 
 class TeacherReplyError(ValueError):
@@ -92,6 +97,8 @@ _SEM_QUESTIONS = (
     _q("morphology.phases", "Are there distinct layers, phases or domains visible?"),
     _q("morphology.uniformity", "Do the nanomaterials appear uniform in size and shape, or are they varied?"),
     _q("size_distribution.size", "What is the approximate size or size range of the individual nanostructures?"),
+    # Not in the paper's list, but what a microscopist asks first (answered from the measurement).
+    _q("size_distribution.count", "How many nanostructures are there, and what is their mean size?"),
     _q("size_distribution.spatial",
        "How are the nanomaterials distributed throughout the image (evenly spaced, clustered, random)?"),
     _q("size_distribution.aggregation", "Is there any evidence of aggregation or bundling?"),

@@ -15,6 +15,11 @@ One JSON object per line, LLaVA's conversation format (Liu et al. 2023, "Visual 
      "question_key": "defect.contrast",
      "meta": {"profile": "neu"}}
 
+A teacher that measures (or a remote teacher's answer matched to measurements) adds to the record "measured" (the
+measurement in words, which the student's prompt carries: `with_measured`) and to the gpt turn "template" (the
+answer with a {slot} wherever a measured value stands; maemi.measure.slots) and "slots" (the values it was filled
+from). The student learns to write the template; the assistant fills it from its own measurement of the image.
+
 The human turn holds exactly one `<image>` token per entry of `images`, in order; a single-image prompt starts with
 `<image>\\n`. Few-shot records interleave demonstrations (`few_shot_prompt`):
 `<image>\\n<question> patches.\\n<image>\\n...<image>\\n<question>`, the query last.
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from maemi.fileio import append_durably, truncate_file
+from maemi.measure.slots import fill
 from maemi.teachers.questions import LENGTHS, TASKS
 
 IMAGE_TOKEN = "<image>"
@@ -45,11 +51,23 @@ def few_shot_prompt(question: str, demo_labels: list[str] | tuple[str, ...]) -> 
     return "".join(f"{IMAGE_TOKEN}\n{question} {label}.\n" for label in demo_labels) + f"{IMAGE_TOKEN}\n{question}"
 
 
+def with_measured(prompt: str, measured: str | None) -> str:
+    """`prompt` with the line "Measured: ..." before its last line (the question), after the images and any context.
+    Training (train/data.py) and inference (Assistant) both insert it here."""
+    if not measured:
+        return prompt
+    head, newline, question = prompt.rpartition("\n")
+    return f"{head}{newline}Measured: {measured}\n{question}"
+
+
 def make_record(
     images: list[str],
     question: str,
     answer: str,
     *,
+    template: str | None = None,
+    slots: dict[str, str] | None = None,
+    measured: str | None = None,
     task: str,
     family: str,
     length: str,
@@ -63,10 +81,13 @@ def make_record(
     places its tokens (few-shot interleaving) must hold exactly one per image."""
     n_tokens = question.count(IMAGE_TOKEN)
     prompt = question if n_tokens else IMAGE_TOKEN + "\n" + (IMAGE_TOKEN + "\n") * (len(images) - 1) + question
+    reply: dict = {"from": "gpt", "value": answer}
+    if template is not None:
+        reply["template"], reply["slots"] = template, dict(slots or {})
     record = {
         "id": id or f"{'+'.join(images)}#{question_key}#{length}",
         "images": list(images),
-        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": answer}],
+        "conversations": [{"from": "human", "value": prompt}, reply],
         "task": task,
         "family": family,
         "length": length,
@@ -75,6 +96,8 @@ def make_record(
         "question_key": question_key,
         "meta": dict(meta or {}),
     }
+    if measured:
+        record["measured"] = measured
     validate_record(record, where=f"record {record['id']!r}")
     return record
 
@@ -111,11 +134,21 @@ def validate_record(rec: Any, where: str) -> None:
             fail(f"turn {i} has no text")
         if expected == "gpt" and IMAGE_TOKEN in turn["value"]:
             fail(f"turn {i}: an answer must not contain {IMAGE_TOKEN}")
+        if expected == "gpt" and "template" in turn:
+            if not isinstance(turn["template"], str) or not turn["template"].strip():
+                fail(f"turn {i}: 'template' must be non-empty text")
+            slots = turn.get("slots")
+            if not isinstance(slots, dict) or not all(isinstance(v, str) for v in slots.values()):
+                fail(f"turn {i}: a template needs 'slots', an object of text values")
+            if fill(turn["template"], slots).text != turn["value"]:
+                fail(f"turn {i}: the template filled from its slots is not the answer")
     n_tokens = sum(t["value"].count(IMAGE_TOKEN) for t in turns[::2])
     if n_tokens != len(rec["images"]):
         fail(f"{n_tokens} {IMAGE_TOKEN} token(s) in the human turns for {len(rec['images'])} image(s)")
     if "meta" in rec and not isinstance(rec["meta"], dict):
         fail("'meta' must be an object")
+    if "measured" in rec and not isinstance(rec["measured"], str):
+        fail("'measured' must be text")
 
 
 def demonstration_labels(records: Iterable[dict]) -> dict[str, str]:

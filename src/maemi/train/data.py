@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from maemi.data.images import ImagePreprocessConfig, ImageReadError, load_model_input
 from maemi.model.processor import MAEMIProcessor
 from maemi.seeds import derived_seed
+from maemi.teachers.records import with_measured
 from maemi.train.config import AugmentConfig
 
 
@@ -73,14 +74,23 @@ class Example:
 
 
 def record_examples(record: dict) -> list[Example]:
-    """One example per answer turn; later turns see the conversation before them as their prompt."""
+    """One example per answer turn; later turns see the conversation before them as their prompt. An answer with a
+    template is learnt as its template (numbers as {slots}, filled at inference from the image's measurement), with
+    the measurement in words in its prompt (records.with_measured)."""
     turns = record["conversations"]
     examples = []
     for i in range(1, len(turns), 2):
         prompt = "\n".join(turn["value"] for turn in turns[:i])
-        examples.append(Example(record["id"], list(record["images"]), prompt, turns[i]["value"],
+        if "template" in turns[i]:
+            prompt = with_measured(prompt, record.get("measured"))
+        examples.append(Example(record["id"], list(record["images"]), prompt, answer_text(turns[i]),
                                 record["task"], record.get("label")))
     return examples
+
+
+def answer_text(turn: dict) -> str:
+    """What the decoder learns to write for a gpt turn: its template when it has one."""
+    return turn.get("template", turn["value"])
 
 
 class ImageCache:

@@ -43,7 +43,8 @@ from maemi.seeds import derived_seed
 from maemi.teachers.records import read_records
 from maemi.train.checkpoint import ResumeError, find_checkpoint, load_checkpoint, save_checkpoint
 from maemi.train.config import ConfigError, TrainConfig
-from maemi.train.data import ImageCache, InstructionDataset, chunks, epoch_order, epoch_pool, plan_step
+from maemi.train.data import (ImageCache, InstructionDataset, answer_text, chunks, epoch_order, epoch_pool,
+                              plan_step)
 from maemi.train.demos import few_shot_demos_by_vision
 from maemi.train.distributed import (DistributedEnv, all_reduce_sum, barrier, init_distributed, shutdown,
                                      wrap_ddp)
@@ -179,6 +180,9 @@ def run_info(records: Sequence[dict], config: TrainConfig, images_root: Path, da
         "classify_prompt": prompt_of(classify[0]) if classify else None,
         "caption_prompt": prompt_of(captions[0]) if captions else None,
         "init": str(init) if init else None,
+        # Answers learnt as templates with the measurement in the prompt: the assistant measures each image it
+        # answers about and fills the slots (maemi.measure.slots).
+        "measured_answers": any("template" in turn for r in records for turn in r["conversations"][1::2]),
         "train_config": config.to_dict(), "best": None,
     }
 
@@ -245,7 +249,7 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
         model = MAEMI.from_pretrained(init, map_location=device)
         say(f"fine-tuning {init} (its model config and answer vocabulary)")
     else:
-        answers = [turn["value"] for record in train_records for turn in record["conversations"][1::2]]
+        answers = [answer_text(turn) for record in train_records for turn in record["conversations"][1::2]]
         vocab = AnswerVocab.train(answers, config.vocab_size)
         config.model.vocab_size = vocab.size
         torch.manual_seed(derived_seed("init", config.seed))

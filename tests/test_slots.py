@@ -1,0 +1,110 @@
+"""Measured answers: templates with {slots}, filled from the measurement of the image (maemi.measure.slots), and
+numeric fidelity (maemi.evaluate.numeric)."""
+
+from __future__ import annotations
+
+import pytest
+
+from maemi.data.datasets import metadata_for, scan_dataset
+from maemi.data.synth import synthesize
+from maemi.evaluate.numeric import numeric_fidelity, reproduced
+from maemi.measure.slots import SLOT_RE, fill, numbers, template_from_text
+from maemi.teachers.measure import ANSWERERS, MeasureTeacher, measure_pixels
+from maemi.teachers.questions import get_profile
+from maemi.teachers.pipeline import image_records
+from maemi.teachers.records import validate_record, RecordError, with_measured
+
+
+def test_fill_replaces_known_slots_and_says_unknown_for_the_rest():
+    filled = fill("{object_count} objects, {diameter_mean} across, {nn_distance_mean} apart; image {x#2}",
+                  {"object_count": "104", "diameter_mean": "24.5 nm", "x#2": "7"})
+    assert filled.text == "104 objects, 24.5 nm across, unknown apart; image 7"
+    assert filled.used == {"object_count": "104", "diameter_mean": "24.5 nm", "x#2": "7"}
+    assert filled.missing == ["nn_distance_mean"]
+    assert fill("no slots {} or {Upper} here", {}).text == "no slots {} or {Upper} here"  # not slot names
+
+
+def test_numbers_are_read_as_answers_write_them():
+    assert numbers("1,234 objects, 24.5 nm, 0.526, 12.3% and EHT5 -3") == [1234, 24.5, 0.526, 12.3, -3]
+
+
+def test_a_remote_answer_gets_slots_only_where_a_measurement_backs_its_number():
+    values = {"object_count": "104", "diameter_mean": "24.5 nm", "area_fraction": "12.3%"}
+    template, used = template_from_text("About 100 particles of roughly 25 nm cover 40% of it; 3 clusters, 24 px.",
+                                        values)
+    assert template == "About {object_count} particles of roughly {diameter_mean} cover 40% of it; 3 clusters, 24 px."
+    assert used == {"object_count": "104", "diameter_mean": "24.5 nm"}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    synthesize(root, per_class=1, seed=5, classes=["Particles", "Nanowires", "Films_Coated_Surface"])
+    return root
+
+
+def test_every_teacher_answer_is_its_template_filled_from_the_measurement(corpus):
+    teacher = MeasureTeacher("sem")
+    profile = get_profile("sem")
+    for sample in scan_dataset(corpus):
+        reply = teacher.answer([sample.path], list(profile.questions), label=sample.label, metadata=sample.metadata)
+        assert reply.measured and "sizes in nanometres" in reply.measured
+        for key, pair in reply.templates.items():
+            for length, template in pair.items():
+                filled = fill(template, reply.slots)
+                assert filled.text == reply.answers[key][length] and not filled.missing
+                # no number in a measured sentence is typed into the template: each comes from a slot
+                if key in ("size_distribution.size", "size_distribution.count"):
+                    assert SLOT_RE.search(template), template
+        records = image_records(sample, profile.questions, reply, "measure", "sem")
+        for record in records:
+            validate_record(record, "test")
+        size = next(r for r in records if r["question_key"] == "size_distribution.count" and r["length"] == "short")
+        assert "template" in size["conversations"][1] and size["measured"] == reply.measured
+        classify = next(r for r in records if r["task"] == "classify")
+        assert "template" not in classify["conversations"][1]  # a label is not a measurement
+
+
+def test_a_record_whose_template_does_not_give_its_answer_is_refused(corpus):
+    sample = scan_dataset(corpus)[0]
+    reply = MeasureTeacher("sem").answer([sample.path], [get_profile("sem").question("size_distribution.count")],
+                                         metadata=sample.metadata)
+    record = image_records(sample, (get_profile("sem").question("size_distribution.count"),), reply, "measure",
+                           "sem")[0]
+    record["conversations"][1]["slots"] = {k: "1" for k in record["conversations"][1]["slots"]}
+    with pytest.raises(RecordError, match="filled from its slots is not the answer"):
+        validate_record(record, "r")
+
+
+def test_the_measurement_at_inference_is_the_teachers(corpus):
+    """What the assistant measures from a decoded array (uploads) or a file equals what the teacher measured."""
+    from maemi.data.images import load_image
+
+    teacher = MeasureTeacher("sem")
+    sample = scan_dataset(corpus)[0]
+    assert metadata_for(sample.path) == sample.metadata and metadata_for(corpus / "nowhere.png") == {}
+    facts, _ = teacher.facts(sample.path, None, metadata_for(sample.path))
+    teacher_facts, _ = teacher.facts(sample.path, sample.label, sample.metadata)
+    assert facts.values == teacher_facts.values
+    from_pixels = measure_pixels(load_image(sample.path), metadata=sample.metadata)
+    assert from_pixels.m == teacher.measure_image(sample.path, sample.metadata)[0].m
+
+
+def test_with_measured_puts_the_line_before_the_question():
+    assert with_measured("<image>\nContext: x\nHow many?", "many objects") == \
+        "<image>\nContext: x\nMeasured: many objects\nHow many?"
+    assert with_measured("<image>\nHow many?", None) == "<image>\nHow many?"
+
+
+def test_numeric_fidelity_counts_reference_numbers_the_answer_states():
+    assert reproduced("104 objects, 24.5 nm, 12.3%", "104 objects, 25 nm, 30%") == (3, 2, 1)
+    result = numeric_fidelity(["104 objects", "no numbers", "7 and 8"], ["104 objects", "none", "7"],
+                              {"family": ["a", "b", "a"]})
+    assert result["overall"] == {"numbers": 3, "answers": 3, "within_10pct": pytest.approx(2 / 3),
+                                 "exact": pytest.approx(2 / 3)}
+    assert result["groups"]["family"]["b"]["within_10pct"] is None
+    assert result["groups"]["family"]["a"]["numbers"] == 3
+
+
+def test_every_sem_question_has_an_answerer():
+    assert all(q.key in ANSWERERS for q in get_profile("sem").questions)
