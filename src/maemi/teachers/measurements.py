@@ -171,10 +171,22 @@ def _heterogeneity(centroids: np.ndarray, diameters: np.ndarray, shape: tuple[in
     return float(means.std() / means.mean()) if len(means) >= 4 else 0.0
 
 
-def measure(grey: np.ndarray, nm_per_pixel: float | None = None) -> Measurements:
-    """Measure a grey micrograph (float in [0, 1] or integer; the info bar already cropped)."""
+@dataclass
+class Segmentation:
+    """The objects measure() counts, as a label image, with the images they were found in. Everything per object
+    (maemi.measure.objects, the overlay) derives from this, so it always agrees with the aggregate Measurements."""
+
+    image: np.ndarray  # [H, W] float32 grey in [0, 1]
+    flat: np.ndarray  # [H, W] smoothed, background subtracted
+    mask: np.ndarray  # [H, W] bool: the foreground phase, specks and pinholes removed
+    distance: np.ndarray  # [H, W] float32: distance of each mask pixel to the background
+    labels: np.ndarray  # [H, W] int: 0 background, 1..n the objects, touching ones split
+    foreground: str  # "bright" or "dark"
+
+
+def segment(grey: np.ndarray) -> Segmentation:
+    """Segment a grey micrograph (float in [0, 1] or integer; the info bar already cropped) into objects."""
     image = _as_grey(grey)
-    h, w = image.shape
     smooth = ndimage.gaussian_filter(image, 1.0)
     flat = smooth - _background(smooth)
 
@@ -186,12 +198,47 @@ def measure(grey: np.ndarray, nm_per_pixel: float | None = None) -> Measurements
     mask = remove_small_objects(mask, max_size=MIN_OBJECT_AREA_PX - 1)
     mask = remove_small_holes(mask, max_size=MIN_OBJECT_AREA_PX - 1)
     distance = ndimage.distance_transform_edt(mask).astype(np.float32)
-    labels = _split_touching(mask, distance)
+    return Segmentation(image, flat, mask, distance, _split_touching(mask, distance), foreground)
 
+
+@dataclass
+class ObjectShapes:
+    """The per-object numbers that measure() averages, one entry per object in label order (all [N] but centroids)."""
+
+    ids: np.ndarray  # the object's label
+    area: np.ndarray  # px, float
+    centroids: np.ndarray  # [N, 2] (row, column)
+    diameters: np.ndarray  # equivalent diameter: of the disk of the same area
+    circularity: np.ndarray  # 4 pi A / P^2, clipped to [0, 1]
+    aspect: np.ndarray  # major / minor axis of the fitted ellipse (minor at least 1 px)
+
+
+def object_shapes(labels: np.ndarray) -> ObjectShapes:
     table = regionprops_table(labels, properties=("label", "area", "centroid", "axis_major_length", "axis_minor_length", "perimeter"))
     ids, area = table["label"], table["area"].astype(float)
     centroids = np.stack([table["centroid-0"], table["centroid-1"]], axis=1) if len(ids) else np.zeros((0, 2))
-    diameters = np.sqrt(4 * area / np.pi)
+    perimeter = np.maximum(table["perimeter"], 1.0)
+    return ObjectShapes(
+        ids=ids,
+        area=area,
+        centroids=centroids,
+        diameters=np.sqrt(4 * area / np.pi),
+        circularity=np.clip(4 * np.pi * area / perimeter**2, 0, 1),
+        aspect=table["axis_major_length"] / np.maximum(table["axis_minor_length"], 1.0),
+    )
+
+
+def measure(grey: np.ndarray, nm_per_pixel: float | None = None) -> Measurements:
+    """Measure a grey micrograph (float in [0, 1] or integer; the info bar already cropped)."""
+    return measure_segmentation(segment(grey), nm_per_pixel)
+
+
+def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -> Measurements:
+    """The Measurements of an image already segmented by segment()."""
+    image, flat, mask, distance, labels = seg.image, seg.flat, seg.mask, seg.distance, seg.labels
+    h, w = image.shape
+    shapes = object_shapes(labels)
+    ids, area, centroids, diameters = shapes.ids, shapes.area, shapes.centroids, shapes.diameters
     # thickness: twice the distance to the edge along the skeleton. The distance counts to the nearest background
     # pixel and skeleton pixels sit up to half a pixel off the true centre line, so a band N pixels wide reads
     # N = 2d - 1 (odd N) or N = 2d (even N): 2d - 0.5 on average
@@ -200,9 +247,6 @@ def measure(grey: np.ndarray, nm_per_pixel: float | None = None) -> Measurements
     ridge_sum = np.bincount(on_skeleton, weights=distance[skeleton], minlength=labels.max() + 1)[ids]
     ridge_count = np.bincount(on_skeleton, minlength=labels.max() + 1)[ids]
     widths = np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5, diameters)
-    perimeter = np.maximum(table["perimeter"], 1.0)
-    circularity = np.clip(4 * np.pi * area / perimeter**2, 0, 1)
-    aspect = table["axis_major_length"] / np.maximum(table["axis_minor_length"], 1.0)
 
     nn_mean = clark_evans = None
     if len(ids) >= 3:
@@ -222,7 +266,7 @@ def measure(grey: np.ndarray, nm_per_pixel: float | None = None) -> Measurements
         nm_per_pixel=None if nm_per_pixel is None else float(nm_per_pixel),
         brightness_mean=float(image.mean()),
         brightness_std=float(image.std()),
-        foreground=foreground,
+        foreground=seg.foreground,
         object_count=int(len(ids)),
         area_fraction=float(mask.mean()),
         diameter_mean_px=stat(diameters, np.mean),
@@ -231,8 +275,8 @@ def measure(grey: np.ndarray, nm_per_pixel: float | None = None) -> Measurements
         diameter_max_px=stat(diameters, np.max),
         width_mean_px=stat(widths, np.mean),
         length_mean_px=stat(area / np.maximum(widths, 1.0), np.mean),
-        circularity_mean=stat(circularity, np.mean),
-        aspect_ratio_mean=stat(aspect, np.mean),
+        circularity_mean=stat(shapes.circularity, np.mean),
+        aspect_ratio_mean=stat(shapes.aspect, np.mean),
         orientation_deg=orientation,
         orientation_coherence=coherence,
         nn_distance_mean_px=nn_mean,
