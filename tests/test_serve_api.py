@@ -95,12 +95,14 @@ def test_ask_caption_and_classify_answer_as_the_assistant_does(server, assistant
     image = images[0]
     r = post(server, "/v1/ask", image, question=BRIGHT_Q)
     assert r.status_code == 200, r.text
-    assert r.json() == {"answer": assistant.ask(image, BRIGHT_Q)[0], "question": BRIGHT_Q, "context": None}
+    expected = assistant.ask_detailed(image, BRIGHT_Q)[0]
+    assert r.json() == {"answer": expected.text, "question": BRIGHT_Q, "context": None, "template": expected.template,
+                        "numbers": [], "unknown": [], "measurements": []}  # a run without measured answers
     r = post(server, "/v1/ask", image, question=BRIGHT_Q, context="5 kV, sample 7")
     assert r.json()["answer"] == assistant.ask(image, BRIGHT_Q, context="5 kV, sample 7")[0]
 
     r = post(server, "/v1/caption", image)
-    assert r.status_code == 200 and r.json() == {"caption": assistant.caption(image)[0]}
+    assert r.status_code == 200 and r.json()["caption"] == assistant.caption(image)[0]
 
     r = post(server, "/v1/classify", image, top_k="2")
     assert r.status_code == 200, r.text

@@ -108,3 +108,24 @@ def test_numeric_fidelity_counts_reference_numbers_the_answer_states():
 
 def test_every_sem_question_has_an_answerer():
     assert all(q.key in ANSWERERS for q in get_profile("sem").questions)
+
+
+def test_a_remote_teachers_numbers_that_match_the_measurement_become_slots(corpus):
+    from maemi.teachers.pipeline import matched_to_measurements
+    from maemi.teachers.questions import TeacherReply
+
+    teacher = MeasureTeacher("sem")
+    sample = next(s for s in scan_dataset(corpus) if s.label == "Particles")
+    facts, _ = teacher.facts(sample.path, sample.label, sample.metadata)
+    count = int(facts.values["object_count"])
+    remote = TeacherReply(answers={"size_distribution.count": {
+        "short": f"I count about {round(count * 1.05)} particles.",
+        "long": f"About {round(count * 1.05)} particles; perhaps 3 clusters."}})
+    reply = matched_to_measurements(remote, teacher, sample)
+    assert reply.templates["size_distribution.count"]["short"] == "I count about {object_count} particles."
+    assert reply.answers["size_distribution.count"]["short"] == f"I count about {count} particles."  # as measured
+    assert "3 clusters" in reply.answers["size_distribution.count"]["long"]  # no measurement backs it: kept
+    for record in image_records(sample, (get_profile("sem").question("size_distribution.count"),), reply,
+                                "openai:x", "sem"):
+        validate_record(record, "test")
+        assert record["measured"] == reply.measured

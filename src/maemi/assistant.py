@@ -103,14 +103,21 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start: start + size]
 
 
+def measurement_record(facts: ImageFacts | str) -> dict:
+    """What an answer's numbers come from, per image: the measured values (as answers write them) and the scale with
+    its source; or {"error": why the image could not be measured}."""
+    if isinstance(facts, str):
+        return {"error": facts}
+    return {"values": dict(facts.values), "scale": facts.scale.to_dict() if facts.scale else None}
+
+
 def _facts_or_reason(measure: Callable[[], MeasuredImage], metadata: dict | None = None, name: str = "the image"
                      ) -> ImageFacts | str:
     try:
         measured = measure()
     except (ImageReadError, ValueError) as error:
         return f"{name} could not be measured: {error}"
-    return ImageFacts(measured.m, None, dict(metadata or {}), measured.info_bar_px, measured.colourful, "generic",
-                      measured.scale)
+    return ImageFacts.unlabelled(measured, metadata)
 
 
 @dataclass
@@ -134,7 +141,12 @@ class Answer:
     template: str  # as the decoder wrote it: {slot} where a measured value goes (maemi.measure.slots)
     slots: dict[str, str]  # slot -> the value written in its place
     missing: list[str]  # slots the measurement could not fill: written "unknown", never a made-up number
-    measurements: list[dict]  # per image: the measured values, or {"error": why it could not be measured}
+    measurements: list[dict]  # per image: measurement_record
+
+    def to_dict(self) -> dict:
+        return {"answer": self.text, "template": self.template,
+                "numbers": [{"slot": name, "value": value} for name, value in self.slots.items()],
+                "unknown": self.missing, "measurements": self.measurements}
 
 
 @dataclass(frozen=True)
@@ -214,10 +226,12 @@ class Assistant:
 
     # -------------------------------------------------------------------------------------------------- measuring
 
-    def prepare(self, pixels: np.ndarray) -> PreparedImage:
-        """A decoded image (H, W) or (H, W, 3), uint8 or float in [0, 1]: model input and measurement."""
+    def prepare(self, pixels: np.ndarray, path: str | os.PathLike | None = None) -> PreparedImage:
+        """A decoded image (H, W) or (H, W, 3), uint8 or float in [0, 1]: model input and measurement (`path`, the
+        file it was decoded from, for the instrument's scale in its metadata)."""
         pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
-        return PreparedImage(to_model_input(pixels, self.image_config), _facts_or_reason(lambda: measure_pixels(pixels)))
+        return PreparedImage(to_model_input(pixels, self.image_config),
+                             _facts_or_reason(lambda: measure_pixels(pixels, Path(path) if path else None)))
 
     def _measure_file(self, path: str, mtime_ns: int, size: int) -> ImageFacts | str:
         metadata = metadata_for(path)
@@ -280,7 +294,7 @@ class Assistant:
         if not self.measured_answers:
             return None, {}, []
         facts = [self.image_facts(x) for x in images]
-        per_image = [f.values if isinstance(f, ImageFacts) else {"error": f} for f in facts]
+        per_image = [measurement_record(f) for f in facts]
         if not all(isinstance(f, ImageFacts) for f in facts):
             errors = "; ".join(f for f in facts if isinstance(f, str))
             return f"nothing: {errors}", {}, per_image
@@ -293,18 +307,29 @@ class Assistant:
             context: str | None = None, gen: GenerationConfig | None = None, progress: bool = False) -> list[str]:
         """One answer per query. `images`: one image (one query), a list of images (one query each) or a list of
         lists (each inner list is one query about several images, e.g. a comparison)."""
+        return [a.text for a in self.ask_detailed(images, question, context, gen, progress)]
+
+    def ask_detailed(self, images: ImageInput | Sequence[ImageInput | Sequence[ImageInput]], question: str,
+                     context: str | None = None, gen: GenerationConfig | None = None, progress: bool = False
+                     ) -> list[Answer]:
+        """ask() with each answer's provenance (Answer)."""
         if not question or not question.strip():
             raise ValueError("ask: the question is empty")
         queries = [[images]] if _is_one_image(images) else [
             list(item) if not _is_one_image(item) else [item] for item in images]
         if not queries or any(not q for q in queries):
             raise ValueError("ask: no images given")
-        return self.answer([(q, question_prompt(len(q), question.strip(), context)) for q in queries], gen, progress)
+        return self.answer_detailed([(q, question_prompt(len(q), question.strip(), context)) for q in queries], gen,
+                                    progress)
 
     def caption(self, images: ImageInput | Sequence[ImageInput], gen: GenerationConfig | None = None,
                 progress: bool = False) -> list[str]:
         """A caption per image, asked with the caption question the run was trained on."""
-        return self.ask(images, str(self.run_value("caption_prompt")), gen=gen, progress=progress)
+        return [a.text for a in self.caption_detailed(images, gen, progress)]
+
+    def caption_detailed(self, images: ImageInput | Sequence[ImageInput], gen: GenerationConfig | None = None,
+                         progress: bool = False) -> list[Answer]:
+        return self.ask_detailed(images, str(self.run_value("caption_prompt")), gen=gen, progress=progress)
 
     # -------------------------------------------------------------------------------------------------- few-shot
 

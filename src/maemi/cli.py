@@ -308,7 +308,8 @@ def ask(
     together: bool = typer.Option(False, "--together", help="One question about all the images together (a comparison) "
                                                             "instead of one answer per image."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {images, question, context, answer, "
-                                                       "scales}; scales: each image's nm per pixel and its source."),
+                                                       "template, numbers, unknown, measurements, scales}: which "
+                                                       "measured value each number is, and each image's scale."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
@@ -320,15 +321,19 @@ def ask(
     assistant = _load_assistant(run, device, batch_size)
     queries = [images] if together else [[image] for image in images]
     try:
-        answers = assistant.ask(queries, question, context=context)
+        detailed = assistant.ask_detailed(queries, question, context=context)
     except ValueError as e:  # ImageReadError names the file; an over-long prompt says so
         _fail(str(e))
+    answers = [a.text for a in detailed]
     if as_json:
         from maemi.measure.scale import read_scale
 
-        scales = {image: read_scale(image).to_dict() for image in images}  # the scale each answer's sizes assume
-        _echo_json([{"images": q, "question": question, "context": context, "answer": a,
-                     "scales": [scales[image] for image in q]} for q, a in zip(queries, answers)])
+        def scale(image: str) -> dict | None:  # the scale each answer's sizes assume: the measurement's
+            facts = assistant.image_facts(image)
+            return facts.scale.to_dict() if not isinstance(facts, str) and facts.scale else read_scale(image).to_dict()
+
+        _echo_json([{"images": q, "question": question, "context": context, **a.to_dict(),
+                     "scales": [scale(image) for image in q]} for q, a in zip(queries, detailed)])
     elif len(queries) == 1:
         typer.echo(answers[0])
     else:
@@ -340,18 +345,21 @@ def ask(
 def caption(
     run: Path = typer.Argument(..., help=_RUN_HELP),
     images: list[str] = typer.Argument(..., help="Image files."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption}."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption, template, numbers, "
+                                                       "unknown, measurements}."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
     """Caption micrographs with a trained model (the caption question it was trained on)."""
     assistant = _load_assistant(run, device, batch_size)
     try:
-        captions = assistant.caption(images)
+        detailed = assistant.caption_detailed(images)
     except ValueError as e:  # ImageReadError names the file; RunError a run trained without captions
         _fail(str(e))
+    captions = [a.text for a in detailed]
     if as_json:
-        _echo_json([{"image": image, "caption": text} for image, text in zip(images, captions)])
+        _echo_json([{"image": image, "caption": a.text, **{k: v for k, v in a.to_dict().items() if k != "answer"}}
+                    for image, a in zip(images, detailed)])
     elif len(images) == 1:
         typer.echo(captions[0])
     else:
@@ -441,55 +449,98 @@ def measure(
     nm_per_pixel: Optional[float] = typer.Option(None, "--nm-per-pixel", min=0.0, help="The scale, when you know it "
                                                                                       "better than the files do."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write a table: results.csv or results.jsonl."),
+    objects: Optional[Path] = typer.Option(None, "--objects", help="Write the per-object table (objects.csv or "
+                                           ".jsonl): one row per segmented object of each image."),
+    overlay: Optional[Path] = typer.Option(None, "--overlay", help="Folder for one PNG per image: what was "
+                                           "segmented, outlined and numbered as in --objects."),
+    histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
+                                             "distribution of equivalent diameters (nm when the scale is known)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is
-    known.
+    known; with --objects, --overlay and --histogram, each object and a picture of what was counted.
 
     The scale comes from --nm-per-pixel, else the instrument's metadata in the file (Zeiss, FEI/Thermo Fisher, Tescan
     TIFF tags; Hitachi/JEOL sidecar .txt; ImageJ/OME-TIFF calibration), else the info bar's scale bar read by OCR; when
     none can be trusted it is unknown, sizes stay in pixels and the row says why.
+
+    The objects table has, per object: area, equivalent diameter, Feret diameters (max and min), aspect ratio,
+    circularity, centroid and orientation; lengths in px, and in nm (empty when the scale is unknown). Its count and
+    mean diameter are those of the measurements. Overlays show the whole image, the info bar (not measured) dimmed.
     """
     import dataclasses
 
     from maemi.data.images import ImageReadError
+    from maemi.measure.figures import histogram_png, output_names, overlay_image, write_png
+    from maemi.measure.objects import measure_objects_file, object_table, table_rows, write_table
     from maemi.serve.rows import RowWriter, check_table_path
-    from maemi.teachers.measure import measure_file
     from maemi.teachers.measurements import Measurements
 
     if nm_per_pixel is not None and nm_per_pixel <= 0:
         _fail("--nm-per-pixel must be positive")
-    if out is not None:
+    if out is not None and objects is not None and out.resolve() == objects.resolve():
+        _fail("--out and --objects must be different files")
+    for table_path in [p for p in (out, objects) if p is not None]:
         try:
-            check_table_path(out, resume=False)
-        except (ValueError, FileExistsError) as e:
+            check_table_path(table_path, resume=False)
+        except FileExistsError:  # its message suggests --resume, which measure has not
+            _fail(f"{table_path}: already exists; choose another output path (a table is never overwritten)")
+        except ValueError as e:
             _fail(str(e))
-    rows = []
-    for image in images:
+    for folder in [f for f in (overlay, histogram) if f is not None]:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            _fail(f"{folder}: cannot create the folder: {e.strerror or e}")
+    rows, object_rows = [], []
+    for image, name in zip(images, output_names(images)):
         row = {"path": str(image), "nm_per_pixel": None, "scale_source": None, "scale_detail": None, "scale_notes": [],
                "magnification": None, "info_bar_px": None, "measurements": None, "error": None}
+        rows.append(row)
         try:
-            measured = measure_file(image, nm_per_pixel=nm_per_pixel)
+            result = measure_objects_file(image, nm_per_pixel=nm_per_pixel)
         except (ImageReadError, ValueError) as e:  # unreadable, or too small to measure
             row["error"] = str(e)
-        else:
-            scale = measured.scale
-            row.update(nm_per_pixel=scale.nm_per_pixel, scale_source=scale.source, scale_detail=scale.detail or None,
-                       scale_notes=list(scale.notes), magnification=scale.magnification,
-                       info_bar_px=measured.info_bar_px, measurements=dataclasses.asdict(measured.m))
-        rows.append(row)
+            continue
+        measured, scale = result.measured, result.measured.scale
+        row.update(nm_per_pixel=scale.nm_per_pixel, scale_source=scale.source, scale_detail=scale.detail or None,
+                   scale_notes=list(scale.notes), magnification=scale.magnification,
+                   info_bar_px=measured.info_bar_px, measurements=dataclasses.asdict(measured.m))
+        labels = result.segmentation.labels
+        if objects is not None or histogram is not None:
+            table = table_rows(str(image), object_table(labels), scale.nm_per_pixel, scale.source)
+            object_rows.extend(table)
+        if overlay is not None:
+            write_png(overlay / f"{name}.overlay.png", overlay_image(result.whole, labels))
+        if histogram is not None:
+            unit = "nm" if scale.known else "px"
+            diameters = [r[f"equivalent_diameter_{unit}"] for r in table]
+            write_png(histogram / f"{name}.histogram.png", histogram_png(diameters, unit, image.name))
     if out is not None:
         columns = [c for c in rows[0] if c != "measurements"]
         columns[-1:-1] = [f"measurements.{f.name}" for f in dataclasses.fields(Measurements)]
         with RowWriter(out, columns) as writer:
             writer.write(rows)
+    if objects is not None:
+        write_table(objects, object_rows)
     if as_json:
         _echo_json(rows)
     elif out is None or len(rows) == 1:
         for row in rows:
             _print_measurement(row)
+    if as_json or (out is not None and len(rows) > 1):  # not printed above: name the skipped files
+        for row in rows:
+            if row["error"]:
+                typer.echo(f"{row['path']}: skipped: {row['error']}", err=True)
+    errors = sum(r["error"] is not None for r in rows)
+    measured_count = len(rows) - errors
     if out is not None:
-        typer.echo(f"{out}: {len(rows)} rows, {sum(r['error'] is not None for r in rows)} with an error", err=True)
+        typer.echo(f"{out}: {len(rows)} rows, {errors} with an error", err=True)
+    if objects is not None:
+        typer.echo(f"{objects}: {len(object_rows)} objects from {measured_count} images", err=True)
+    for folder, kind in ((overlay, "overlays"), (histogram, "histograms")):
+        if folder is not None:
+            typer.echo(f"{folder}: {measured_count} {kind}", err=True)
     if all(r["error"] for r in rows):
         raise typer.Exit(1)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 SLOT_RE = re.compile(r"\{([a-z][a-z0-9_]*(?:#[1-9])?)\}")
 UNKNOWN = "unknown"
+BARE_NUMBER_SLOTS = ("object_count", "magnification")  # the measured values a text states without a unit
 # A number as answers write it: 1,234 / 24.5 / 0.526 / 12.3% (the sign and the thousands separator included).
 NUMBER_RE = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?")
 
@@ -73,7 +74,9 @@ def template_from_text(text: str, values: dict[str, str], tolerance: float = 0.1
     candidates = []  # (value, unit, name) of every slot whose value is one number and an optional unit
     for name, value in values.items():
         m = re.fullmatch(r"\s*(" + NUMBER_RE.pattern + r")\s*(\S*)\s*", value)
-        if m:
+        # A bare number ("3") would match some ratio or index by chance: only a count or a magnification is
+        # written bare; everything else must carry its unit (nm, px, %).
+        if m and (m.group(2) or name in BARE_NUMBER_SLOTS):
             candidates.append((parse_number(m.group(1)), m.group(2), name))
     used: dict[str, str] = {}
     out, last = [], 0

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from maemi.data.images import ImageReadError
 from maemi.serve.openai_compat import MAX_IMAGES
 from maemi.serve.uploads import UploadError, upload_as_file, upload_name
-from maemi.teachers.measure import measure_file
+from maemi.teachers.measure import ImageFacts, measure_file
 from maemi.teachers.remote import image_data_url
 
 router = APIRouter(prefix="/v1", tags=["MAEMI"])
@@ -24,13 +24,27 @@ router = APIRouter(prefix="/v1", tags=["MAEMI"])
 PREVIEW_MAX_SIDE = 1024
 
 
-class AskResponse(BaseModel):
+class NumberSource(BaseModel):
+    slot: str = Field(description="The measured value (maemi.measure.slots), e.g. object_count, diameter_mean; "
+                                  "'#2' for the second image of a comparison")
+    value: str = Field(description="As written in the answer, with its unit")
+
+
+class Provenance(BaseModel):
+    template: str | None = Field(None, description="The answer as the model wrote it, {slot} where a measured value "
+                                                   "goes")
+    numbers: list[NumberSource] = Field([], description="Which measured value each number of the answer is")
+    unknown: list[str] = Field([], description="Slots no measurement could fill: the answer says 'unknown' there")
+    measurements: list[dict] = Field([], description="Per image: the measured values and the scale, or the error")
+
+
+class AskResponse(Provenance):
     answer: str
     question: str
     context: str | None = None
 
 
-class CaptionResponse(BaseModel):
+class CaptionResponse(Provenance):
     caption: str
 
 
@@ -60,18 +74,21 @@ class MeasureResponse(BaseModel):
     measurements: dict[str, float | int | str | None] = Field(
         description="maemi.teachers.measurements.Measurements: sizes (*_px) in pixels; times nm_per_pixel (when "
                     "known) in nm")
+    values: dict[str, str] = Field(description="The same measurements as answers quote them (unit and rounding), by "
+                                               "slot name: an answer's numbers (/v1/ask 'numbers') are these")
 
 
 class PreviewResponse(BaseModel):
     data_url: str = Field(description=f"PNG, longer side at most {PREVIEW_MAX_SIDE} px")
 
 
-async def _tensors(request: Request, uploads: list[UploadFile]) -> list:
+async def _tensors(request: Request, uploads: list[UploadFile], measure: bool = False) -> list:
+    """The uploads as model input; measured too for an answer whose numbers are filled from the measurement."""
     state = request.app.state.maemi
     if not 1 <= len(uploads) <= MAX_IMAGES:
         raise UploadError(400, f"send 1 to {MAX_IMAGES} images, got {len(uploads)}")
-    return [await run_in_threadpool(state.model.image, await u.read(), u.filename, state.config.max_upload_bytes)
-            for u in uploads]
+    return [await run_in_threadpool(state.model.image, await u.read(), u.filename, state.config.max_upload_bytes,
+                                    measure) for u in uploads]
 
 
 @router.post("/ask", response_model=AskResponse, summary="Answer a question about one image (or several together)")
@@ -80,15 +97,16 @@ async def ask(request: Request,
                                                                 "about together (a comparison)"),
               question: str = Form(..., min_length=1),
               context: str | None = Form(None, description="Your description: sample notes, instrument settings")):
-    images = await _tensors(request, image)
+    images = await _tensors(request, image, measure=True)
     answer = await request.app.state.maemi.model.ask(images, question, context)
-    return AskResponse(answer=answer.text, question=question, context=context)
+    return AskResponse(answer=answer.text, question=question, context=context, **answer.provenance)
 
 
 @router.post("/caption", response_model=CaptionResponse, summary="Caption a micrograph")
 async def caption(request: Request, image: UploadFile = File(...)):
-    (tensor,) = await _tensors(request, [image])
-    return CaptionResponse(caption=(await request.app.state.maemi.model.caption(tensor)).text)
+    (tensor,) = await _tensors(request, [image], measure=True)
+    answer = await request.app.state.maemi.model.caption(tensor)
+    return CaptionResponse(caption=answer.text, **answer.provenance)
 
 
 @router.post("/classify", response_model=ClassifyResponse, summary="Top-k classes with probabilities")
@@ -119,7 +137,8 @@ def _measure(data: bytes, name: str | None, max_bytes: int, nm_per_pixel: float 
                            scale=ScaleResponse(nm_per_pixel=scale.nm_per_pixel, source=scale.source,
                                                detail=scale.detail, magnification=scale.magnification,
                                                notes=list(scale.notes)),
-                           measurements=dataclasses.asdict(measured.m))
+                           measurements=dataclasses.asdict(measured.m),
+                           values=ImageFacts.unlabelled(measured).values)
 
 
 @router.post("/measure", response_model=MeasureResponse, summary="What the measure teacher measures on the image")

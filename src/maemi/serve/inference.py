@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from maemi.assistant import Assistant, question_prompt
+from maemi.assistant import Assistant, PreparedImage, question_prompt
 from maemi.model import GenerationConfig
 from maemi.serve.batcher import Batcher, BatcherConfig
-from maemi.serve.uploads import decode_upload
+from maemi.serve.uploads import decode_upload, read_upload, upload_as_file
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Answer:
     text: str
     prompt_tokens: int  # with <Encode>, as the model read it
     completion_tokens: int  # with <eos>
+    provenance: dict = dataclasses.field(default_factory=dict)  # template, numbers, unknown, measurements
 
 
 class BatchedAssistant:
@@ -35,10 +36,15 @@ class BatchedAssistant:
         self.assistant, self.shots, self.support = assistant, shots, support
         self.batcher = Batcher(self._run, config)
 
-    def image(self, data: bytes, name: str | None, max_bytes: int) -> torch.Tensor:
-        """An upload as model input [3, S, S] (UploadError for a bad one). Pure preprocessing: request threads run
-        it, the model thread only runs the model."""
-        return self.assistant.image_tensor(decode_upload(data, name, max_bytes))
+    def image(self, data: bytes, name: str | None, max_bytes: int, measure: bool = False
+              ) -> torch.Tensor | PreparedImage:
+        """An upload as model input [3, S, S] (UploadError for a bad one), with its measurement when `measure` (what
+        an answer's numbers are filled from). Pure preprocessing: request threads run it, the model thread only runs
+        the model."""
+        if not (measure and self.assistant.measured_answers):
+            return self.assistant.image_tensor(decode_upload(data, name, max_bytes))
+        with upload_as_file(data, name, max_bytes) as path:  # as a file: TIFF tags carry the instrument's scale
+            return self.assistant.prepare(read_upload(path, name), path)
 
     @property
     def max_new_tokens(self) -> int:
@@ -79,11 +85,12 @@ class BatchedAssistant:
         kind, arg = key
         if kind == "answer":
             gen = GenerationConfig(*arg)
-            texts = self.assistant.answer(items, gen)
+            answers = self.assistant.answer_detailed(items, gen)
             processor = self.assistant.model.processor
-            return [Answer(text, len(processor.encode_text(prompt, num_images=len(images))["prompt_ids"]),
-                           min(len(processor.vocab.encode(text)) + 1, gen.max_new_tokens))
-                    for (images, prompt), text in zip(items, texts)]
+            return [Answer(a.text, len(processor.encode_text(prompt, num_images=len(images))["prompt_ids"]),
+                           min(len(processor.vocab.encode(a.template)) + 1, gen.max_new_tokens),
+                           {k: v for k, v in a.to_dict().items() if k != "answer"})
+                    for (images, prompt), a in zip(items, answers)]
         if kind == "classify":
             shots, views = arg
             return self.assistant.classify(items, shots=shots, support=self.support, top_k=None, views=views)

@@ -161,7 +161,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.n not in (None, 1):
         raise UploadError(400, f"n={body.n}: MAEMI returns one choice per request")
     sources, question = chat_query(body.messages)
-    images = [await run_in_threadpool(state.model.image, data, where, state.config.max_upload_bytes)
+    images = [await run_in_threadpool(state.model.image, data, where, state.config.max_upload_bytes, True)
               for data, where in sources]
     gen = state.model.generation(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p,
                                  body.seed)
@@ -176,6 +176,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     cut = any(a.completion_tokens >= gen.max_new_tokens for a in answers)
     reply = completion(state.config.model_name, content, sum(a.prompt_tokens for a in answers),
                        sum(a.completion_tokens for a in answers), "length" if cut else "stop")
+    # An extra field (OpenAI clients ignore it): which measured value each number of the answer is.
+    reply["maemi"] = (answers[0].provenance if questions is None
+                      else {key: a.provenance for (key, _), a in zip(questions, answers)})
     if body.stream:
         return StreamingResponse(completion_chunks(reply), media_type="text/event-stream")
     return reply

@@ -119,6 +119,12 @@ class ImageFacts:
 
     index: int | None = None  # place (from 1) among the images of a multi-image answer: its slots read {name#i}
 
+    @classmethod
+    def unlabelled(cls, measured: MeasuredImage, metadata: dict | None = None) -> ImageFacts:
+        """The facts of an image measured at inference, where no label is known (the slot values need none)."""
+        return cls(measured.m, None, dict(metadata or {}), measured.info_bar_px, measured.colourful, "generic",
+                   measured.scale)
+
     # ---------------------------------------------------------------- numbers as slots
     @property
     def unit(self) -> str:

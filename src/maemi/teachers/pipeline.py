@@ -13,6 +13,7 @@ by the next resumed run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -26,9 +27,9 @@ from tqdm import tqdm
 
 from maemi.data.datasets import Sample, scan_dataset
 from maemi.data.images import ImageReadError
-from maemi.measure.slots import fill
+from maemi.measure.slots import fill, template_from_text
 from maemi.seeds import derived_seed
-from maemi.teachers.measure import MeasureTeacher
+from maemi.teachers.measure import MeasureTeacher, measured_context
 from maemi.teachers.questions import (LENGTHS, Profile, Question, TeacherReply, TeacherReplyError,
                                       check_reply, get_profile)
 from maemi.teachers.records import RecordWriter, few_shot_prompt, make_record
@@ -102,6 +103,22 @@ def _measured(reply: TeacherReply, key: str, length: str) -> dict:
     if template is None:
         return {}
     return {"template": template, "slots": fill(template, reply.slots).used, "measured": reply.measured}
+
+
+def matched_to_measurements(reply: TeacherReply, measurer: MeasureTeacher, sample: Sample) -> TeacherReply:
+    """A remote teacher's reply with each number that agrees with the image's measurement (within 10%, same unit)
+    turned into that measurement's slot, and written as measured; other numbers stay as the teacher wrote them (a
+    free-text estimate: the record's slots say which numbers are measured). An image that cannot be measured keeps
+    the reply as it is."""
+    try:
+        facts, _ = measurer.facts(sample.path, sample.label, sample.metadata)
+    except (ImageReadError, ValueError):
+        return reply
+    templates = {key: {length: template_from_text(text, facts.values)[0] for length, text in pair.items()}
+                 for key, pair in reply.answers.items()}
+    answers = {key: {length: fill(t, facts.values).text for length, t in pair.items()} for key, pair in templates.items()}
+    return dataclasses.replace(reply, answers=answers, templates=templates, slots=facts.values,
+                               measured=measured_context([facts]))
 
 
 def image_records(sample: Sample, questions: tuple[Question, ...], reply: TeacherReply, teacher: str,
@@ -227,6 +244,8 @@ def teach(
             else:
                 report.add_usage(result)
                 report.answered += 1
+                if not result.templates:
+                    result = matched_to_measurements(result, measurer, sample)
                 report.records += writer.write(image_records(sample, profile.questions, result, teacher.name,
                                                              profile.name))
         bar.close()
