@@ -22,7 +22,10 @@ from maemi.model import MAEMI, AnswerVocab
 from maemi.model.lora import dylora_modules, sample_dylora_rank_
 from maemi.teachers.pipeline import TeachConfig, _few_shot_records
 from maemi.teachers.questions import get_profile
+from maemi.measure.slots import fill
+from maemi.teachers.measure import MeasureTeacher, measured_context
 from maemi.teachers.records import make_record
+from maemi.train.data import record_examples
 from tiny_text_models import one_thread, save_tiny_bert, tiny_config  # noqa: F401
 
 CLASSES = ("bright", "dark", "striped")
@@ -30,6 +33,7 @@ CAPTION_Q = "Describe this image."
 CLASSIFY_Q = "What category does this image belong to?"
 BRIGHT_Q = "Is the image bright or dark?"
 COMPARE_Q = "Which image is brighter?"
+GREY_Q = "What is the mean grey level?"  # answered from the measurement: "Mean grey level {brightness_mean}."
 CAPTIONS = {"bright": "A bright, even field with fine grain.", "dark": "A dark, even field with fine grain.",
             "striped": "Vertical stripes cross the whole field."}
 BRIGHTNESS = {"bright": "Bright.", "dark": "Dark.", "striped": "Neither: it is striped."}
@@ -56,21 +60,35 @@ def write_images(root: Path, per_class: int, seed: int) -> list[str]:
     return rels
 
 
-def image_records(rels: list[str]) -> list[dict]:
+def image_records(rels: list[str], root: Path) -> list[dict]:
+    """The records a measuring teacher writes: every answer but the class has a template (and the measurement in
+    words); the grey-level answer has a slot, filled from the image's measurement."""
+    teacher = MeasureTeacher("generic")
+
+    def facts(rel: str, index: int | None = None):
+        f = teacher.facts(root / rel, rel.split("/")[0], {})[0]
+        f.index = index
+        return f
+
     records = []
     for rel in rels:
-        label = rel.split("/")[0]
+        label, f = rel.split("/")[0], facts(rel)
+        grey = ("basics.grey", GREY_Q, "Mean grey level {brightness_mean}.", "vqa")
         for key, question, answer, task in (("caption.describe", CAPTION_Q, CAPTIONS[label], "caption"),
                                             ("classify.category", CLASSIFY_Q, label, "classify"),
-                                            ("basics.brightness", BRIGHT_Q, BRIGHTNESS[label], "vqa")):
-            records.append(make_record([rel], question, answer, task=task, family=key.split(".")[0], length="short",
-                                       label=label, teacher="test", question_key=key))
+                                            ("basics.brightness", BRIGHT_Q, BRIGHTNESS[label], "vqa"), grey):
+            measured = {} if task == "classify" else {
+                "template": answer, "slots": fill(answer, f.values).used, "measured": measured_context([f])}
+            records.append(make_record([rel], question, fill(answer, f.values).text, task=task,
+                                       family=key.split(".")[0], length="short", label=label, teacher="test",
+                                       question_key=key, **measured))
     by_label = {label: [r for r in rels if r.startswith(label + "/")] for label in CLASSES}
     for dark, bright in zip(by_label["dark"], by_label["bright"]):
         for pair, answer in (([dark, bright], "The second image."), ([bright, dark], "The first image.")):
             records.append(make_record(pair, COMPARE_Q, answer, task="compare", family="compare.brightness",
                                        length="short", label=[p.split("/")[0] for p in pair], teacher="test",
-                                       question_key="compare.brightness"))
+                                       question_key="compare.brightness", template=answer, slots={},
+                                       measured=measured_context([facts(p, i + 1) for i, p in enumerate(pair)])))
     return records
 
 
@@ -79,21 +97,21 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-def build_tiny_run(base: Path, steps: int = 150) -> dict:
+def build_tiny_run(base: Path, steps: int = 300) -> dict:
     """Images (2 train + 1 test per class), train/test records, and runs/tiny trained on the train records."""
     torch.set_num_threads(1)  # module-scoped callers: the autouse one_thread fixture is not active yet
     images = base / "images"
     train_rels, test_rels = write_images(images, 2, seed=0), write_images(images, 1, seed=1)
-    train, test = image_records(train_rels), image_records(test_rels)
+    train, test = image_records(train_rels, images), image_records(test_rels, images)
     train_path, test_path = write_jsonl(base / "train.jsonl", train), write_jsonl(base / "test.jsonl", test)
 
-    vocab = AnswerVocab.train([r["conversations"][1]["value"] for r in train], vocab_size=300)
+    examples = [record_examples(r)[0] for r in train]  # templates, with the measurement in the prompt
+    vocab = AnswerVocab.train([e.answer for e in examples], vocab_size=300)
     torch.manual_seed(0)
     model = MAEMI(tiny_config(save_tiny_bert(base / "bert"), vocab), vocab)
     processor, preprocess = model.processor, ImagePreprocessConfig(size=32)
-    batch = processor.collate([processor([load_model_input(images / p, preprocess) for p in r["images"]],
-                                         r["conversations"][0]["value"], r["conversations"][1]["value"])
-                               for r in train])
+    batch = processor.collate([processor([load_model_input(images / p, preprocess) for p in e.images], e.prompt,
+                                         e.answer) for e in examples])
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
     ranks = torch.Generator().manual_seed(0)
     model.train()
@@ -111,7 +129,8 @@ def build_tiny_run(base: Path, steps: int = 150) -> dict:
     (run / "run.json").write_text(json.dumps({
         "images_root": str(images), "train_data": str(train_path), "val_data": None, "image_size": 32,
         "classes": sorted(CLASSES), "class_answers": {c: c for c in CLASSES}, "classify_prompt": CLASSIFY_Q,
-        "caption_prompt": CAPTION_Q, "train_config": {"steps": steps}, "best": {"epoch": 0, "val_loss": None}}))
+        "caption_prompt": CAPTION_Q, "measured_answers": True, "train_config": {"steps": steps},
+        "best": {"epoch": 0, "val_loss": None}}))
     return {"run": run, "images": images, "train": train_rels, "test": test_rels, "test_data": test_path,
             "losses": losses}
 
@@ -179,6 +198,41 @@ def test_caption_and_ask_give_the_trained_answers_in_batches(tiny, assistant):
     assert assistant.ask([[dark, bright], [bright, dark]], COMPARE_Q) == ["The second image.", "The first image."]
     with_context = assistant.ask([one], BRIGHT_Q, context="Sample 7, imaged at 5 kV.")
     assert len(with_context) == 1 and isinstance(with_context[0], str)
+
+
+def test_a_measured_number_is_the_images_own_measurement(tiny, assistant):
+    """The decoder writes the slot; the number is what the assistant measures on the image it is asked about, so it
+    follows the image (a test image never seen in training, an array, a different image) and is never made up."""
+    images = paths(tiny, tiny["train"] + tiny["test"])
+    answers = assistant.ask_detailed(images, GREY_Q)
+    for image, answer in zip(images, answers):
+        measured = assistant.image_facts(image).values["brightness_mean"]
+        assert answer.template == "Mean grey level {brightness_mean}."
+        assert answer.text == f"Mean grey level {measured}." and answer.slots == {"brightness_mean": measured}
+        assert answer.measurements[0]["values"]["brightness_mean"] == measured
+    assert len({a.text for a in answers}) == 3  # the numbers follow the image: 0.15, 0.50, 0.85 by class
+    array = load_image(images[0])
+    assert assistant.ask(array, GREY_Q) == [answers[0].text]  # an upload (decoded pixels) is measured the same
+
+
+def test_an_image_that_cannot_be_measured_gets_unknown_and_why(tiny, assistant, tmp_path):
+    small = tmp_path / "small.png"
+    Image.fromarray(np.full((10, 10), 200, np.uint8)).save(small)
+    (answer,) = assistant.ask_detailed(small, GREY_Q)
+    said, note = answer.text.split(" (Not measured: ")
+    assert "small.png could not be measured: image too small" in note and "error" in answer.measurements[0]
+    assert answer.slots == {} and not any(ch.isdigit() for ch in said)  # no number stands in for a measurement
+    assert fill("Mean grey level {brightness_mean}.", {}).text == "Mean grey level unknown."  # had it asked one
+
+
+def test_ask_json_says_where_each_number_comes_from(tiny):
+    image = str(paths(tiny, tiny["test"])[0])
+    result = invoke("ask", tiny["run"], image, GREY_Q, "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    (number,) = row["numbers"]
+    assert number["slot"] == "brightness_mean" and row["answer"] == f"Mean grey level {number['value']}."
+    assert row["measurements"][0]["values"]["brightness_mean"] == number["value"] and row["unknown"] == []
 
 
 def test_zero_shot_probabilities_over_the_classes(tiny, assistant):

@@ -50,12 +50,17 @@ def test_eval_writes_metrics_report_and_the_shuffled_control(tiny, tmp_path):
     assert str(out / "report.md") in result.stdout
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"run", "generation", "generation_shuffled", "zero_shot", "few_shot"}
-    generated = [r for r in records if r["task"] != "classify"]  # 3 images x 2 questions + 2 comparisons
-    assert metrics["run"]["generation_records"] == len(generated) == 8
+    assert set(metrics) == {"run", "generation", "generation_shuffled", "numeric_fidelity",
+                            "numeric_fidelity_shuffled", "zero_shot", "few_shot"}
+    generated = [r for r in records if r["task"] != "classify"]  # 3 images x 3 questions + 2 comparisons
+    assert metrics["run"]["generation_records"] == len(generated) == 11
     assert metrics["run"]["left_out_prompt_too_long"] == 1
     real, shuffled = metrics["generation"], metrics["generation_shuffled"]
-    assert real["n"] == shuffled["n"] == 8
+    assert real["n"] == shuffled["n"] == 11
+    # the grey-level answers state the measured number of their own image; with another image's, they miss
+    fidelity, control = metrics["numeric_fidelity"], metrics["numeric_fidelity_shuffled"]
+    assert fidelity["overall"]["numbers"] == 3 and fidelity["overall"]["within_10pct"] == 1.0
+    assert fidelity["overall"]["exact"] == 1.0 and control["overall"]["within_10pct"] < 0.5
     assert set(real["overall"]) == {"n", *METRICS}
     assert set(real["groups"]) == {"task", "family", "length"}
     assert set(real["groups"]["task"]) == {"caption", "vqa", "compare"}
@@ -68,7 +73,7 @@ def test_eval_writes_metrics_report_and_the_shuffled_control(tiny, tmp_path):
     assert set(zero["per_class"]["dark"]) == {"precision", "recall", "f1", "support"}
 
     answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
-    assert len(answers) == 8 and all(a["shuffled_images"] != a["images"] for a in answers)
+    assert len(answers) == 11 and all(a["shuffled_images"] != a["images"] for a in answers)
     brightness = [a for a in answers if a["question"] == BRIGHT_Q]
     assert {a["answer"] for a in brightness} == {"Bright.", "Dark.", "Neither: it is striped."}
     predictions = [json.loads(line) for line in (out / "classifications.jsonl").read_text().splitlines()]
@@ -76,7 +81,7 @@ def test_eval_writes_metrics_report_and_the_shuffled_control(tiny, tmp_path):
     assert all(p["zero_shot"][0][0] == p["label"] for p in predictions)
 
     report = (out / "report.md").read_text()
-    assert "Control: the same questions" in report and "## Examples" in report
+    assert "Control: the same questions" in report and "## Examples" in report and "Numeric fidelity" in report
     assert "Answer with another test image" in report  # each example shows its shuffled-image answer too
     for png in ("confusion_zero_shot.png", "confusion_few_shot.png", "report_images/example_1_1.png"):
         assert (out / png).is_file(), png

@@ -18,7 +18,9 @@ def test_sem_profile_has_the_ten_families_with_every_sub_question_plus_caption_a
     counts: dict[str, int] = {}
     for q in sem.questions:
         counts[q.family] = counts.get(q.family, 0) + 1
-    assert counts == {**SEM_FAMILIES, "caption": 1, "classify": 1}
+    # plus the count-and-size question a microscopist asks first (not in the paper's list)
+    assert counts == {**SEM_FAMILIES, "size_distribution": 4, "caption": 1, "classify": 1}
+    assert sem.question("size_distribution.count").text.startswith("How many")
     assert sem.classify_question.text == "What category of nanomaterial does this image show?"
     assert sem.question("caption.describe").text.startswith("Describe this")
 

@@ -22,7 +22,7 @@ import tifffile
 from PIL import Image
 
 from maemi.assistant import Assistant
-from test_assistant import BRIGHT_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
+from test_assistant import BRIGHT_Q, GREY_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
 from tiny_text_models import one_thread  # noqa: F401
 
 KEY = "page-test-key"
@@ -116,8 +116,16 @@ def test_page_shows_caption_classes_measurements_and_answers_a_question(browser,
     assert widths == sorted(widths, reverse=True) and sum(widths) == pytest.approx(100, abs=0.3)
     table = wait_for(browser, lambda d: "object count" in d.find_element(By.ID, "measurements").text and
                      d.find_element(By.ID, "measurements"), "the measurements")
-    assert "info bar left out" in table.text
+    assert "info bar px" in table.text
     assert browser.execute_script("return document.getElementById('preview').naturalWidth") == 40
+    # what was counted: the outline overlay replaces the preview while the box is ticked
+    original = browser.execute_script("return document.getElementById('preview').src")
+    browser.find_element(By.ID, "show-counted").click()
+    wait_for(browser, lambda d: d.execute_script(
+        "const i = document.getElementById('preview'); return i.src.startsWith('data:image/png') && i.naturalWidth"
+    ) == 40, "the overlay of what was counted")
+    browser.find_element(By.ID, "show-counted").click()
+    assert browser.execute_script("return document.getElementById('preview').src") == original
 
     browser.find_element(By.ID, "question").send_keys(BRIGHT_Q)
     browser.find_element(By.ID, "ask").click()
@@ -125,6 +133,17 @@ def test_page_shows_caption_classes_measurements_and_answers_a_question(browser,
     wait_for(browser, lambda d: [m.text for m in d.find_elements(By.CSS_SELECTOR, ".msg.assistant")] == [answer],
              f"the answer {answer!r}")
     assert [m.text for m in browser.find_elements(By.CSS_SELECTOR, ".msg.user")] == [BRIGHT_Q]
+
+    # a measured number in an answer is the measured panel's, and links to its row
+    browser.find_element(By.ID, "question").send_keys(GREY_Q)
+    browser.find_element(By.ID, "ask").click()
+    grey = assistant.ask(image, GREY_Q)[0]
+    wait_for(browser, lambda d: [m.text for m in d.find_elements(By.CSS_SELECTOR, ".msg.assistant")][-1:] == [grey],
+             f"the answer {grey!r}")
+    (number,) = browser.find_elements(By.CSS_SELECTOR, ".msg.assistant:last-child a.num")
+    row = browser.find_element(By.ID, "m-brightness_mean")
+    assert number.get_attribute("href").endswith("#m-brightness_mean")
+    assert number.text == row.find_elements(By.TAG_NAME, "td")[-1].text and number.text in grey
 
 
 def test_page_previews_a_16_bit_tiff_and_reports_a_bad_file(browser, served, tmp_path):

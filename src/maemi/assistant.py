@@ -41,7 +41,7 @@ from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
 from maemi.model.lora import set_dylora_rank_
 from maemi.teachers.measure import (ImageFacts, MeasuredImage, compare_values, measure_file, measure_pixels,
                                     measured_context)
-from maemi.teachers.records import demonstration_labels, few_shot_prompt, read_records, with_measured
+from maemi.teachers.records import asked, demonstration_labels, few_shot_prompt, read_records, with_measured
 from maemi.teachers.sampling import few_shot_demos
 
 RUN_FILE = "run.json"
@@ -282,8 +282,10 @@ class Assistant:
                 filled = fill(template, values)
                 text = filled.text
                 errors = [m["error"] for m in per_image if "error" in m]
-                if filled.missing:  # say why a number is "unknown" rather than leave the reader to guess
-                    text += f" (Unknown: {'; '.join(errors) if errors else 'not measured'}.)"
+                if errors:  # the answer says so, and no number in it stands for a measurement
+                    text += f" (Not measured: {'; '.join(errors)}.)"
+                elif filled.missing:  # say why a number is "unknown" rather than leave the reader to guess
+                    text += f" (Unknown: no {', '.join(s.replace('_', ' ') for s in filled.missing)} on this image.)"
                 answers.append(Answer(text, template, filled.used, filled.missing, per_image))
             bar.update(len(chunk))
         bar.close()
@@ -304,17 +306,20 @@ class Assistant:
         return measured_context(facts), compare_values(facts), per_image
 
     def ask(self, images: ImageInput | Sequence[ImageInput | Sequence[ImageInput]], question: str,
-            context: str | None = None, gen: GenerationConfig | None = None, progress: bool = False) -> list[str]:
+            context: str | None = None, gen: GenerationConfig | None = None, progress: bool = False,
+            detail: bool = False) -> list[str]:
         """One answer per query. `images`: one image (one query), a list of images (one query each) or a list of
-        lists (each inner list is one query about several images, e.g. a comparison)."""
-        return [a.text for a in self.ask_detailed(images, question, context, gen, progress)]
+        lists (each inner list is one query about several images, e.g. a comparison). `detail`: the long answer
+        (the teacher's answers come short and long; the long one is asked for with records.DETAIL_INSTRUCTION)."""
+        return [a.text for a in self.ask_detailed(images, question, context, gen, progress, detail)]
 
     def ask_detailed(self, images: ImageInput | Sequence[ImageInput | Sequence[ImageInput]], question: str,
-                     context: str | None = None, gen: GenerationConfig | None = None, progress: bool = False
-                     ) -> list[Answer]:
+                     context: str | None = None, gen: GenerationConfig | None = None, progress: bool = False,
+                     detail: bool = False) -> list[Answer]:
         """ask() with each answer's provenance (Answer)."""
         if not question or not question.strip():
             raise ValueError("ask: the question is empty")
+        question = asked(question.strip(), "long") if detail else question
         queries = [[images]] if _is_one_image(images) else [
             list(item) if not _is_one_image(item) else [item] for item in images]
         if not queries or any(not q for q in queries):
@@ -323,13 +328,14 @@ class Assistant:
                                     progress)
 
     def caption(self, images: ImageInput | Sequence[ImageInput], gen: GenerationConfig | None = None,
-                progress: bool = False) -> list[str]:
+                progress: bool = False, detail: bool = False) -> list[str]:
         """A caption per image, asked with the caption question the run was trained on."""
-        return [a.text for a in self.caption_detailed(images, gen, progress)]
+        return [a.text for a in self.caption_detailed(images, gen, progress, detail)]
 
     def caption_detailed(self, images: ImageInput | Sequence[ImageInput], gen: GenerationConfig | None = None,
-                         progress: bool = False) -> list[Answer]:
-        return self.ask_detailed(images, str(self.run_value("caption_prompt")), gen=gen, progress=progress)
+                         progress: bool = False, detail: bool = False) -> list[Answer]:
+        return self.ask_detailed(images, str(self.run_value("caption_prompt")), gen=gen, progress=progress,
+                                 detail=detail)
 
     # -------------------------------------------------------------------------------------------------- few-shot
 

@@ -307,6 +307,8 @@ def ask(
                                                                    "instrument metadata)."),
     together: bool = typer.Option(False, "--together", help="One question about all the images together (a comparison) "
                                                             "instead of one answer per image."),
+    detail: bool = typer.Option(False, "--detail", help="The long answer: three to five sentences that say what in the "
+                                                        "image supports it (default: one sentence)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {images, question, context, answer, "
                                                        "template, numbers, unknown, measurements, scales}: which "
                                                        "measured value each number is, and each image's scale."),
@@ -321,7 +323,7 @@ def ask(
     assistant = _load_assistant(run, device, batch_size)
     queries = [images] if together else [[image] for image in images]
     try:
-        detailed = assistant.ask_detailed(queries, question, context=context)
+        detailed = assistant.ask_detailed(queries, question, context=context, detail=detail)
     except ValueError as e:  # ImageReadError names the file; an over-long prompt says so
         _fail(str(e))
     answers = [a.text for a in detailed]
@@ -347,13 +349,14 @@ def caption(
     images: list[str] = typer.Argument(..., help="Image files."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption, template, numbers, "
                                                        "unknown, measurements}."),
+    detail: bool = typer.Option(False, "--detail", help="The long caption (default: one sentence)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
     """Caption micrographs with a trained model (the caption question it was trained on)."""
     assistant = _load_assistant(run, device, batch_size)
     try:
-        detailed = assistant.caption_detailed(images)
+        detailed = assistant.caption_detailed(images, detail=detail)
     except ValueError as e:  # ImageReadError names the file; RunError a run trained without captions
         _fail(str(e))
     captions = [a.text for a in detailed]

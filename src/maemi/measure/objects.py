@@ -20,11 +20,12 @@ import numpy as np
 from scipy.spatial import ConvexHull
 from skimage.measure import find_contours, regionprops
 
+from maemi.data.datasets import metadata_for
+from maemi.data.images import load_image
 from maemi.fileio import atomic_write_text
-from maemi.measure.scale import read_scale
 from maemi.serve.rows import table_format
-from maemi.teachers.measure import MeasuredImage, load_for_measuring
-from maemi.teachers.measurements import Segmentation, measure_segmentation, object_shapes, segment
+from maemi.teachers.measure import MeasuredImage, measure_segmented
+from maemi.teachers.measurements import Segmentation, object_shapes
 
 LENGTHS = ("equivalent_diameter", "feret_max", "feret_min", "centroid_x", "centroid_y")  # px columns with a nm twin
 COLUMNS = ["path", "object_id", "nm_per_pixel", "scale_source", "area_px", "area_nm2",
@@ -124,11 +125,8 @@ class MeasuredObjects:
 
 
 def measure_objects_file(path: Path, nm_per_pixel: float | None = None) -> MeasuredObjects:
-    """measure_file's steps (load above the info bar, the scale, measure), keeping the segmentation for the object
-    table and the overlay, so that they come from the same one as the Measurements. Raises ImageReadError, or
-    ValueError for an image too small to measure."""
-    grey, bar, colourful, whole = load_for_measuring(path)
-    scale = read_scale(path, whole, explicit_nm_per_pixel=nm_per_pixel, info_bar_top=whole.shape[0] - bar)
-    seg = segment(grey)
-    measured = MeasuredImage(measure_segmentation(seg, scale.nm_per_pixel), scale, bar, colourful)
+    """measure_file (with the metadata.jsonl row of the file when one lists it, as the assistant measures), keeping
+    the segmentation for the object table and the overlay, so that they come from the same one as the
+    Measurements. Raises ImageReadError, or ValueError for an image too small to measure."""
+    measured, seg, whole = measure_segmented(load_image(path), path, metadata_for(path), nm_per_pixel)
     return MeasuredObjects(measured, whole, seg)

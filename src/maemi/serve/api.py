@@ -13,11 +13,12 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from maemi.data.images import ImageReadError
+from maemi.data.images import ImageReadError, load_image
+from maemi.measure.figures import overlay_image
 from maemi.serve.openai_compat import MAX_IMAGES
 from maemi.serve.uploads import UploadError, upload_as_file, upload_name
-from maemi.teachers.measure import ImageFacts, measure_file
-from maemi.teachers.remote import image_data_url
+from maemi.teachers.measure import ImageFacts, measure_segmented
+from maemi.teachers.remote import image_data_url, png_data_url
 
 router = APIRouter(prefix="/v1", tags=["MAEMI"])
 
@@ -76,6 +77,8 @@ class MeasureResponse(BaseModel):
                     "known) in nm")
     values: dict[str, str] = Field(description="The same measurements as answers quote them (unit and rounding), by "
                                                "slot name: an answer's numbers (/v1/ask 'numbers') are these")
+    overlay: str = Field(description=f"PNG data URL (longer side at most {PREVIEW_MAX_SIDE} px): the image with the "
+                                     "outline of each object that was counted")
 
 
 class PreviewResponse(BaseModel):
@@ -96,16 +99,18 @@ async def ask(request: Request,
               image: list[UploadFile] = File(..., description=f"1 to {MAX_IMAGES} micrographs; several are asked "
                                                                 "about together (a comparison)"),
               question: str = Form(..., min_length=1),
-              context: str | None = Form(None, description="Your description: sample notes, instrument settings")):
+              context: str | None = Form(None, description="Your description: sample notes, instrument settings"),
+              detail: bool = Form(False, description="The long answer (default: one sentence)")):
     images = await _tensors(request, image, measure=True)
-    answer = await request.app.state.maemi.model.ask(images, question, context)
+    answer = await request.app.state.maemi.model.ask(images, question, context, detail=detail)
     return AskResponse(answer=answer.text, question=question, context=context, **answer.provenance)
 
 
 @router.post("/caption", response_model=CaptionResponse, summary="Caption a micrograph")
-async def caption(request: Request, image: UploadFile = File(...)):
+async def caption(request: Request, image: UploadFile = File(...),
+                  detail: bool = Form(False, description="The long caption (default: one sentence)")):
     (tensor,) = await _tensors(request, [image], measure=True)
-    answer = await request.app.state.maemi.model.caption(tensor)
+    answer = await request.app.state.maemi.model.caption(tensor, detail=detail)
     return CaptionResponse(caption=answer.text, **answer.provenance)
 
 
@@ -127,7 +132,7 @@ async def classify(request: Request, image: UploadFile = File(...),
 def _measure(data: bytes, name: str | None, max_bytes: int, nm_per_pixel: float | None) -> MeasureResponse:
     with upload_as_file(data, name, max_bytes) as path:  # a file: TIFF tags carry the instrument's scale
         try:
-            measured = measure_file(path, nm_per_pixel=nm_per_pixel)
+            measured, seg, whole = measure_segmented(load_image(path), path, nm_per_pixel=nm_per_pixel)
         except ImageReadError as e:
             raise UploadError(422, f"upload {upload_name(name)}: {e.reason}") from None
         except ValueError as e:  # too small, or no finite pixels
@@ -138,7 +143,8 @@ def _measure(data: bytes, name: str | None, max_bytes: int, nm_per_pixel: float 
                                                detail=scale.detail, magnification=scale.magnification,
                                                notes=list(scale.notes)),
                            measurements=dataclasses.asdict(measured.m),
-                           values=ImageFacts.unlabelled(measured).values)
+                           values=ImageFacts.unlabelled(measured).values,
+                           overlay=png_data_url(overlay_image(whole, seg.labels, numbers=False), PREVIEW_MAX_SIDE))
 
 
 @router.post("/measure", response_model=MeasureResponse, summary="What the measure teacher measures on the image")

@@ -19,6 +19,7 @@ import torch
 from maemi.assistant import Assistant, PreparedImage, question_prompt
 from maemi.model import GenerationConfig
 from maemi.serve.batcher import Batcher, BatcherConfig
+from maemi.teachers.records import asked
 from maemi.serve.uploads import decode_upload, read_upload, upload_as_file
 
 
@@ -60,14 +61,15 @@ class BatchedAssistant:
                                 top_p=1.0 if top_p is None else top_p, seed=seed or 0)
 
     async def ask(self, images: list[torch.Tensor], question: str, context: str | None = None,
-                  gen: GenerationConfig | None = None) -> Answer:
+                  gen: GenerationConfig | None = None, detail: bool = False) -> Answer:
         if not question.strip():
             raise ValueError("the question is empty")
-        prompt = question_prompt(len(images), question.strip(), context)
+        prompt = question_prompt(len(images), asked(question.strip(), "long" if detail else "short"), context)
         return await self.answer(images, prompt, gen)
 
-    async def caption(self, image: torch.Tensor) -> Answer:
-        return await self.answer([image], question_prompt(1, str(self.assistant.run_value("caption_prompt")).strip()))
+    async def caption(self, image: torch.Tensor, detail: bool = False) -> Answer:
+        caption = str(self.assistant.run_value("caption_prompt")).strip()
+        return await self.answer([image], question_prompt(1, asked(caption, "long" if detail else "short")))
 
     async def answer(self, images: list[torch.Tensor], prompt: str, gen: GenerationConfig | None = None) -> Answer:
         gen = gen or self.generation()

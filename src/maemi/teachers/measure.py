@@ -25,7 +25,7 @@ from maemi.data.datasets import file_sha256
 from maemi.data.images import ImageReadError, find_info_bar, load_image
 from maemi.measure.scale import Scale, read_scale
 from maemi.measure.slots import fill, indexed, slot
-from maemi.teachers.measurements import Measurements, measure
+from maemi.teachers.measurements import Measurements, Segmentation, measure_segmentation, segment
 from maemi.teachers.questions import Profile, Question, TeacherReply, get_profile
 
 # Every adjective the teacher uses comes from one of these cut-offs.
@@ -875,11 +875,19 @@ def measure_file(path: Path, metadata: dict | None = None, nm_per_pixel: float |
 def measure_pixels(image: np.ndarray, path: Path | None = None, metadata: dict | None = None,
                    nm_per_pixel: float | None = None) -> MeasuredImage:
     """measure_file for an image already decoded (`path`, when known, for the instrument's metadata in the file)."""
+    return measure_segmented(image, path, metadata, nm_per_pixel)[0]
+
+
+def measure_segmented(image: np.ndarray, path: Path | None = None, metadata: dict | None = None,
+                      nm_per_pixel: float | None = None) -> tuple[MeasuredImage, Segmentation, np.ndarray]:
+    """measure_pixels, with the segmentation the measurements come from and the whole grey image (info bar
+    included): what the object table and the overlay are drawn from."""
     metadata = metadata or {}
     grey, bar, colourful, whole = split_for_measuring(image, metadata.get("info_bar_height_px"))
     scale = read_scale(path, whole, explicit_nm_per_pixel=nm_per_pixel, metadata=metadata,
                        info_bar_top=whole.shape[0] - bar)
-    return MeasuredImage(measure(grey, nm_per_pixel=scale.nm_per_pixel), scale, bar, colourful)
+    seg = segment(grey)
+    return MeasuredImage(measure_segmentation(seg, scale.nm_per_pixel), scale, bar, colourful), seg, whole
 
 
 def _measure_file(path: Path, metadata: dict | None) -> tuple[MeasuredImage, str]:

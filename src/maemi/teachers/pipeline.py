@@ -32,7 +32,7 @@ from maemi.seeds import derived_seed
 from maemi.teachers.measure import MeasureTeacher, measured_context
 from maemi.teachers.questions import (LENGTHS, Profile, Question, TeacherReply, TeacherReplyError,
                                       check_reply, get_profile)
-from maemi.teachers.records import RecordWriter, few_shot_prompt, make_record
+from maemi.teachers.records import RecordWriter, asked, few_shot_prompt, make_record
 from maemi.teachers.remote import TeacherRequestError
 from maemi.teachers.sampling import (HandcraftedEmbedder, ImageEmbedder, few_shot_demos, inter_class_pairs,
                                      intra_class_pairs, spatial_heterogeneous)
@@ -124,8 +124,8 @@ def matched_to_measurements(reply: TeacherReply, measurer: MeasureTeacher, sampl
 def image_records(sample: Sample, questions: tuple[Question, ...], reply: TeacherReply, teacher: str,
                   profile: str) -> list[dict]:
     return [
-        make_record([sample.relpath], q.text, reply.answers[q.key][length], task=q.task, family=q.family,
-                    length=length, label=sample.label, teacher=teacher, question_key=q.key, meta={"profile": profile},
+        make_record([sample.relpath], asked(q.text, length), reply.answers[q.key][length], task=q.task,
+                    family=q.family, length=length, label=sample.label, teacher=teacher, question_key=q.key, meta={"profile": profile},
                     **(_measured(reply, q.key, length) if q.task != "classify" else {}))
         for q in questions for length in LENGTHS
     ]
@@ -312,8 +312,8 @@ def _ask_compare(groups, samples, profile, teacher, writer, rejects, config, rep
         report.add_usage(result)
         labels = [s.label for s in members]
         report.records += writer.write([
-            make_record(paths, q.text, result.answers[q.key][length], task=q.task, family=q.family, length=length,
-                        label=labels, teacher=teacher.name, question_key=q.key,
+            make_record(paths, asked(q.text, length), result.answers[q.key][length], task=q.task, family=q.family,
+                        length=length, label=labels, teacher=teacher.name, question_key=q.key,
                         meta={"profile": profile.name, "strategy": strategy}, **_measured(result, q.key, length))
             for length in LENGTHS
         ])

@@ -51,6 +51,15 @@ def few_shot_prompt(question: str, demo_labels: list[str] | tuple[str, ...]) -> 
     return "".join(f"{IMAGE_TOKEN}\n{question} {label}.\n" for label in demo_labels) + f"{IMAGE_TOKEN}\n{question}"
 
 
+DETAIL_INSTRUCTION = "Answer in detail."
+
+
+def asked(question: str, length: str) -> str:
+    """The question as a record of answer `length` asks it. Each question is answered short and long; the long one is
+    asked for in words, so that the prompt tells the student which to write (and a user can ask for either)."""
+    return f"{question} {DETAIL_INSTRUCTION}" if length == "long" else question
+
+
 def with_measured(prompt: str, measured: str | None) -> str:
     """`prompt` with the line "Measured: ..." before its last line (the question), after the images and any context.
     Training (train/data.py) and inference (Assistant) both insert it here."""

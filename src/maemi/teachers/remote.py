@@ -95,7 +95,11 @@ def image_data_url(path: Path, max_side: int) -> str:
     """PNG data URL of the image, downscaled so its longer side <= max_side. The info bar is kept: the teacher reads
     the scale bar and magnification from it. load_image rescales 16-bit TIFFs to [0, 1]."""
     pixels = load_image(path)  # float32 [0, 1], (H, W) or (H, W, 3)
-    image = Image.fromarray(np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8))
+    return png_data_url(Image.fromarray(np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)), max_side)
+
+
+def png_data_url(image: Image.Image, max_side: int) -> str:
+    """PNG data URL of a picture, downscaled so its longer side <= max_side."""
     w, h = image.size
     if max(w, h) > max_side:
         scale = max_side / max(w, h)

@@ -172,7 +172,7 @@ def run_info(records: Sequence[dict], config: TrainConfig, images_root: Path, da
     for record in classify:
         if isinstance(record.get("label"), str):
             class_answers.setdefault(record["label"], record["conversations"][1]["value"])
-    captions = [r for r in records if r["task"] == "caption"]
+    captions = sorted((r for r in records if r["task"] == "caption"), key=lambda r: r["length"] != "short")
     return {
         "images_root": str(images_root), "train_data": str(data), "val_data": str(val) if val else None,
         "image_size": config.image_size, "classes": sorted(labels),
