@@ -34,7 +34,7 @@ from maemi.teachers.measure import load_for_measuring
 from maemi.teachers.measurements import measure
 from maemi.teachers.questions import get_profile
 from maemi.teachers.remote import OpenAITeacher
-from test_assistant import BRIGHT_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
+from test_assistant import BRIGHT_Q, GREY_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
 from tiny_text_models import one_thread  # noqa: F401
 
 KEY = "s3cret-test-key"
@@ -95,9 +95,16 @@ def test_ask_caption_and_classify_answer_as_the_assistant_does(server, assistant
     image = images[0]
     r = post(server, "/v1/ask", image, question=BRIGHT_Q)
     assert r.status_code == 200, r.text
-    expected = assistant.ask_detailed(image, BRIGHT_Q)[0]
-    assert r.json() == {"answer": expected.text, "question": BRIGHT_Q, "context": None, "template": expected.template,
-                        "numbers": [], "unknown": [], "measurements": []}  # a run without measured answers
+    expected = assistant.ask_detailed(image, BRIGHT_Q)[0]  # the upload is measured as the file is
+    assert r.json() == {"answer": expected.text, "question": BRIGHT_Q, "context": None, **{
+        k: v for k, v in expected.to_dict().items() if k != "answer"}}
+    r = post(server, "/v1/ask", image, question=GREY_Q)  # a measured number: which slot, and what was measured
+    expected = assistant.ask_detailed(image, GREY_Q)[0]
+    assert r.json()["answer"] == expected.text and r.json()["numbers"] == [
+        {"slot": "brightness_mean", "value": r.json()["measurements"][0]["values"]["brightness_mean"]}]
+    measured = post(server, "/v1/measure", image).json()
+    assert measured["values"]["brightness_mean"] in r.json()["answer"]  # the page's panel shows these values
+    assert measured["overlay"].startswith("data:image/png;base64,")
     r = post(server, "/v1/ask", image, question=BRIGHT_Q, context="5 kV, sample 7")
     assert r.json()["answer"] == assistant.ask(image, BRIGHT_Q, context="5 kV, sample 7")[0]
 
@@ -248,6 +255,11 @@ def test_openai_client_talks_to_maemi(server, assistant, images):
     assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
     stream = client.chat.completions.create(model="tiny", messages=messages, stream=True)
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == expected
+    grey = [{"role": "user", "content": [{"type": "text", "text": GREY_Q},
+                                         {"type": "image_url", "image_url": {"url": data_url(images[1])}}]}]
+    reply = client.chat.completions.create(model="tiny", messages=grey)  # an extra field says where numbers come from
+    (number,) = reply.model_extra["maemi"]["numbers"]
+    assert number["slot"] == "brightness_mean" and number["value"] in reply.choices[0].message.content
 
     def refused(url: str, status: int = 400) -> str:
         with pytest.raises(openai.APIStatusError) as e:
