@@ -78,7 +78,8 @@ def test_one_row_per_image_with_classes_captions_measurements_and_errors(assista
 
     small = by_path["small.png"]  # readable, so classified; too small to measure, and the row says so
     assert small["top1"] in CLASSES and small["measurements"] is None
-    assert small["error"].startswith("measurements: image too small to measure")
+    assert small["error"].startswith("measurements: small.png could not be measured: image too small to measure")
+    assert "Not measured" in small["caption"]  # and its caption states no measured number
 
     images = [p for p in paths if p.startswith("batch1/") and "corrupt" not in p]
     ranked = assistant.classify([folder / p for p in images], top_k=5)
@@ -88,7 +89,7 @@ def test_one_row_per_image_with_classes_captions_measurements_and_errors(assista
         assert row["error"] is None
         assert row["top1"] == top[0][0] and row["confidence"] == pytest.approx(top[0][1], abs=1e-5)
         assert [t["label"] for t in row["top5"]] == [label for label, _ in top] and len(top) == 3
-        assert row["caption"] == text
+        assert row["caption"] == text and row["caption_numbers"] == []  # these captions quote no measurement
         assert set(row["measurements"]) == set(MEASUREMENT_FIELDS)
         assert row["measurements"]["width_px"] == 40 and row["measurements"]["object_count"] >= 0
         assert row["nm_per_pixel"] is None and row["scale_source"] is None  # tiny images: no bar, no metadata

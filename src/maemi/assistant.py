@@ -95,7 +95,7 @@ def dihedral_view(image: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _is_one_image(x: object) -> bool:
-    return isinstance(x, (str, os.PathLike, np.ndarray, torch.Tensor))
+    return isinstance(x, (str, os.PathLike, np.ndarray, torch.Tensor, PreparedImage))
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -226,12 +226,14 @@ class Assistant:
 
     # -------------------------------------------------------------------------------------------------- measuring
 
-    def prepare(self, pixels: np.ndarray, path: str | os.PathLike | None = None) -> PreparedImage:
+    def prepare(self, pixels: np.ndarray, path: str | os.PathLike | None = None, metadata: dict | None = None
+                ) -> PreparedImage:
         """A decoded image (H, W) or (H, W, 3), uint8 or float in [0, 1]: model input and measurement (`path`, the
-        file it was decoded from, for the instrument's scale in its metadata)."""
+        file it was decoded from, for the instrument's scale in its metadata; `metadata`, its metadata.jsonl row)."""
         pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
-        return PreparedImage(to_model_input(pixels, self.image_config),
-                             _facts_or_reason(lambda: measure_pixels(pixels, Path(path) if path else None)))
+        name = Path(path).name if path else "the image"
+        facts = _facts_or_reason(lambda: measure_pixels(pixels, Path(path) if path else None, metadata), metadata, name)
+        return PreparedImage(to_model_input(pixels, self.image_config), facts)
 
     def _measure_file(self, path: str, mtime_ns: int, size: int) -> ImageFacts | str:
         metadata = metadata_for(path)

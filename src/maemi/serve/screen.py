@@ -9,7 +9,7 @@ above its info bar, with the scale of maemi.measure.scale: metadata.jsonl, the i
 
 Row: path, top1, confidence (its probability), top5 ([{label, probability}], most likely first), nm_per_pixel and
 scale_source (maemi.measure.scale: explicit, metadata, instrument, scale_bar; empty when the scale is unknown), caption
-(with caption), measurements (with measure: the Measurements fields), error (why a file could not be read or measured;
+and caption_numbers (with caption: which measured value each number of the caption is), measurements (with measure: the Measurements fields), error (why a file could not be read or measured;
 empty otherwise). An unreadable file gets a row with its error and the rest go on.
 """
 
@@ -25,12 +25,12 @@ import numpy as np
 from skimage.color import rgb2gray
 from tqdm import tqdm
 
-from maemi.assistant import Assistant
+from maemi.assistant import Assistant, PreparedImage
 from maemi.data.datasets import DatasetError, Sample, scan_dataset
 from maemi.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, to_model_input
+from maemi.measure.scale import read_scale
 from maemi.serve.rows import RowWriter
-from maemi.measure.scale import Scale, read_scale
-from maemi.teachers.measure import measure_file
+from maemi.teachers.measure import ImageFacts
 from maemi.teachers.measurements import Measurements
 
 TOP_K = 5
@@ -65,7 +65,7 @@ def screen_columns(config: ScreenConfig) -> list[str]:
     """The table's columns; CSV spells the measurements as flat `measurements.<field>` columns."""
     columns = ["path", "top1", "confidence", "top5", "nm_per_pixel", "scale_source"]
     if config.caption:
-        columns.append("caption")
+        columns += ["caption", "caption_numbers"]
     if config.measure:
         columns += [f"measurements.{name}" for name in MEASUREMENT_FIELDS]
     return columns + ["error"]
@@ -79,44 +79,43 @@ def find_images(folder: str | os.PathLike) -> list[Sample]:
     return samples
 
 
-def measure_sample(sample: Sample) -> tuple[dict, Scale]:
-    """The measure teacher's measurements of one image, as a JSON-ready dict (sizes in px; nm_per_pixel when known),
-    and the scale they used."""
-    measured = measure_file(sample.path, sample.metadata)
-    return dataclasses.asdict(measured.m), measured.scale
-
-
 def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConfig) -> list[dict]:
     """One row per sample, in order."""
     columns = dict.fromkeys(c.partition(".")[0] for c in screen_columns(config))
     rows = [{**columns, "path": s.relpath} for s in samples]
-    readable, tensors = [], []
+    readable, inputs = [], []
     for sample, row in zip(samples, rows):
         try:
             # Read here, not through assistant.image_tensor: its cache is for a server seeing the same files again.
-            # The decoded image serves the model input and the scale bar alike: each file is read once.
+            # The decoded image serves the model input, the measurement (the caption's numbers and the measurements
+            # column) and the scale alike: each file is read once and measured at most once.
             image = load_image(sample.path)
-            tensors.append(to_model_input(image, assistant.image_config))
+            if config.caption or config.measure:
+                inputs.append(assistant.prepare(image, sample.path, sample.metadata))
+            else:
+                inputs.append(to_model_input(image, assistant.image_config))
             readable.append((sample, row, image))
         except ImageReadError as e:
             row["error"] = e.reason
-    if not tensors:
+    if not inputs:
         return rows
-    ranked = assistant.classify(tensors, top_k=TOP_K)
-    captions = assistant.caption(tensors) if config.caption else [None] * len(tensors)
-    for (sample, row, image), top, caption in zip(readable, ranked, captions):
+    ranked = assistant.classify(inputs, top_k=TOP_K)
+    captions = assistant.caption_detailed(inputs) if config.caption else [None] * len(inputs)
+    for (sample, row, image), x, top, caption in zip(readable, inputs, ranked, captions):
         row.update(top1=top[0][0], confidence=round(top[0][1], 6),
                    top5=[{"label": label, "probability": round(p, 6)} for label, p in top])
         if config.caption:
-            row["caption"] = caption
-        scale = None
-        if config.measure:
-            try:
-                row["measurements"], scale = measure_sample(sample)
-            except ValueError as e:  # ImageReadError, or an image too small to measure
-                row["error"] = f"measurements: {e.reason if isinstance(e, ImageReadError) else e}"
-        grey = image if image.ndim == 2 else rgb2gray(image).astype(np.float32)
-        scale = scale or read_scale(sample.path, grey, metadata=sample.metadata)
+            row.update(caption=caption.text, caption_numbers=caption.to_dict()["numbers"])
+        facts = x.facts if isinstance(x, PreparedImage) else None
+        if config.measure and isinstance(facts, str):  # unreadable as pixels, or too small to measure
+            row["error"] = f"measurements: {facts}"
+        elif config.measure:
+            row["measurements"] = dataclasses.asdict(facts.m)
+        if isinstance(facts, ImageFacts) and facts.scale is not None:
+            scale = facts.scale
+        else:
+            grey = image if image.ndim == 2 else rgb2gray(image).astype(np.float32)
+            scale = read_scale(sample.path, grey, metadata=sample.metadata)
         row.update(nm_per_pixel=scale.nm_per_pixel, scale_source=scale.source)
     return rows
 
