@@ -5,12 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: demo test install clean-venv browser ocr
+.PHONY: demo test install clean-venv browser ocr java
 
-demo: $(STAMP) ocr
+demo: $(STAMP) ocr java
 	$(VENV)/bin/maemi demo
 
-test: $(STAMP) browser ocr
+test: $(STAMP) browser ocr java
 	$(PY) -m pytest
 
 # The page test (tests/test_serve_page.py) drives a real headless Chromium: install Debian's when it is missing.
@@ -26,6 +26,13 @@ ocr:
 	@command -v tesseract >/dev/null 2>&1 || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr; } || \
 		echo "warning: could not install tesseract-ocr (needs root and apt): scale bars will not be read"
+
+# METEOR (pycocoevalcap, in `maemi eval` and the demo) runs a Java program: install Debian's headless JRE when there is
+# no java. Without it, METEOR (and so the evaluation) stops with an error that says to install a Java runtime.
+java:
+	@command -v java >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; } || \
+		echo "warning: could not install default-jre-headless (needs root and apt): METEOR will be unavailable"
 
 install: $(STAMP)
 

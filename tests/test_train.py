@@ -250,8 +250,13 @@ def test_unusable_records_are_reported_and_skipped(tiny):
     tasks = [example.task for example in dataset.examples]
     assert sorted(tasks) == ["caption", "classify"]
     pool = epoch_pool(dataset, classify_repeat=3)  # every example once, the classification one 3 times
-    assert sorted(pool) == sorted([0, 1] + [tasks.index("classify")] * 2)
+    c = tasks.index("classify")
+    assert sorted(pool) == sorted([0, 1, c + 2, c + 4]) and sorted(d % 2 for d in pool) == sorted([0, 1, c, c])
     assert epoch_pool(dataset, classify_repeat=1) == [0, 1]
+    assert dataset.target_tokens([c + 4]) == dataset.target_tokens([c])
+    # each repeat is another augmented view of the image (issue 24: they were pixel-identical); each is reproducible
+    first, repeat = dataset.sample(c, epoch=0)["images"], dataset.sample(c + 2, epoch=0)["images"]
+    assert not torch.equal(first, repeat) and torch.equal(repeat, dataset.sample(c + 2, epoch=0)["images"])
 
 
 # ------------------------------------------------------------------------------------------------ training

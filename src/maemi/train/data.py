@@ -157,19 +157,22 @@ class InstructionDataset:
     def __len__(self) -> int:
         return len(self.examples)
 
-    def sample(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
-        """Processor sample of example `index`, augmented as epoch `epoch` draws it (no augmentation when off)."""
+    def sample(self, draw: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Processor sample of a draw (epoch_pool: example `draw % len(self)`, its `draw // len(self)`-th repeat),
+        augmented as epoch `epoch` draws it (no augmentation when off). The augmentation is seeded by the draw, so
+        the repeats of an example within an epoch are different views of it."""
+        index = draw % len(self.examples)
         pixels = [self.images.get(path) for path in self.examples[index].images]
         if self.augment is not None:
-            generator = seeded_generator("augment", self.seed, epoch, index)
+            generator = seeded_generator("augment", self.seed, epoch, draw)
             pixels = [augment_image(x, self.augment, generator) for x in pixels]
         return {**self.tokenized[index], "images": torch.stack(pixels)}  # images [M, 3, S, S]
 
     def batch(self, indices: Sequence[int], epoch: int) -> dict[str, torch.Tensor]:
         return self.processor.collate([self.sample(i, epoch) for i in indices])
 
-    def target_tokens(self, indices: Sequence[int]) -> int:
-        return sum(len(self.tokenized[i]["labels"]) for i in indices)
+    def target_tokens(self, draws: Sequence[int]) -> int:
+        return sum(len(self.tokenized[d % len(self.examples)]["labels"]) for d in draws)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -178,10 +181,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def epoch_pool(dataset: InstructionDataset, classify_repeat: int) -> list[int]:
-    """The example indices one epoch visits: each once, classification examples `classify_repeat` times. They are
-    2 of ~50 examples per image in the teachers' mixture, yet the only ones whose answer is the image's class alone."""
+    """The draws one epoch makes: each example once, classification examples `classify_repeat` times. They are 2 of
+    ~50 examples per image in the teachers' mixture, yet the only ones whose answer is the image's class alone. The
+    k-th repeat of example i is draw i + k * len(dataset) (dataset.sample), so that each repeat is augmented anew."""
+    n = len(dataset)
     classify = [i for i, example in enumerate(dataset.examples) if example.task == "classify"]
-    return list(range(len(dataset))) + classify * (classify_repeat - 1)
+    return list(range(n)) + [i + k * n for k in range(1, classify_repeat) for i in classify]
 
 
 def chunks(items: Sequence[int], size: int) -> list[list[int]]:
