@@ -129,3 +129,16 @@ def test_a_remote_teachers_numbers_that_match_the_measurement_become_slots(corpu
                                 "openai:x", "sem"):
         validate_record(record, "test")
         assert record["measured"] == reply.measured
+
+
+def test_measured_numbers_are_the_slot_values_of_a_reference():
+    from maemi.evaluate.numeric import measured_numbers
+
+    record = {"conversations": [{"from": "human", "value": "<image>\nq"}, {
+        "from": "gpt", "value": "Ratio 0.82 (1 for a random pattern), 104 objects.",
+        "template": "Ratio {clark_evans_r} (1 for a random pattern), {object_count} objects.",
+        "slots": {"clark_evans_r": "0.82", "object_count": "104"}}]}
+    assert measured_numbers(record) == "0.82 ; 104"
+    assert numbers(measured_numbers(record)) == [0.82, 104]  # the fixed "1" is not a measurement
+    record["conversations"][1] = {"from": "gpt", "value": "Ratio 0.82."}  # free text: nothing is known measured
+    assert measured_numbers(record) == ""

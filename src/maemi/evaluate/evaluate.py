@@ -29,7 +29,7 @@ import torch
 from maemi.assistant import Assistant
 from maemi.evaluate.classification import classification_metrics
 from maemi.evaluate.metrics import generation_metrics
-from maemi.evaluate.numeric import numeric_fidelity
+from maemi.evaluate.numeric import measured_numbers, numeric_fidelity
 from maemi.evaluate.report import write_report
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.model import IMAGE_TOKEN
@@ -108,14 +108,15 @@ def evaluate_generation(assistant: Assistant, records: list[dict], root: Path, s
     answers = [a.text for a in detailed]
     real, control_answers = answers[: len(records)], answers[len(records):]
     groups = {key: [str(rec[key]) for rec in records] for key in GROUPS}
+    measured = [measured_numbers(rec) for rec in records]
     sections = {"generation": generation_metrics(references, real, groups),
-                "numeric_fidelity": numeric_fidelity(references, real, groups)}
+                "numeric_fidelity": numeric_fidelity(references, real, groups, measured)}
     if control:
         control_groups = {key: [values[i] for i in control] for key, values in groups.items()}
         sections["generation_shuffled"] = generation_metrics([references[i] for i in control], control_answers,
                                                              control_groups)
         sections["numeric_fidelity_shuffled"] = numeric_fidelity([references[i] for i in control], control_answers,
-                                                                 control_groups)
+                                                                 control_groups, [measured[i] for i in control])
     by_record = dict(zip(control, control_answers))
     rows = [{"id": rec["id"], "task": rec["task"], "family": rec["family"], "length": rec["length"],
              "images": rec["images"], "question": _question(prompts[i]), "reference": references[i],

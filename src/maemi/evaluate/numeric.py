@@ -9,7 +9,7 @@ from the question do not. Hand-written: no evaluation library scores numbers in 
 
 from __future__ import annotations
 
-from maemi.measure.slots import NUMBER_RE, parse_number
+from maemi.measure.slots import NUMBER_RE, SLOT_RE, parse_number
 
 TOLERANCE = 0.1
 
@@ -37,12 +37,25 @@ def _shares(counts: list[tuple[int, int, int]]) -> dict:
             "exact": sum(c[2] for c in counts) / n if n else None}
 
 
-def numeric_fidelity(references: list[str], answers: list[str], groups: dict[str, list[str]] | None = None) -> dict:
-    """{"overall": {"numbers", "answers", "within_10pct", "exact"}, "groups": {key: {value: {...}}}}."""
+def measured_numbers(record: dict) -> str:
+    """The numbers of a record's reference answer that state a measurement (its slot values, in the template's
+    order), as text; "" for an answer without a template. The rest of its numbers are fixed text ("1 for a random
+    pattern", "on a 0-1 scale") that any answer of that template repeats, whatever the image."""
+    turn = record["conversations"][1]
+    slots = turn.get("slots", {})
+    return " ; ".join(slots[name] for name in SLOT_RE.findall(turn.get("template", "")) if name in slots)
+
+
+def numeric_fidelity(references: list[str], answers: list[str], groups: dict[str, list[str]] | None = None,
+                     measured: list[str] | None = None) -> dict:
+    """{"overall": {"numbers", "answers", "within_10pct", "exact"}, "groups": {key: {value: {...}}}, and with
+    `measured` (measured_numbers of each reference) "measured": the same shares over the measured numbers only}."""
     if len(references) != len(answers):
         raise ValueError(f"{len(references)} references for {len(answers)} answers")
     counts = [reproduced(r, a) for r, a in zip(references, answers)]
     out: dict = {"overall": _shares(counts), "groups": {}}
     for key, values in (groups or {}).items():
         out["groups"][key] = {v: _shares([c for c, w in zip(counts, values) if w == v]) for v in sorted(set(values))}
+    if measured is not None:
+        out["measured"] = _shares([reproduced(m, a) for m, a in zip(measured, answers)])
     return out

@@ -216,6 +216,9 @@ def numeric_fidelity_table(metrics: dict) -> Table | None:
 
     rows = [["all", str(real["overall"]["numbers"]), share(real["overall"], "within_10pct"),
              share(real["overall"], "exact"), share((shuffled or {}).get("overall"), "within_10pct")]]
+    if real.get("measured"):  # the numbers that state a measurement (slot values), without the fixed text's
+        rows.append(["measured values", str(real["measured"]["numbers"]), share(real["measured"], "within_10pct"),
+                     share(real["measured"], "exact"), share((shuffled or {}).get("measured"), "within_10pct")])
     for family, section in real["groups"].get("family", {}).items():
         if section["numbers"]:
             other = (shuffled or {}).get("groups", {}).get("family", {}).get(family)
