@@ -32,19 +32,24 @@ from typing import Union
 
 import numpy as np
 import torch
+from skimage.color import rgb2gray
 from tqdm import tqdm
 
 from maemi.data.datasets import metadata_for, scan_dataset
-from maemi.data.images import ImagePreprocessConfig, ImageReadError, load_model_input, to_model_input
+from maemi.data.images import (ImagePreprocessConfig, ImageReadError, crop_info_bar, load_grey, load_model_input,
+                               to_model_input)
+from maemi.evaluate.calibration import probabilities
+from maemi.evaluate.familiarity import Familiarity, flag
 from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
 from maemi.model.lora import set_dylora_rank_
 from maemi.teachers.measure import (ImageFacts, MeasuredImage, compare_values, measure_file, measure_pixels,
                                     measured_context)
 from maemi.teachers.records import asked, demonstration_labels, few_shot_prompt, read_records, with_measured
-from maemi.teachers.sampling import few_shot_demos
+from maemi.teachers.sampling import few_shot_demos, image_statistics
 
 RUN_FILE = "run.json"
+CALIBRATION_FILE = "calibration.json"
 
 # A path to an image file, a loaded image (H, W) or (H, W, 3) (uint8, or float in [0, 1]), or a model input tensor
 # [3, S, S] already preprocessed (the evaluation caches those).
@@ -103,6 +108,13 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start: start + size]
 
 
+def _statistics(pixels: np.ndarray) -> np.ndarray:
+    """image_statistics of decoded pixels (grey or colour, uint8 or float in [0, 1]), info bar cropped."""
+    pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
+    grey = rgb2gray(pixels).astype(np.float32) if pixels.ndim == 3 else pixels
+    return image_statistics(crop_info_bar(grey))
+
+
 def measurement_record(facts: ImageFacts | str) -> dict:
     """What an answer's numbers come from, per image: the measured values (as answers write them) and the scale with
     its source; or {"error": why the image could not be measured}."""
@@ -142,11 +154,12 @@ class Answer:
     slots: dict[str, str]  # slot -> the value written in its place
     missing: list[str]  # slots the measurement could not fill: written "unknown", never a made-up number
     measurements: list[dict]  # per image: measurement_record
+    warning: str | None = None  # set when an image is unlike the training images (ask_detailed)
 
     def to_dict(self) -> dict:
         return {"answer": self.text, "template": self.template,
                 "numbers": [{"slot": name, "value": value} for name, value in self.slots.items()],
-                "unknown": self.missing, "measurements": self.measurements}
+                "unknown": self.missing, "measurements": self.measurements, "warning": self.warning}
 
 
 @dataclass(frozen=True)
@@ -156,6 +169,7 @@ class PreparedImage:
 
     tensor: torch.Tensor
     facts: ImageFacts | str  # the measurement, or why there is none
+    statistics: np.ndarray | None = None  # teachers.sampling.image_statistics, for the familiarity score
 
 
 class Assistant:
@@ -233,7 +247,7 @@ class Assistant:
         pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
         name = Path(path).name if path else "the image"
         facts = _facts_or_reason(lambda: measure_pixels(pixels, Path(path) if path else None, metadata), metadata, name)
-        return PreparedImage(to_model_input(pixels, self.image_config), facts)
+        return PreparedImage(to_model_input(pixels, self.image_config), facts, _statistics(pixels))
 
     def _measure_file(self, path: str, mtime_ns: int, size: int) -> ImageFacts | str:
         metadata = metadata_for(path)
@@ -326,8 +340,27 @@ class Assistant:
             list(item) if not _is_one_image(item) else [item] for item in images]
         if not queries or any(not q for q in queries):
             raise ValueError("ask: no images given")
-        return self.answer_detailed([(q, question_prompt(len(q), question.strip(), context)) for q in queries], gen,
-                                    progress)
+        answers = self.answer_detailed([(q, question_prompt(len(q), question.strip(), context)) for q in queries],
+                                       gen, progress)
+        for query, answer in zip(queries, answers):
+            answer.warning = self.unfamiliar_warning(query)
+            if answer.warning:
+                answer.text = f"{answer.warning} {answer.text}"
+        return answers
+
+    def unfamiliar_warning(self, images: Sequence[ImageInput]) -> str | None:
+        """A warning to put before an answer about images unlike the training images (evaluate.familiarity), so that
+        the answer does not pretend; None when they are familiar or the run is not calibrated."""
+        scores = self.familiarity_scores(images)
+        if scores is None:
+            return None
+        threshold = self.familiarity.threshold
+        far = [i for i, score in enumerate(scores) if score > threshold]
+        if not far:
+            return None
+        which = "This image" if len(images) == 1 else "Image " + ", ".join(str(i + 1) for i in far)
+        return (f"Warning: {which} is unlike the images this model was trained on (familiarity score "
+                f"{max(scores[i] for i in far):.3f}, above {threshold:.3f}): the answer below may be wrong.")
 
     def caption(self, images: ImageInput | Sequence[ImageInput], gen: GenerationConfig | None = None,
                 progress: bool = False, detail: bool = False) -> list[str]:
@@ -382,14 +415,28 @@ class Assistant:
 
     def classify(self, images: ImageInput | Sequence[ImageInput], shots: int = 0,
                  support: str | os.PathLike | None = None, top_k: int | None = 5, progress: bool = False,
-                 views: int = 1) -> list[list[tuple[str, float]]]:
+                 views: int = 1, calibrated: bool = True) -> list[list[tuple[str, float]]]:
         """Per image, the top_k (None: all) classes with probabilities, most likely first. shots=0: zero-shot over
         the run's classes; shots=K: K demonstrations from `support` (None: the training images), ranked over the
-        support set's classes. Probabilities are a softmax over the candidates' summed log-likelihoods.
+        support set's classes. Probabilities are a softmax over the candidates' summed log-likelihoods, divided by
+        the run's calibration temperature (calibration.json, fitted on the validation split) when it has one.
 
         views > 1: test-time augmentation over the first `views` dihedral views of the image (dihedral_view; the
         demonstrations stay as they are): the class log-probabilities of the views are averaged, at `views` times the
         cost. 4: the quarter turns; 8: with their mirror images."""
+        classes, scores = self.class_scores(images, shots, support, progress, views)
+        probs = probabilities(scores, self.temperature if calibrated else 1.0)
+        results: list[list[tuple[str, float]]] = []
+        for row in probs:
+            order = np.argsort(-row, kind="stable")[:top_k].tolist()
+            results.append([(classes[i], float(row[i])) for i in order])
+        return results
+
+    def class_scores(self, images: ImageInput | Sequence[ImageInput], shots: int = 0,
+                     support: str | os.PathLike | None = None, progress: bool = False, views: int = 1
+                     ) -> tuple[list[str], np.ndarray]:
+        """(the candidate classes, [N, C] class scores: the summed log-likelihood of each class answer, averaged over
+        the views), before any temperature: what classify() ranks and calibration fits."""
         images = [images] if _is_one_image(images) else list(images)
         if not images:
             raise ValueError("classify: no images given")
@@ -410,7 +457,7 @@ class Assistant:
                      for image, demo in zip(images, demos)]
         candidates = [self.class_answer(c) for c in classes]
         processor = self.model.processor
-        results: list[list[tuple[str, float]]] = []
+        rows = []
         bar = tqdm(total=len(items), desc=f"classify ({shots}-shot)", unit="img", disable=not progress)
         for chunk in _batches(items, max(1, self.batch_size // views)):
             # The views of one item sit side by side in the batch: the text encoder then reads their prompt once.
@@ -418,11 +465,58 @@ class Assistant:
                 processor([self.image_tensor(x) for x in imgs[:-1]] + [dihedral_view(self.image_tensor(imgs[-1]), k)],
                           prompt)
                 for imgs, prompt in chunk for k in range(views)])
-            log_probs = self.model.score(batch, candidates).log_softmax(dim=-1)  # [b * views, C]
-            probs = log_probs.view(len(chunk), views, -1).mean(dim=1).softmax(dim=-1).cpu()  # [b, C]
-            for row in probs:
-                order = row.argsort(descending=True)[:top_k].tolist()
-                results.append([(classes[i], float(row[i])) for i in order])
+            # Summed log-likelihoods, not renormalised over the classes: a softmax gives the same probabilities,
+            # and their scale says how likely the decoder finds any class answer (the energy score of benchmarks/ood.py)
+            scores = self.model.score(batch, candidates)  # [b * views, C]
+            rows.append(scores.view(len(chunk), views, -1).mean(dim=1).float().cpu().numpy())  # [b, C]
             bar.update(len(chunk))
         bar.close()
-        return results
+        return classes, np.concatenate(rows)
+
+    # -------------------------------------------------------------------------------------------------- calibration
+
+    @functools.cached_property
+    def calibration(self) -> dict:
+        """calibration.json of the run (`maemi calibrate`): the temperature and the familiarity threshold; {} when
+        the run was not calibrated (probabilities are then the raw softmax, and no image is called unfamiliar)."""
+        path = self.run_dir / CALIBRATION_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration.get("temperature", 1.0))
+
+    @functools.cached_property
+    def familiarity(self) -> Familiarity | None:
+        entry = self.calibration.get("familiarity")
+        return Familiarity.load(self.run_dir, entry) if entry else None
+
+    def image_statistics(self, image: ImageInput) -> np.ndarray | None:
+        """teachers.sampling.image_statistics of an image (None for a preprocessed tensor: its pixels are gone)."""
+        if isinstance(image, PreparedImage):
+            return image.statistics
+        if isinstance(image, torch.Tensor):
+            return None
+        return _statistics(image if isinstance(image, np.ndarray) else load_grey(image))
+
+    def familiarity_scores(self, images: Sequence[ImageInput]) -> np.ndarray | None:
+        """Per image, how far it lies from the training images (evaluate.familiarity; NaN where it cannot be told);
+        None when the run is not calibrated."""
+        if self.familiarity is None:
+            return None
+        stats = [self.image_statistics(x) for x in images]
+        known = [i for i, x in enumerate(stats) if x is not None]
+        scores = np.full(len(stats), np.nan)
+        if known:
+            scores[known] = self.familiarity.score(np.stack([stats[i] for i in known]))
+        return scores
+
+    def flags(self, images: Sequence[ImageInput], confidences: Sequence[float]) -> list[tuple[float | None, str]]:
+        """(ood_score, flag) per image: ok, low_confidence or unfamiliar (evaluate.familiarity.flag)."""
+        scores = self.familiarity_scores(images)
+        threshold = self.familiarity.threshold if self.familiarity else None
+        out = []
+        for i, c in enumerate(confidences):
+            score = None if scores is None or np.isnan(scores[i]) else float(scores[i])
+            out.append((score, flag(c, score, threshold)))
+        return out

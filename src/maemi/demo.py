@@ -2,8 +2,9 @@
 
 Each step writes its output under one folder and is skipped when that output is already there, so a second run reuses
 what is done. The steps that exist today: synthesise the corpus, inspect it, split it, distil instruction data with
-the offline measure teacher, train with the shipped `demo` config, evaluate on the held-out split (with the
-shuffled-images control), and answer one question with `maemi ask`'s code path.
+the offline measure teacher, train with the shipped `demo` config, calibrate on the validation split (temperature and
+the familiarity threshold), evaluate on the held-out split (with the shuffled-images control), and answer one
+question with `maemi ask`'s code path.
 """
 
 from __future__ import annotations
@@ -107,6 +108,15 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     eval_dir = run / "eval"
     train_done = (run / "eval" / "metrics.json").is_file()  # evaluation comes after a finished training
     _step("train", train_done, do_train, log)
+
+    def do_calibrate() -> str:
+        from maemi.evaluate.calibration import calibrate_run
+
+        result = calibrate_run(run, data["val"], images=corpus, progress=False)
+        return (f"temperature {result['temperature']:.3f} (validation split), unfamiliar above "
+                f"{result['familiarity']['threshold']:.4f} -> {run / 'calibration.json'}")
+
+    _step("calibrate", (run / "calibration.json").is_file(), do_calibrate, log)
 
     def do_eval() -> str:
         from maemi.evaluate.evaluate import EvalConfig, evaluate_run

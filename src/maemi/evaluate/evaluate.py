@@ -24,14 +24,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from maemi.assistant import Assistant
+from maemi.evaluate.calibration import expected_calibration_error, probabilities, reliability_png
 from maemi.evaluate.classification import classification_metrics
 from maemi.evaluate.metrics import generation_metrics
 from maemi.evaluate.numeric import measured_numbers, numeric_fidelity
 from maemi.evaluate.report import write_report
-from maemi.fileio import atomic_write_json, atomic_write_text
+from maemi.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from maemi.model import IMAGE_TOKEN
 from maemi.teachers.records import read_records
 
@@ -138,9 +140,11 @@ def classification_images(records: list[dict]) -> dict[str, str]:
 
 
 def evaluate_classification(assistant: Assistant, labelled: dict[str, str], root: Path, shots: int, progress: bool,
-                            views: int = 1) -> tuple[dict, list[dict], dict]:
+                            views: int = 1, out: Path | None = None) -> tuple[dict, list[dict], dict]:
     """Metrics sections "zero_shot" and (shots > 0) "few_shot", with views > 1 also "zero_shot_views" and
-    "few_shot_views"; one prediction row per image, and what was left out."""
+    "few_shot_views"; one prediction row per image, and what was left out. Each section has the expected calibration
+    error of its probabilities (and without the run's temperature, when it has one); with `out`, the zero-shot
+    reliability diagram is written there as reliability.png."""
     sections, left_out = {}, {}
     rels = sorted(labelled)
     rows = [{"image": rel, "label": labelled[rel]} for rel in rels]
@@ -161,6 +165,8 @@ def evaluate_classification(assistant: Assistant, labelled: dict[str, str], root
                                     views=n_views)
         sections[key] = classification_metrics([labelled[rels[i]] for i in known],
                                                 [[label for label, _ in r] for r in ranked], classes)
+        sections[key].update(_calibration(ranked, [labelled[rels[i]] for i in known], classes, assistant.temperature,
+                                          out / "reliability.png" if out is not None and key == "zero_shot" else None))
         if k:
             sections[key]["shots"] = k
         if n_views > 1:
@@ -168,6 +174,22 @@ def evaluate_classification(assistant: Assistant, labelled: dict[str, str], root
         for i, r in zip(known, ranked):
             rows[i][key] = [[label, round(p, 6)] for label, p in r[:5]]
     return sections, rows, left_out
+
+
+def _calibration(ranked: list[list[tuple[str, float]]], labels: list[str], classes: list[str], temperature: float,
+                 png: Path | None) -> dict:
+    """ECE of the probabilities as classify gave them, and of the raw softmax when a temperature was applied (the
+    raw one is recovered from the calibrated: log p = score / T + const)."""
+    probs = np.array([[dict(r)[c] for c in classes] for r in ranked])
+    truth = np.array([classes.index(label) for label in labels])
+    result = {"ece": expected_calibration_error(probs, truth), "temperature": temperature}
+    if temperature != 1.0:
+        raw = probabilities(temperature * np.log(np.maximum(probs, 1e-300)))
+        result["ece_uncalibrated"] = expected_calibration_error(raw, truth)
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(png, reliability_png(probs, truth, f"zero-shot, T = {temperature:.2f}"))
+    return result
 
 
 def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, images: str | os.PathLike | None = None,
@@ -206,7 +228,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | os.PathLike, images: st
     class_rows, left_out = [], {}
     if labelled:
         sections, class_rows, left_out = evaluate_classification(assistant, labelled, root, config.shots, progress,
-                                                                 config.views)
+                                                                 config.views, out)
         metrics.update(sections)
 
     run_facts = {"run_dir": str(run_dir), "data": str(data), "images": str(root), "device": str(assistant.device),

@@ -68,16 +68,28 @@ class HandcraftedEmbedder:
         s = self.thumb_side
         thumb = np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize((s, s), Image.Resampling.BOX))
         thumb = (thumb - thumb.mean()) / max(float(thumb.std()), 1e-6)
-        hist, _ = np.histogram(grey, bins=32, range=(0.0, 1.0))
-        gy, gx = np.gradient(grey.astype(np.float32))
-        angle = np.mod(np.arctan2(gy, gx), np.pi)  # orientation, not direction: 0 and 180 degrees are the same edge
-        orient, _ = np.histogram(angle, bins=16, range=(0.0, np.pi), weights=np.hypot(gx, gy))
-        levels = np.clip(grey * 32, 0, 31).astype(np.uint8)
-        glcm = graycomatrix(levels, [1], [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=32, symmetric=True, normed=True)
-        tex = np.concatenate([graycoprops(glcm, p).ravel() for p in ("contrast", "homogeneity", "energy", "correlation")])
-        tex = np.nan_to_num(tex)  # correlation is undefined on a flat image
-        blocks = (thumb.ravel(), hist.astype(np.float64), orient, tex)
-        return _unit(np.concatenate([_unit(np.asarray(b, dtype=np.float64)) for b in blocks])).astype(np.float32)
+        blocks = (_unit(np.asarray(thumb.ravel(), dtype=np.float64)), *_statistics_blocks(grey))
+        return _unit(np.concatenate(blocks)).astype(np.float32)
+
+
+def _statistics_blocks(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Intensity histogram, gradient-orientation histogram and GLCM texture, each L2-normalised."""
+    hist, _ = np.histogram(grey, bins=32, range=(0.0, 1.0))
+    gy, gx = np.gradient(grey.astype(np.float32))
+    angle = np.mod(np.arctan2(gy, gx), np.pi)  # orientation, not direction: 0 and 180 degrees are the same edge
+    orient, _ = np.histogram(angle, bins=16, range=(0.0, np.pi), weights=np.hypot(gx, gy))
+    levels = np.clip(grey * 32, 0, 31).astype(np.uint8)
+    glcm = graycomatrix(levels, [1], [0, np.pi / 4, np.pi / 2, 3 * np.pi / 4], levels=32, symmetric=True, normed=True)
+    tex = np.concatenate([graycoprops(glcm, p).ravel() for p in ("contrast", "homogeneity", "energy", "correlation")])
+    tex = np.nan_to_num(tex)  # correlation is undefined on a flat image
+    return tuple(_unit(np.asarray(b, dtype=np.float64)) for b in (hist, orient, tex))
+
+
+def image_statistics(grey: np.ndarray) -> np.ndarray:
+    """HandcraftedEmbedder's features without the thumbnail: how the image's grey levels, edges and texture are
+    distributed, whatever it shows. What an instrument, a detector or a material changes first (evaluate.familiarity).
+    `grey`: (H, W) in [0, 1], info bar already cropped."""
+    return _unit(np.concatenate(_statistics_blocks(grey))).astype(np.float32)
 
 
 def cosine_matrix(embs: np.ndarray) -> np.ndarray:

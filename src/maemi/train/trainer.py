@@ -174,7 +174,9 @@ def run_info(records: Sequence[dict], config: TrainConfig, images_root: Path, da
             class_answers.setdefault(record["label"], record["conversations"][1]["value"])
     captions = sorted((r for r in records if r["task"] == "caption"), key=lambda r: r["length"] != "short")
     return {
-        "images_root": str(images_root), "train_data": str(data), "val_data": str(val) if val else None,
+        # absolute: a relative path would mean something else from another working directory
+        "images_root": str(Path(images_root).absolute()), "train_data": str(Path(data).absolute()),
+        "val_data": str(Path(val).absolute()) if val else None,
         "image_size": config.image_size, "classes": sorted(labels),
         "class_answers": {label: class_answers.get(label, label) for label in sorted(labels)},
         "classify_prompt": prompt_of(classify[0]) if classify else None,
