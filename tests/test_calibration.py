@@ -113,3 +113,19 @@ def test_a_foreign_image_is_flagged_and_a_training_image_is_not(tiny, calibrated
     warned, plain = assistant.ask_detailed([strange, familiar], BRIGHT_Q)
     assert warned.text.startswith("Warning: This image is unlike the images this model was trained on")
     assert warned.warning and plain.warning is None and not plain.text.startswith("Warning")
+
+
+def test_screen_flags_the_foreign_image(tiny, calibrated, tmp_path):
+    from maemi.serve.screen import ScreenConfig, screen_folder
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(tiny["images"] / tiny["train"][0], folder / "known.png")
+    foreign(folder / "strange.png")
+    assistant = Assistant.load(calibrated, device="cpu")
+    for config in (ScreenConfig(), ScreenConfig(caption=True)):  # with and without the measuring path
+        out = tmp_path / f"screen-{config.caption}.jsonl"
+        screen_folder(assistant, folder, out, config, progress=False)
+        rows = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+        assert rows["strange.png"]["flag"] == "unfamiliar" and rows["known.png"]["flag"] == "ok"
+        assert rows["strange.png"]["ood_score"] > rows["known.png"]["ood_score"]

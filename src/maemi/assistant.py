@@ -108,7 +108,7 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start: start + size]
 
 
-def _statistics(pixels: np.ndarray) -> np.ndarray:
+def pixel_statistics(pixels: np.ndarray) -> np.ndarray:
     """image_statistics of decoded pixels (grey or colour, uint8 or float in [0, 1]), info bar cropped."""
     pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
     grey = rgb2gray(pixels).astype(np.float32) if pixels.ndim == 3 else pixels
@@ -247,7 +247,7 @@ class Assistant:
         pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
         name = Path(path).name if path else "the image"
         facts = _facts_or_reason(lambda: measure_pixels(pixels, Path(path) if path else None, metadata), metadata, name)
-        return PreparedImage(to_model_input(pixels, self.image_config), facts, _statistics(pixels))
+        return PreparedImage(to_model_input(pixels, self.image_config), facts, pixel_statistics(pixels))
 
     def _measure_file(self, path: str, mtime_ns: int, size: int) -> ImageFacts | str:
         metadata = metadata_for(path)
@@ -497,7 +497,7 @@ class Assistant:
             return image.statistics
         if isinstance(image, torch.Tensor):
             return None
-        return _statistics(image if isinstance(image, np.ndarray) else load_grey(image))
+        return pixel_statistics(image if isinstance(image, np.ndarray) else load_grey(image))
 
     def familiarity_scores(self, images: Sequence[ImageInput]) -> np.ndarray | None:
         """Per image, how far it lies from the training images (evaluate.familiarity; NaN where it cannot be told);

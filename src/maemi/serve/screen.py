@@ -7,7 +7,9 @@ the key that resume skips on. Inference is the Assistant's (zero-shot classifica
 run's caption question); measurements are the measure teacher's (maemi.teachers.measurements.measure on the image
 above its info bar, with the scale of maemi.measure.scale: metadata.jsonl, the instrument's metadata or the scale bar).
 
-Row: path, top1, confidence (its probability), top5 ([{label, probability}], most likely first), nm_per_pixel and
+Row: path, top1, confidence (its probability, calibrated when the run is), top5 ([{label, probability}], most likely
+first), ood_score and flag (ok, low_confidence or unfamiliar: evaluate.familiarity; ood_score empty for a run not
+calibrated with `maemi calibrate`), nm_per_pixel and
 scale_source (maemi.measure.scale: explicit, metadata, instrument, scale_bar; empty when the scale is unknown), caption
 and caption_numbers (with caption: which measured value each number of the caption is), measurements (with measure: the Measurements fields), error (why a file could not be read or measured;
 empty otherwise). An unreadable file gets a row with its error and the rest go on.
@@ -25,7 +27,7 @@ import numpy as np
 from skimage.color import rgb2gray
 from tqdm import tqdm
 
-from maemi.assistant import Assistant, PreparedImage
+from maemi.assistant import Assistant, PreparedImage, pixel_statistics
 from maemi.data.datasets import DatasetError, Sample, scan_dataset
 from maemi.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, to_model_input
 from maemi.measure.scale import read_scale
@@ -63,7 +65,7 @@ class ScreenReport:
 
 def screen_columns(config: ScreenConfig) -> list[str]:
     """The table's columns; CSV spells the measurements as flat `measurements.<field>` columns."""
-    columns = ["path", "top1", "confidence", "top5", "nm_per_pixel", "scale_source"]
+    columns = ["path", "top1", "confidence", "top5", "ood_score", "flag", "nm_per_pixel", "scale_source"]
     if config.caption:
         columns += ["caption", "caption_numbers"]
     if config.measure:
@@ -93,20 +95,23 @@ def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConf
             if config.caption or config.measure:
                 inputs.append(assistant.prepare(image, sample.path, sample.metadata))
             else:
-                inputs.append(to_model_input(image, assistant.image_config))
+                inputs.append(PreparedImage(to_model_input(image, assistant.image_config), "not measured",
+                                            pixel_statistics(image) if assistant.familiarity else None))
             readable.append((sample, row, image))
         except ImageReadError as e:
             row["error"] = e.reason
     if not inputs:
         return rows
     ranked = assistant.classify(inputs, top_k=TOP_K)
+    flags = assistant.flags(inputs, [top[0][1] for top in ranked])
     captions = assistant.caption_detailed(inputs) if config.caption else [None] * len(inputs)
-    for (sample, row, image), x, top, caption in zip(readable, inputs, ranked, captions):
+    for (sample, row, image), x, top, caption, (ood, flag) in zip(readable, inputs, ranked, captions, flags):
         row.update(top1=top[0][0], confidence=round(top[0][1], 6),
-                   top5=[{"label": label, "probability": round(p, 6)} for label, p in top])
+                   top5=[{"label": label, "probability": round(p, 6)} for label, p in top],
+                   ood_score=None if ood is None else round(ood, 6), flag=flag)
         if config.caption:
             row.update(caption=caption.text, caption_numbers=caption.to_dict()["numbers"])
-        facts = x.facts if isinstance(x, PreparedImage) else None
+        facts = x.facts if config.caption or config.measure else None
         if config.measure and isinstance(facts, str):  # unreadable as pixels, or too small to measure
             row["error"] = f"measurements: {facts}"
         elif config.measure:
