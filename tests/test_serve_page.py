@@ -8,20 +8,15 @@ skips, saying so, only where they are not installed."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
-import httpx
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
 from maemi.assistant import Assistant
+from serve_process import maemi_serve
 from test_assistant import BRIGHT_Q, GREY_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
 from tiny_text_models import one_thread  # noqa: F401
 
@@ -51,30 +46,9 @@ def browser():
 @pytest.fixture(scope="module")
 def served(tiny, tmp_path_factory):
     """`maemi serve` as its own process on a free port, with an API key; its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "maemi.cli", "serve", str(tiny["run"]), "--port", str(port), "--device", "cpu",
-             "--api-key-env", "MAEMI_PAGE_TEST_KEY"],
-            env={**os.environ, "MAEMI_PAGE_TEST_KEY": KEY}, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"maemi serve did not come up:\n{log.read_text()}")
-        time.sleep(0.1)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    with maemi_serve(tiny["run"], log, "--api-key-env", "MAEMI_PAGE_TEST_KEY", env={"MAEMI_PAGE_TEST_KEY": KEY}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -586,6 +586,16 @@ def serve(
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="Waiting requests beyond which it answers 503."),
     timeout: float = typer.Option(120.0, "--timeout", min=0.001, help="Seconds a request may take before a 504."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", min=0.001, help="Largest image accepted (MiB)."),
+    max_image_megapixels: float = typer.Option(40.0, "--max-image-megapixels", min=0.001,
+                                               help="Largest image accepted (megapixels, from its header), and the "
+                                                    "memory one decode may take: that of an image this large in "
+                                                    "8-bit RGB."),
+    max_decodes: int = typer.Option(2, "--max-decodes", min=1, help="Images decoded and measured at once; the "
+                                                                    "others wait."),
+    allowed_hosts: Optional[str] = typer.Option(None, "--allowed-hosts", help="Comma-separated Host names answered "
+                                                                              "when there is no API key ('*': any); "
+                                                                              "default: the --host address and "
+                                                                              "localhost."),
     shots: int = typer.Option(0, "--shots", min=0, help="Default demonstrations for /v1/classify (0: zero-shot)."),
     support: Optional[Path] = typer.Option(None, "--support", help="Labelled images for few-shot (class folders or a "
                                                                    "CSV manifest); default: the run's training "
@@ -599,6 +609,7 @@ def serve(
 
     from maemi.serve.app import ServeConfig, create_app, model_name
     from maemi.serve.batcher import BatcherConfig
+    from maemi.serve.security import default_allowed_hosts
 
     api_key = None
     if api_key_env is not None:
@@ -609,8 +620,11 @@ def serve(
         typer.echo(f"warning: serving on {host} without an API key: anyone who can reach it can use it "
                    "(set --api-key-env)", err=True)
     config = ServeConfig(batcher=BatcherConfig(batch_size, max_wait_ms, max_queue, timeout),
-                         max_upload_mb=max_upload_mb, api_key=api_key, shots=shots,
-                         support=str(support) if support else None, model_name=model_name(run))
+                         max_upload_mb=max_upload_mb, max_image_megapixels=max_image_megapixels,
+                         max_decodes=max_decodes, api_key=api_key, shots=shots,
+                         support=str(support) if support else None, model_name=model_name(run),
+                         allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip())
+                         if allowed_hosts else default_allowed_hosts(host))
     assistant = _load_assistant(run, device, batch_size)
     if shots:
         try:

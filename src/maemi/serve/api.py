@@ -2,7 +2,8 @@
 
 POST /v1/ask (image(s) + question [+ context]), /v1/caption, /v1/classify (top-k with probabilities, zero- or
 few-shot), /v1/measure (the measure teacher's numbers) and /v1/preview (a PNG the browser can show, for TIFFs).
-Uploads are decoded in request threads; only model calls go through the batcher.
+All but /v1/ask take exactly one image: several are refused (400), not silently cut to the first.
+Uploads are decoded in the bounded decoding pool (decoding.py); only model calls go through the batcher.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from __future__ import annotations
 import dataclasses
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from maemi.data.images import ImageReadError, load_image
 from maemi.measure.figures import overlay_image
 from maemi.serve.openai_compat import MAX_IMAGES
-from maemi.serve.uploads import UploadError, upload_as_file, upload_name
+from maemi.serve.request_guard import GuardedRoute
+from maemi.serve.uploads import UploadError, UploadLimits, upload_as_file, upload_name
 from maemi.teachers.measure import ImageFacts, measure_segmented
 from maemi.teachers.remote import image_data_url, png_data_url
 
-router = APIRouter(prefix="/v1", tags=["MAEMI"])
+router = APIRouter(prefix="/v1", tags=["MAEMI"], route_class=GuardedRoute)
 
 PREVIEW_MAX_SIDE = 1024
 
@@ -37,6 +38,8 @@ class Provenance(BaseModel):
     numbers: list[NumberSource] = Field([], description="Which measured value each number of the answer is")
     unknown: list[str] = Field([], description="Slots no measurement could fill: the answer says 'unknown' there")
     measurements: list[dict] = Field([], description="Per image: the measured values and the scale, or the error")
+    warning: str | None = Field(None, description="Set when an image is unlike the run's training images (the answer "
+                                                  "starts with it)")
 
 
 class AskResponse(Provenance):
@@ -85,13 +88,23 @@ class PreviewResponse(BaseModel):
     data_url: str = Field(description=f"PNG, longer side at most {PREVIEW_MAX_SIDE} px")
 
 
+async def one_upload(request: Request) -> UploadFile:
+    """The request's one `image`; UploadError 400 when the form repeats it (the endpoint would answer about one)."""
+    form = await request.form()  # parsed already by FastAPI for the endpoint's fields: this reads its cache
+    images = form.getlist("image")
+    if len(images) != 1:
+        raise UploadError(400, f"{request.url.path} takes one image, got {len(images)} 'image' fields; send one "
+                               "request per image (only /v1/ask takes several, to ask about them together)")
+    return images[0]
+
+
 async def _tensors(request: Request, uploads: list[UploadFile], measure: bool = False) -> list:
     """The uploads as model input; measured too for an answer whose numbers are filled from the measurement."""
     state = request.app.state.maemi
     if not 1 <= len(uploads) <= MAX_IMAGES:
         raise UploadError(400, f"send 1 to {MAX_IMAGES} images, got {len(uploads)}")
-    return [await run_in_threadpool(state.model.image, await u.read(), u.filename, state.config.max_upload_bytes,
-                                    measure) for u in uploads]
+    return [await state.decodes.run(state.model.image, await u.read(), u.filename, state.config.limits, measure)
+            for u in uploads]
 
 
 @router.post("/ask", response_model=AskResponse, summary="Answer a question about one image (or several together)")
@@ -101,6 +114,7 @@ async def ask(request: Request,
               question: str = Form(..., min_length=1),
               context: str | None = Form(None, description="Your description: sample notes, instrument settings"),
               detail: bool = Form(False, description="The long answer (default: one sentence)")):
+    request.app.state.maemi.model.prompt(len(image), question, context, detail)  # refused before any decoding
     images = await _tensors(request, image, measure=True)
     answer = await request.app.state.maemi.model.ask(images, question, context, detail=detail)
     return AskResponse(answer=answer.text, question=question, context=context, **answer.provenance)
@@ -109,7 +123,7 @@ async def ask(request: Request,
 @router.post("/caption", response_model=CaptionResponse, summary="Caption a micrograph")
 async def caption(request: Request, image: UploadFile = File(...),
                   detail: bool = Form(False, description="The long caption (default: one sentence)")):
-    (tensor,) = await _tensors(request, [image], measure=True)
+    (tensor,) = await _tensors(request, [await one_upload(request)], measure=True)
     answer = await request.app.state.maemi.model.caption(tensor, detail=detail)
     return CaptionResponse(caption=answer.text, **answer.provenance)
 
@@ -121,7 +135,7 @@ async def classify(request: Request, image: UploadFile = File(...),
                                                                     "support set; default: the server's --shots"),
                    views: int = Form(1, ge=1, le=8, description="Test-time augmentation: the class probabilities "
                                                                 "averaged over this many flips and quarter turns")):
-    (tensor,) = await _tensors(request, [image])
+    (tensor,) = await _tensors(request, [await one_upload(request)])
     model = request.app.state.maemi.model
     shots = model.shots if shots is None else shots
     ranked = await model.classify(tensor, shots, top_k, views)
@@ -129,8 +143,8 @@ async def classify(request: Request, image: UploadFile = File(...),
                             predictions=[Prediction(label=c, probability=p) for c, p in ranked])
 
 
-def _measure(data: bytes, name: str | None, max_bytes: int, nm_per_pixel: float | None) -> MeasureResponse:
-    with upload_as_file(data, name, max_bytes) as path:  # a file: TIFF tags carry the instrument's scale
+def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: float | None) -> MeasureResponse:
+    with upload_as_file(data, name, limits) as path:  # a file: TIFF tags carry the instrument's scale
         try:
             measured, seg, whole = measure_segmented(load_image(path), path, nm_per_pixel=nm_per_pixel)
         except ImageReadError as e:
@@ -151,13 +165,12 @@ def _measure(data: bytes, name: str | None, max_bytes: int, nm_per_pixel: float 
 async def measure_image(request: Request, image: UploadFile = File(...),
                         nm_per_pixel: float | None = Form(None, gt=0, description="The scale, if you know it "
                                                                                   "better than the file does")):
-    config = request.app.state.maemi.config
-    return await run_in_threadpool(_measure, await image.read(), image.filename, config.max_upload_bytes,
-                                   nm_per_pixel)
+    state, image = request.app.state.maemi, await one_upload(request)
+    return await state.decodes.run(_measure, await image.read(), image.filename, state.config.limits, nm_per_pixel)
 
 
-def _preview(data: bytes, name: str | None, max_bytes: int) -> PreviewResponse:
-    with upload_as_file(data, name, max_bytes) as path:
+def _preview(data: bytes, name: str | None, limits: UploadLimits) -> PreviewResponse:
+    with upload_as_file(data, name, limits) as path:
         try:
             return PreviewResponse(data_url=image_data_url(path, PREVIEW_MAX_SIDE))
         except ImageReadError as e:
@@ -166,5 +179,5 @@ def _preview(data: bytes, name: str | None, max_bytes: int) -> PreviewResponse:
 
 @router.post("/preview", response_model=PreviewResponse, summary="A PNG of the image for display (TIFF, 16-bit)")
 async def preview(request: Request, image: UploadFile = File(...)):
-    config = request.app.state.maemi.config
-    return await run_in_threadpool(_preview, await image.read(), image.filename, config.max_upload_bytes)
+    state, image = request.app.state.maemi, await one_upload(request)
+    return await state.decodes.run(_preview, await image.read(), image.filename, state.config.limits)

@@ -4,10 +4,10 @@
 - `/health`: liveness and batching counters; the only endpoint open without the API key.
 - `/v1/ask|caption|classify|measure|preview` (api.py) and the OpenAI-compatible `/v1/chat/completions`, `/v1/models`
   (openai_compat.py); `/openapi.json` describes them all. FastAPI's /docs is off: it loads its UI from a CDN.
-- Bad input is a 4xx that says what is wrong: 400 bad request, 401 missing or wrong key, 409 the run cannot do it
-  (e.g. trained without captions), 413 too large, 415 not an image, 422 an image that cannot be read (truncated,
-  decompression bomb); 503 when the queue is full, 504 past the request timeout. Errors of the OpenAI-compatible
-  routes use OpenAI's error object, so its clients show the message.
+- Bad input is a 4xx that says what is wrong, in the route's error shape (errors.py); every request is checked before
+  it costs anything: the key before the body is read, the Host header (security.py), sizes before decoding
+  (uploads.py, budget.py), the prompt before queueing; decoding runs in a bounded pool (decoding.py) and one deadline
+  covers the whole request (request_guard.py).
 
 References: FastAPI (lifespan, dependencies, request body limits); OpenAI API reference (error objects).
 """
@@ -20,32 +20,39 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 
 from maemi import __version__
-from maemi.assistant import Assistant, RunError
+from maemi.assistant import Assistant
 from maemi.serve import api, openai_compat
-from maemi.serve.batcher import BatcherBusy, BatcherConfig, BatcherTimeout
+from maemi.serve.batcher import BatcherConfig
+from maemi.serve.decoding import DecodePool
+from maemi.serve.errors import add_error_handlers
 from maemi.serve.inference import BatchedAssistant
-from maemi.serve.security import require_api_key
-from maemi.serve.uploads import UploadError
+from maemi.serve.security import LOCAL_HOSTS, AllowedHosts, require_api_key
+from maemi.serve.uploads import UploadLimits
 
 
 @dataclass
 class ServeConfig:
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     max_upload_mb: float = 20.0  # per image
+    # Per image, and the decoded-memory budget (budget.py); well below the file loader's 100 MP: a server decodes
+    # for strangers, several at once.
+    max_image_megapixels: float = 40.0
+    max_decodes: int = 2  # images decoded (and measured) at once; the others wait as bytes
     api_key: str | None = None  # None: no authentication (bind to 127.0.0.1 then)
+    allowed_hosts: tuple[str, ...] = LOCAL_HOSTS  # Host headers answered without a key; "*": any
     shots: int = 0  # default demonstrations per /v1/classify request
     support: str | None = None  # labelled images for few-shot; None: the run's training images
     model_name: str = "maemi"
 
     def __post_init__(self) -> None:
-        if self.max_upload_mb <= 0 or self.shots < 0:
-            raise ValueError(f"ServeConfig needs max_upload_mb > 0 and shots >= 0, got {self.max_upload_mb}, "
+        if self.max_upload_mb <= 0 or self.max_image_megapixels <= 0 or self.max_decodes < 1 or self.shots < 0:
+            raise ValueError(f"ServeConfig needs max_upload_mb > 0, max_image_megapixels > 0, max_decodes >= 1 and "
+                             f"shots >= 0, got {self.max_upload_mb}, {self.max_image_megapixels}, {self.max_decodes}, "
                              f"{self.shots}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty")
@@ -53,6 +60,10 @@ class ServeConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def limits(self) -> UploadLimits:
+        return UploadLimits(self.max_upload_bytes, self.max_image_megapixels)
 
     @property
     def max_body_bytes(self) -> int:
@@ -65,50 +76,7 @@ class ServerState:
     model: BatchedAssistant
     config: ServeConfig
     started: int  # unix time
-
-
-def _is_openai_route(request: Request) -> bool:
-    return request.url.path.startswith(("/v1/chat/", "/v1/models"))
-
-
-def _error(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    if _is_openai_route(request):
-        kind = {401: "authentication_error", 503: "server_busy", 504: "timeout"}.get(status, "invalid_request_error")
-        body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    else:
-        body = {"detail": message}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(UploadError)
-    async def upload_error(request: Request, e: UploadError):
-        return _error(request, e.status, str(e))
-
-    @app.exception_handler(BatcherBusy)
-    async def busy(request: Request, e: BatcherBusy):
-        return _error(request, 503, str(e), headers={"Retry-After": "1"})
-
-    @app.exception_handler(BatcherTimeout)
-    async def timeout(request: Request, e: BatcherTimeout):
-        return _error(request, 504, str(e))
-
-    @app.exception_handler(RunError)
-    async def run_error(request: Request, e: RunError):
-        return _error(request, 409, f"the served run cannot do this: {e}")
-
-    @app.exception_handler(ValueError)  # the Assistant's input checks (over-long prompt, too many shots, ...)
-    async def bad_value(request: Request, e: ValueError):
-        return _error(request, 400, str(e))
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, e: HTTPException):
-        return _error(request, e.status_code, str(e.detail), headers=e.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, e: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        return _error(request, 422, f"invalid request: {problems}")
+    decodes: DecodePool
 
 
 def page_html() -> str:
@@ -118,6 +86,7 @@ def page_html() -> str:
 def create_app(assistant: Assistant, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     model = BatchedAssistant(assistant, config.batcher, config.shots, config.support)
+    decodes = DecodePool(config.max_decodes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -126,12 +95,15 @@ def create_app(assistant: Assistant, config: ServeConfig | None = None) -> FastA
         await model.batcher.start()
         yield
         await model.batcher.stop()
+        await run_in_threadpool(decodes.close)
 
     app = FastAPI(title="MAEMI", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, max_body_size=config.max_body_bytes,
                   description="A small vision-language assistant for electron micrographs, served on premises.")
-    app.state.maemi = ServerState(model, config, int(time.time()))
-    _add_error_handlers(app)
+    app.state.maemi = ServerState(model, config, int(time.time()), decodes)
+    add_error_handlers(app)
+    if config.api_key is None:  # with a key, a rebound page cannot authenticate anyway
+        app.add_middleware(AllowedHosts, hosts=config.allowed_hosts)
     secured = [Depends(require_api_key)]
     app.include_router(api.router, dependencies=secured)
     app.include_router(openai_compat.router, dependencies=secured)
@@ -145,7 +117,8 @@ def create_app(assistant: Assistant, config: ServeConfig | None = None) -> FastA
     async def health() -> dict:
         stats = model.batcher.stats
         return {"status": "ok", "model": config.model_name, "auth_required": config.api_key is not None,
-                "max_upload_mb": config.max_upload_mb, "shots": config.shots, "waiting": model.batcher.waiting,
+                "max_upload_mb": config.max_upload_mb, "max_image_megapixels": config.max_image_megapixels,
+                "shots": config.shots, "waiting": model.batcher.waiting,
                 "served": {"requests": stats.requests, "batches": stats.batches,
                            "largest_batch": stats.largest_batch}}
 

@@ -6,7 +6,8 @@ them by key and runs each group as one call in a single model thread (so calls n
 answers every request. While a batch runs, new requests queue up and form the next batch without waiting.
 
 Back-pressure: the queue is bounded (BatcherBusy when full: the server answers 503) and each request waits at most
-`timeout_s` (BatcherTimeout: 504); an item whose caller gave up is dropped before it costs a forward pass. If a batch
+`timeout_s` (BatcherTimeout: 504); an item whose caller gave up (timed out, cancelled because its request failed or
+its client left) is dropped before it costs a forward pass. If a batch
 call fails, its items are run one by one, so one bad request fails alone.
 
 References: the dynamic batching of NVIDIA Triton ("max_queue_delay_microseconds", "preferred batch size") and of
@@ -124,6 +125,9 @@ class Batcher:
             for job in jobs:
                 groups.setdefault(job.key, []).append(job)
             for key, group in groups.items():
+                group = [job for job in group if not job.future.done()]  # callers gone while an earlier group ran
+                if not group:
+                    continue
                 outcomes = await loop.run_in_executor(self._model_thread, self._run_group, key,
                                                       [job.item for job in group])
                 for job, (ok, value) in zip(group, outcomes):

@@ -19,8 +19,13 @@ import torch
 from maemi.assistant import Assistant, PreparedImage, question_prompt
 from maemi.model import GenerationConfig
 from maemi.serve.batcher import Batcher, BatcherConfig
+from maemi.serve.errors import RequestError
+from maemi.serve.uploads import UploadLimits, decode_upload, read_upload, upload_as_file
 from maemi.teachers.records import asked
-from maemi.serve.uploads import decode_upload, read_upload, upload_as_file
+
+# Characters a question may have before it is tokenised: generous for any prompt the model can read (a word-piece
+# token rarely spans more), and it keeps a 10 MB question from being tokenised at all.
+CHARS_PER_PROMPT_TOKEN = 64
 
 
 @dataclass
@@ -37,14 +42,14 @@ class BatchedAssistant:
         self.assistant, self.shots, self.support = assistant, shots, support
         self.batcher = Batcher(self._run, config)
 
-    def image(self, data: bytes, name: str | None, max_bytes: int, measure: bool = False
+    def image(self, data: bytes, name: str | None, limits: UploadLimits, measure: bool = False
               ) -> torch.Tensor | PreparedImage:
         """An upload as model input [3, S, S] (UploadError for a bad one), with its measurement when `measure` (what
-        an answer's numbers are filled from). Pure preprocessing: request threads run it, the model thread only runs
+        an answer's numbers are filled from). Pure preprocessing: decoding threads run it, the model thread only runs
         the model."""
         if not (measure and self.assistant.measured_answers):
-            return self.assistant.image_tensor(decode_upload(data, name, max_bytes))
-        with upload_as_file(data, name, max_bytes) as path:  # as a file: TIFF tags carry the instrument's scale
+            return self.assistant.image_tensor(decode_upload(data, name, limits))
+        with upload_as_file(data, name, limits) as path:  # as a file: TIFF tags carry the instrument's scale
             return self.assistant.prepare(read_upload(path, name), path)
 
     @property
@@ -60,12 +65,28 @@ class BatchedAssistant:
         return GenerationConfig(max_new_tokens=limit, strategy="top_p", temperature=temperature,
                                 top_p=1.0 if top_p is None else top_p, seed=seed or 0)
 
-    async def ask(self, images: list[torch.Tensor], question: str, context: str | None = None,
-                  gen: GenerationConfig | None = None, detail: bool = False) -> Answer:
+    def prompt(self, images: int, question: str, context: str | None = None, detail: bool = False) -> str:
+        """The prompt for a question about `images` images, checked before any image is decoded or anything queued:
+        RequestError 413 for text far over what the model reads, ValueError (400) for a prompt over max_prompt_len
+        tokens. (A measured answer adds the measurement's words in the model thread, which checks again.)"""
         if not question.strip():
             raise ValueError("the question is empty")
-        prompt = question_prompt(len(images), asked(question.strip(), "long" if detail else "short"), context)
-        return await self.answer(images, prompt, gen)
+        self.check_length(len(question) + len(context or ""))
+        prompt = question_prompt(images, asked(question.strip(), "long" if detail else "short"), context)
+        self.assistant.model.processor.encode_text(prompt, num_images=images)  # ValueError naming max_prompt_len
+        return prompt
+
+    def check_length(self, chars: int, prompts: int = 1) -> None:
+        """RequestError 413 for text longer than `prompts` prompts can be, before it is tokenised."""
+        tokens = self.assistant.model.processor.max_prompt_len
+        if chars > prompts * tokens * CHARS_PER_PROMPT_TOKEN:
+            raise RequestError(413, f"the question is {chars:,} characters long; this model reads prompts of at most "
+                                    f"{tokens} tokens (max_prompt_len)" + (f", {prompts} questions at most" if
+                                                                           prompts > 1 else ""))
+
+    async def ask(self, images: list[torch.Tensor], question: str, context: str | None = None,
+                  gen: GenerationConfig | None = None, detail: bool = False) -> Answer:
+        return await self.answer(images, self.prompt(len(images), question, context, detail), gen)
 
     async def caption(self, image: torch.Tensor, detail: bool = False) -> Answer:
         caption = str(self.assistant.run_value("caption_prompt")).strip()

@@ -20,16 +20,19 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from maemi.serve.request_guard import GuardedRoute
 from maemi.serve.uploads import UploadError, data_url_bytes
 
 MAX_IMAGES = 5  # the most images a training record holds
+MAX_JSON_QUESTIONS = 64  # numbered questions in one JSON-mode request (the largest profile asks 25)
+MAX_MESSAGES = 1000  # a conversation, and the content parts of a message: far above any real one
+MAX_PARTS = 1000
 
 
 class ImageURL(BaseModel):
@@ -46,20 +49,36 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[ContentPart] | None = None
+    role: str = Field(max_length=32)
+    content: str | Annotated[list[ContentPart], Field(max_length=MAX_PARTS)] | None = None
+
+
+class JSONSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="A JSON schema: an object")
+    strict: bool | None = None
 
 
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JSONSchemaFormat | None = None
+
+
+class _AnswerPair(BaseModel):  # {"type": "object", "properties": {"long": ..., "short": ...}}
+    properties: dict[str, Any]
+
+
+class _AnswersSchema(BaseModel):  # the micrograph_answers schema (maemi.teachers.remote.answer_schema)
+    properties: dict[str, _AnswerPair] = {}
+    required: list[str] | None = None
 
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # clients send many options MAEMI has no use for
     model: str | None = None
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -114,15 +133,22 @@ def structured_questions(response_format: ResponseFormat | None, text: str) -> l
     found = dict(_NUMBERED_QUESTION.findall(text))
     keys = list(found)
     if response_format.type == "json_schema":
-        schema = (response_format.json_schema or {}).get("schema") or {}
-        properties = schema.get("properties") or {}
-        keys = list(schema.get("required") or properties)
-        if any(set((properties.get(k) or {}).get("properties") or {}) != {"long", "short"} for k in keys):
+        schema = response_format.json_schema.schema_ if response_format.json_schema else None
+        try:
+            answers = _AnswersSchema.model_validate(schema or {})
+        except ValidationError:
+            answers = _AnswersSchema()  # not the teacher's schema: refused below
+        keys = list(answers.required or answers.properties)
+        if any(k not in answers.properties or set(answers.properties[k].properties) != {"long", "short"}
+               for k in keys):
             keys = []
     if not keys or any(k not in found for k in keys):
         raise UploadError(400, "MAEMI answers in free text; a JSON reply (response_format) is made only for numbered "
                                "questions '1. [key] question' with the micrograph_answers schema, as `maemi teach "
                                "--teacher openai` asks them")
+    if len(keys) > MAX_JSON_QUESTIONS:
+        raise UploadError(400, f"{len(keys)} numbered questions in one request; MAEMI answers at most "
+                               f"{MAX_JSON_QUESTIONS} at a time: split them over several requests")
     return [(k, found[k]) for k in keys]
 
 
@@ -145,7 +171,19 @@ def completion_chunks(reply: dict):
     yield "data: [DONE]\n\n"
 
 
-router = APIRouter(tags=["OpenAI-compatible"])
+async def _all_or_none(asks: list) -> list:
+    """The results of all `asks`; when one fails (a full queue, a bad prompt), the others are cancelled, so their
+    batch items are dropped instead of run for a request that is answered with the error already."""
+    tasks = [asyncio.ensure_future(a) for a in asks]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+
+
+router = APIRouter(tags=["OpenAI-compatible"], route_class=GuardedRoute)
 
 
 @router.get("/v1/models", summary="The served model")
@@ -161,16 +199,21 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.n not in (None, 1):
         raise UploadError(400, f"n={body.n}: MAEMI returns one choice per request")
     sources, question = chat_query(body.messages)
-    images = [await run_in_threadpool(state.model.image, data, where, state.config.max_upload_bytes, True)
+    # Everything about the text is checked before any image is decoded or anything queued.
+    json_reply = body.response_format is not None and body.response_format.type != "text"
+    state.model.check_length(len(question), MAX_JSON_QUESTIONS if json_reply else 1)
+    questions = structured_questions(body.response_format, question)
+    for text in [question] if questions is None else [text for _, text in questions]:
+        state.model.prompt(len(sources), text)
+    images = [await state.decodes.run(state.model.image, data, where, state.config.limits, True)
               for data, where in sources]
     gen = state.model.generation(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p,
                                  body.seed)
-    questions = structured_questions(body.response_format, question)
     if questions is None:
         answers = [await state.model.ask(images, question, gen=gen)]
         content = answers[0].text
     else:
-        answers = await asyncio.gather(*(state.model.ask(images, text, gen=gen) for _, text in questions))
+        answers = await _all_or_none([state.model.ask(images, text, gen=gen) for _, text in questions])
         content = json.dumps({key: {"long": a.text, "short": a.text} for (key, _), a in zip(questions, answers)},
                              ensure_ascii=False)
     cut = any(a.completion_tokens >= gen.max_new_tokens for a in answers)
