@@ -260,6 +260,30 @@ _VIEWS_HELP = ("Classification averaged over this many flips and quarter turns o
                "4: the quarter turns, 8: with their mirror images), at as many times the cost.")
 
 
+@app.command()
+def calibrate(
+    run: Path = typer.Argument(..., help=_RUN_HELP),
+    data: Path = typer.Option(..., "--data", help="Validation instruction records (JSONL): the temperature is fitted "
+                                                  "on their labelled images. Never the test split."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Images root of the records (default: the run's)."),
+    device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Calibrate a trained run: the temperature of its class probabilities (fitted on the validation split) and the
+    threshold above which an image is unlike its training images (from the training images alone). Writes
+    RUN/calibration.json; classify, screen, ask and serve then use it."""
+    from maemi.evaluate.calibration import calibrate_run
+
+    try:
+        result = calibrate_run(run, data, images=images, device=device, progress=not quiet)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    f = result["familiarity"]
+    typer.echo(f"temperature {result['temperature']:.3f}: validation ECE {result['val_ece_before']:.3f} -> "
+               f"{result['val_ece_after']:.3f} on {result['val_images']} images; unfamiliar above {f['threshold']:.4f} "
+               f"(k = {f['k']}, {f['recall']:.0%} of {f['images']} training images within) -> {run / 'calibration.json'}")
+
+
 @app.command(name="eval")
 def evaluate(
     run: Path = typer.Argument(..., help=_RUN_HELP),
@@ -382,23 +406,26 @@ def classify(
     top_k: int = typer.Option(5, "--top-k", min=1, help="Classes listed per image."),
     views: int = typer.Option(1, "--views", min=1, max=8, help=_VIEWS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, shots, predictions: [{label, "
-                                                       "probability}]}."),
+                                                       "probability}], ood_score, flag}."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
-    """Classify micrographs, zero-shot or few-shot with demonstrations picked by similarity."""
+    """Classify micrographs, zero-shot or few-shot with demonstrations picked by similarity. A calibrated run
+    (`maemi calibrate`) flags each image ok, low_confidence or unfamiliar (unlike its training images)."""
     assistant = _load_assistant(run, device, batch_size)
     try:
         ranked = assistant.classify(images, shots=shots, support=support, top_k=top_k, views=views)
+        flags = assistant.flags(images, [row[0][1] for row in ranked])
     except (ValueError, OSError) as e:  # unreadable image, bad support folder, missing training records
         _fail(str(e))
     if as_json:
         _echo_json([{"image": image, "shots": shots, "views": views,
-                     "predictions": [{"label": label, "probability": p} for label, p in row]}
-                    for image, row in zip(images, ranked)])
+                     "predictions": [{"label": label, "probability": p} for label, p in row],
+                     "ood_score": score, "flag": flag}
+                    for image, row, (score, flag) in zip(images, ranked, flags)])
         return
-    for image, row in zip(images, ranked):
-        shown = ", ".join(f"{label} {p:.3f}" for label, p in row)
+    for image, row, (_, flag) in zip(images, ranked, flags):
+        shown = ", ".join(f"{label} {p:.3f}" for label, p in row) + ("" if flag == "ok" else f" [{flag}]")
         typer.echo(f"{image}: {shown}" if len(images) > 1 else shown)
 
 
