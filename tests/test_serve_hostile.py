@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import socket
 import struct
 import tempfile
 import threading
@@ -22,6 +23,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from maemi.serve.decoding import DecodePool
 from serve_process import maemi_serve
 from test_assistant import BRIGHT_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
 from tiny_text_models import one_thread  # noqa: F401
@@ -198,6 +200,37 @@ def test_running_out_of_memory_while_decoding_is_a_413(open_):
     assert r.status_code == 413 and "'deep.tif': not enough free memory" in r.json()["detail"], r.text
 
 
+def test_the_decoding_pool_holds_no_more_memory_than_its_budget():
+    running: set[str] = set()
+    together: list[set[str]] = []  # what ran at the same time, seen as each decode starts
+    lock = threading.Lock()
+
+    def decode(name: str) -> str:
+        with lock:
+            running.add(name)
+            together.append(set(running))
+        time.sleep(0.1)
+        with lock:
+            running.discard(name)
+        return name
+
+    async def scenario():
+        pool = DecodePool(max_decodes=4, memory_bytes=10)  # threads to spare: memory is the limit
+        runs = [asyncio.ensure_future(pool.run(cost, decode, name))
+                for cost, name in ((6, "a"), (6, "b"), (3, "c"), (30, "huge"), (3, "d"), (1, "e"))]
+        await asyncio.sleep(0.05)
+        runs[2].cancel()  # waiting: dropped, never run
+        done = await asyncio.gather(*runs, return_exceptions=True)
+        pool.close()
+        return done, pool.free
+
+    done, free = asyncio.run(scenario())
+    assert done[:2] == ["a", "b"] and isinstance(done[2], asyncio.CancelledError) and done[3:] == ["huge", "d", "e"]
+    # b waits for a (6 + 6 > 10); huge is clamped to the whole budget and runs alone; d and e wait their turn behind
+    # it (no overtaking), then run together
+    assert together == [{"a"}, {"b"}, {"huge"}, {"d"}, {"d", "e"}] and free == 10
+
+
 # ------------------------------------------------------------------------------------------------ requests
 
 
@@ -261,6 +294,30 @@ def test_a_json_request_that_fills_the_queue_runs_no_more_than_one_batch(guarded
     assert r.status_code == 503 and "busy" in openai_error(r)
     time.sleep(1.0)
     assert served_items(guarded) - before <= 4
+
+
+def test_a_client_that_leaves_gets_no_work_done(guarded, small):
+    # Both decoding threads busy measuring 12-megapixel images; meanwhile a client sends a classify request and
+    # hangs up before an answer. Its image waits for a thread as bytes, and is dropped when the client leaves: once
+    # the measurements end, the model has run nothing.
+    before = served_items(guarded)
+    image, measured = png(3_464, 3_464), []
+    busy = [threading.Thread(target=lambda: measured.append(post(guarded, "/v1/measure", {"image": ("big.png", image)})))
+            for _ in range(2)]
+    for thread in busy:
+        thread.start()
+    time.sleep(0.5)
+    request = httpx.Request("POST", guarded + "/v1/classify", files={"image": ("a.png", small)},
+                            headers={**AUTH, "Host": guarded.split("//")[1]})
+    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+    with socket.create_connection(("127.0.0.1", int(guarded.rsplit(":", 1)[1]))) as client:
+        client.sendall(f"POST /v1/classify HTTP/1.1\r\n{head}\r\n".encode() + request.read())
+        time.sleep(0.5)
+    for thread in busy:
+        thread.join()
+    assert [r.status_code for r in measured] == [200, 200]
+    time.sleep(0.5)
+    assert served_items(guarded) == before
 
 
 # ------------------------------------------------------------------------------------------------ host, deadline

@@ -17,7 +17,7 @@ from maemi.data.images import ImageReadError, load_image
 from maemi.measure.figures import overlay_image
 from maemi.serve.openai_compat import MAX_IMAGES
 from maemi.serve.request_guard import GuardedRoute
-from maemi.serve.uploads import UploadError, UploadLimits, upload_as_file, upload_name
+from maemi.serve.uploads import UploadError, UploadLimits, upload_as_file, upload_cost, upload_name
 from maemi.teachers.measure import ImageFacts, measure_segmented
 from maemi.teachers.remote import image_data_url, png_data_url
 
@@ -103,8 +103,12 @@ async def _tensors(request: Request, uploads: list[UploadFile], measure: bool = 
     state = request.app.state.maemi
     if not 1 <= len(uploads) <= MAX_IMAGES:
         raise UploadError(400, f"send 1 to {MAX_IMAGES} images, got {len(uploads)}")
-    return [await state.decodes.run(state.model.image, await u.read(), u.filename, state.config.limits, measure)
-            for u in uploads]
+    tensors = []
+    for upload in uploads:
+        data, limits = await upload.read(), state.config.limits
+        tensors.append(await state.decodes.run(upload_cost(data, upload.filename, limits), state.model.image, data,
+                                               upload.filename, limits, measure))
+    return tensors
 
 
 @router.post("/ask", response_model=AskResponse, summary="Answer a question about one image (or several together)")
@@ -166,7 +170,9 @@ async def measure_image(request: Request, image: UploadFile = File(...),
                         nm_per_pixel: float | None = Form(None, gt=0, description="The scale, if you know it "
                                                                                   "better than the file does")):
     state, image = request.app.state.maemi, await one_upload(request)
-    return await state.decodes.run(_measure, await image.read(), image.filename, state.config.limits, nm_per_pixel)
+    data, limits = await image.read(), state.config.limits
+    return await state.decodes.run(upload_cost(data, image.filename, limits), _measure, data, image.filename, limits,
+                                   nm_per_pixel)
 
 
 def _preview(data: bytes, name: str | None, limits: UploadLimits) -> PreviewResponse:
@@ -180,4 +186,5 @@ def _preview(data: bytes, name: str | None, limits: UploadLimits) -> PreviewResp
 @router.post("/preview", response_model=PreviewResponse, summary="A PNG of the image for display (TIFF, 16-bit)")
 async def preview(request: Request, image: UploadFile = File(...)):
     state, image = request.app.state.maemi, await one_upload(request)
-    return await state.decodes.run(_preview, await image.read(), image.filename, state.config.limits)
+    data, limits = await image.read(), state.config.limits
+    return await state.decodes.run(upload_cost(data, image.filename, limits), _preview, data, image.filename, limits)

@@ -28,6 +28,7 @@ from maemi import __version__
 from maemi.assistant import Assistant
 from maemi.serve import api, openai_compat
 from maemi.serve.batcher import BatcherConfig
+from maemi.serve.budget import budget_bytes
 from maemi.serve.decoding import DecodePool
 from maemi.serve.errors import add_error_handlers
 from maemi.serve.inference import BatchedAssistant
@@ -42,7 +43,7 @@ class ServeConfig:
     # Per image, and the decoded-memory budget (budget.py); well below the file loader's 100 MP: a server decodes
     # for strangers, several at once.
     max_image_megapixels: float = 40.0
-    max_decodes: int = 2  # images decoded (and measured) at once; the others wait as bytes
+    max_decodes: int = 2  # images decoded (and measured) at once, within one budget of memory together
     api_key: str | None = None  # None: no authentication (bind to 127.0.0.1 then)
     allowed_hosts: tuple[str, ...] = LOCAL_HOSTS  # Host headers answered without a key; "*": any
     shots: int = 0  # default demonstrations per /v1/classify request
@@ -86,7 +87,7 @@ def page_html() -> str:
 def create_app(assistant: Assistant, config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig()
     model = BatchedAssistant(assistant, config.batcher, config.shots, config.support)
-    decodes = DecodePool(config.max_decodes)
+    decodes = DecodePool(config.max_decodes, budget_bytes(config.max_image_megapixels))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -27,7 +27,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from maemi.serve.request_guard import GuardedRoute
-from maemi.serve.uploads import UploadError, data_url_bytes
+from maemi.serve.uploads import UploadError, data_url_bytes, upload_cost
 
 MAX_IMAGES = 5  # the most images a training record holds
 MAX_JSON_QUESTIONS = 64  # numbered questions in one JSON-mode request (the largest profile asks 25)
@@ -205,7 +205,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     questions = structured_questions(body.response_format, question)
     for text in [question] if questions is None else [text for _, text in questions]:
         state.model.prompt(len(sources), text)
-    images = [await state.decodes.run(state.model.image, data, where, state.config.limits, True)
+    limits = state.config.limits
+    images = [await state.decodes.run(upload_cost(data, where, limits), state.model.image, data, where, limits, True)
               for data, where in sources]
     gen = state.model.generation(body.max_completion_tokens or body.max_tokens, body.temperature, body.top_p,
                                  body.seed)

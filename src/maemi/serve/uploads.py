@@ -77,6 +77,13 @@ def check_upload(data: bytes, name: str | None, limits: UploadLimits) -> str:
     return suffix
 
 
+def upload_cost(data: bytes, name: str | None, limits: UploadLimits) -> int:
+    """check_upload, then the bytes decoding the upload will hold (0 for a header the loader will refuse at once):
+    what the decoding pool reserves for it (decoding.py)."""
+    size = decoded_size(data, check_upload(data, name, limits))
+    return 0 if size is None else size.held_bytes
+
+
 def check_decoded_size(data: bytes, suffix: str, name: str | None, max_megapixels: float) -> None:
     """UploadError 413 when the header declares more pixels, or more decoded memory, than the budget allows."""
     size = decoded_size(data, suffix)
