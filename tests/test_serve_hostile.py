@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import socket
 import struct
 import tempfile
@@ -25,7 +26,7 @@ from PIL import Image
 
 from maemi.serve.decoding import DecodePool
 from serve_process import maemi_serve
-from test_assistant import BRIGHT_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
+from test_assistant import BRIGHT_Q, invoke, tiny  # noqa: F401  (a fixture: the tiny trained run)
 from tiny_text_models import one_thread  # noqa: F401
 
 KEY = "hostile-test-key"
@@ -229,6 +230,23 @@ def test_the_decoding_pool_holds_no_more_memory_than_its_budget():
     # b waits for a (6 + 6 > 10); huge is clamped to the whole budget and runs alone; d and e wait their turn behind
     # it (no overtaking), then run together
     assert together == [{"a"}, {"b"}, {"huge"}, {"d"}, {"d", "e"}] and free == 10
+
+
+def test_screen_gives_a_hostile_file_an_error_row_and_goes_on(tiny, small, tmp_path):
+    # `maemi screen` decodes files it is given, not uploads, but one 42 KB TIFF declaring a 931 GiB image would stop
+    # it (MemoryError) or the machine: it is refused from its header, with the loader's 100 MP as the budget.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(small)
+    (folder / "deep.tif").write_bytes(tiff_declaring(10_000, 10_000, 10_000))
+    out = tmp_path / "rows.jsonl"
+    result = invoke("screen", tiny["run"], folder, "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = {row["path"]: row for row in map(json.loads, out.read_text().splitlines())}
+    assert rows["a.png"]["top1"] and not rows["a.png"]["error"]
+    error = rows["deep.tif"]["error"]
+    assert rows["deep.tif"]["top1"] is None and error.startswith("decoding it would take about ")
+    assert "GiB of memory (10000x10000 pixels x 10000 sample(s) of 8 bits), over the" in error
 
 
 # ------------------------------------------------------------------------------------------------ requests

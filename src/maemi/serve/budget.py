@@ -19,6 +19,8 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import tifffile
 from PIL import BmpImagePlugin, JpegImagePlugin, PngImagePlugin
@@ -36,6 +38,7 @@ MEASURE_BYTES = 88
 _PILLOW_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2, "I": 4, "F": 4}
 _PILLOW_CLASSES = {".png": PngImagePlugin.PngImageFile, ".jpg": JpegImagePlugin.JpegImageFile,
                    ".bmp": BmpImagePlugin.BmpImageFile}
+DECODED_FORMATS = frozenset({*_PILLOW_CLASSES, ".tif"})  # the suffixes decoded_size reads
 _PILLOW_ONE_CHANNEL = frozenset({"1", "L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
 
 
@@ -72,21 +75,27 @@ def budget_bytes(max_megapixels: float) -> int:
     return int(max_megapixels * 1e6 * reference.held_bytes)
 
 
-def decoded_size(data: bytes, suffix: str) -> DecodedSize | None:
-    """From the header of the bytes (suffix: their format, from their signature); None when the header cannot be
-    parsed (the loader then refuses the file with its own reason)."""
+def decoded_size(data: bytes | Path, suffix: str) -> DecodedSize | None:
+    """From the header of the bytes or the file (suffix: the format, .png .jpg .bmp or .tif); None when the header
+    cannot be parsed (the loader then refuses the file with its own reason)."""
     try:
-        return _tiff_size(data) if suffix == ".tif" else _pillow_size(data, suffix)
+        with io.BytesIO(data) if isinstance(data, bytes) else open(data, "rb") as f:
+            return _tiff_size(f) if suffix == ".tif" else _pillow_size(f, suffix)
     except MemoryError:
         raise
     except Exception:  # a broken header: the loader's message is the better one
         return None
 
 
-def _pillow_size(data: bytes, suffix: str) -> DecodedSize:
+def file_suffix(path: Path) -> str:
+    """The format suffix decoded_size takes, from a file's extension; '' for one it does not read (Gatan DM)."""
+    return {".jpeg": ".jpg", ".tiff": ".tif"}.get(path.suffix.lower(), path.suffix.lower())
+
+
+def _pillow_size(f: BinaryIO, suffix: str) -> DecodedSize:
     # The format's own class parses the header without Image.open's decompression-bomb check, which would hide the
     # size we want to report (and changing Image.MAX_IMAGE_PIXELS would disarm it for the threads decoding now).
-    with _PILLOW_CLASSES[suffix](io.BytesIO(data)) as im:
+    with _PILLOW_CLASSES[suffix](f) as im:
         width, height, mode, bands = *im.size, im.mode, len(im.getbands())
     one_channel = mode in _PILLOW_ONE_CHANNEL
     sample_bytes = _PILLOW_PIXEL_BYTES[mode] if one_channel else 1
@@ -94,8 +103,8 @@ def _pillow_size(data: bytes, suffix: str) -> DecodedSize:
                        stretched=sample_bytes > 1)
 
 
-def _tiff_size(data: bytes) -> DecodedSize:
-    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+def _tiff_size(f: BinaryIO) -> DecodedSize:
+    with tifffile.TiffFile(f) as tif:
         page = tif.pages.first
         width, height, depth = page.imagewidth, page.imagelength, max(1, page.imagedepth)
         samples = max(1, page.samplesperpixel)

@@ -12,7 +12,8 @@ first), ood_score and flag (ok, low_confidence or unfamiliar: evaluate.familiari
 calibrated with `maemi calibrate`), nm_per_pixel and
 scale_source (maemi.measure.scale: explicit, metadata, instrument, scale_bar; empty when the scale is unknown), caption
 and caption_numbers (with caption: which measured value each number of the caption is), measurements (with measure: the Measurements fields), error (why a file could not be read or measured;
-empty otherwise). An unreadable file gets a row with its error and the rest go on.
+empty otherwise). An unreadable file gets a row with its error and the rest go on; so does one whose header declares
+more decoded memory than the loader's largest image in 8-bit RGB (serve/budget.py), before it is decoded.
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ from tqdm import tqdm
 
 from maemi.assistant import Assistant, PreparedImage, pixel_statistics
 from maemi.data.datasets import DatasetError, Sample, scan_dataset
+from maemi.data import images as image_io  # MAX_IMAGE_PIXELS is read at call time
 from maemi.data.images import IMAGE_EXTENSIONS, ImageReadError, load_image, to_model_input
 from maemi.measure.scale import read_scale
+from maemi.serve.budget import DECODED_FORMATS, budget_bytes, decoded_size, file_suffix
 from maemi.serve.rows import RowWriter
 from maemi.teachers.measure import ImageFacts
 from maemi.teachers.measurements import Measurements
@@ -81,6 +84,17 @@ def find_images(folder: str | os.PathLike) -> list[Sample]:
     return samples
 
 
+def check_decodable(path: Path) -> None:
+    """ImageReadError for a file whose header declares more decoded memory than a MAX_IMAGE_PIXELS 8-bit RGB image
+    takes (thousands of samples per pixel, 64-bit colour): one such file would stop the screen or the machine."""
+    size = decoded_size(path, file_suffix(path)) if file_suffix(path) in DECODED_FORMATS else None
+    budget = budget_bytes(image_io.MAX_IMAGE_PIXELS / 1e6)
+    if size is not None and size.held_bytes > budget:
+        raise ImageReadError(path, f"decoding it would take about {size.held_bytes / 2**30:.1f} GiB of memory "
+                                   f"({size.describe()}), over the {budget / 2**30:.1f} GiB that a "
+                                   f"{image_io.MAX_IMAGE_PIXELS / 1e6:g}-megapixel 8-bit RGB image takes")
+
+
 def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConfig) -> list[dict]:
     """One row per sample, in order."""
     columns = dict.fromkeys(c.partition(".")[0] for c in screen_columns(config))
@@ -91,6 +105,7 @@ def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConf
             # Read here, not through assistant.image_tensor: its cache is for a server seeing the same files again.
             # The decoded image serves the model input, the measurement (the caption's numbers and the measurements
             # column) and the scale alike: each file is read once and measured at most once.
+            check_decodable(sample.path)
             image = load_image(sample.path)
             if config.caption or config.measure:
                 inputs.append(assistant.prepare(image, sample.path, sample.metadata))
@@ -100,6 +115,8 @@ def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConf
             readable.append((sample, row, image))
         except ImageReadError as e:
             row["error"] = e.reason
+        except MemoryError:  # within the budget, but more than this machine has free now
+            row["error"] = "not enough free memory to decode it"
     if not inputs:
         return rows
     ranked = assistant.classify(inputs, top_k=TOP_K)
