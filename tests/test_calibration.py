@@ -129,3 +129,24 @@ def test_screen_flags_the_foreign_image(tiny, calibrated, tmp_path):
         rows = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
         assert rows["strange.png"]["flag"] == "unfamiliar" and rows["known.png"]["flag"] == "ok"
         assert rows["strange.png"]["ood_score"] > rows["known.png"]["ood_score"]
+
+
+def test_the_server_flags_the_foreign_image_and_warns_in_its_answer(tiny, calibrated, tmp_path):
+    import httpx
+
+    from serve_process import maemi_serve
+
+    strange = foreign(tmp_path / "strange.png")
+    known = tiny["images"] / tiny["train"][0]
+    with maemi_serve(calibrated, tmp_path / "serve.log") as url:
+        def post(path, image, **fields):
+            with open(image, "rb") as f:
+                return httpx.post(url + path, files={"image": (image.name, f.read(), "image/png")}, data=fields,
+                                  timeout=60)
+
+        assert post("/v1/classify", strange).json()["flag"] == "unfamiliar"
+        ok = post("/v1/classify", known).json()
+        assert ok["flag"] == "ok" and ok["ood_score"] is not None
+        answer = post("/v1/ask", strange, question=BRIGHT_Q).json()
+        assert answer["answer"].startswith("Warning: This image is unlike") and answer["warning"]
+        assert post("/v1/ask", known, question=BRIGHT_Q).json()["warning"] is None

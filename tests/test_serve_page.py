@@ -152,3 +152,27 @@ def test_page_previews_a_16_bit_tiff_and_reports_a_bad_file(browser, served, tmp
     browser.find_element(By.ID, "file").send_keys(str(not_image))
     wait_for(browser, lambda d: "415" in d.find_element(By.ID, "caption").text and
              "not a PNG, JPEG, BMP or TIFF" in d.find_element(By.ID, "caption").text, "the server's refusal")
+
+
+def test_page_says_when_an_image_is_unfamiliar(browser, tiny, tmp_path):
+    """A calibrated run: the page marks a foreign image unfamiliar above its class bars, a training image not."""
+    from selenium.webdriver.common.by import By
+    from typer.testing import CliRunner
+
+    from maemi.cli import app
+    from test_calibration import foreign
+
+    run = tmp_path / "calibrated"
+    shutil.copytree(tiny["run"], run)
+    result = CliRunner().invoke(app, ["calibrate", str(run), "--data", str(tiny["test_data"]), "--quiet",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    strange = foreign(tmp_path / "strange.png")
+    with maemi_serve(run, tmp_path / "serve.log") as url:
+        browser.get(url + "/")
+        browser.find_element(By.ID, "file").send_keys(str(strange))
+        note = wait_for(browser, lambda d: d.find_elements(By.ID, "flag"), "the unfamiliar note")
+        assert note[0].text.startswith("Unfamiliar: this image is unlike the images the model was trained on")
+        browser.find_element(By.ID, "file").send_keys(str(tiny["images"] / tiny["train"][0]))
+        wait_for(browser, lambda d: not d.find_elements(By.ID, "flag") and
+                 d.find_elements(By.CSS_SELECTOR, "#classes .bar-row"), "the bars without a note")

@@ -61,6 +61,10 @@ class ClassifyResponse(BaseModel):
     shots: int
     views: int
     predictions: list[Prediction] = Field(description="Most likely first")
+    ood_score: float | None = Field(None, description="How far the image lies from the training images "
+                                                      "(`maemi calibrate`); None for a run not calibrated")
+    flag: str = Field("ok", description="ok, low_confidence (calibrated top-1 below 0.5) or unfamiliar (unlike the "
+                                        "training images: the classes mean little)")
 
 
 class ScaleResponse(BaseModel):
@@ -143,7 +147,8 @@ async def classify(request: Request, image: UploadFile = File(...),
     model = request.app.state.maemi.model
     shots = model.shots if shots is None else shots
     ranked = await model.classify(tensor, shots, top_k, views)
-    return ClassifyResponse(shots=shots, views=views,
+    ood_score, flag = model.flag(tensor, ranked[0][1])
+    return ClassifyResponse(shots=shots, views=views, ood_score=ood_score, flag=flag,
                             predictions=[Prediction(label=c, probability=p) for c, p in ranked])
 
 

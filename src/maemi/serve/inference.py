@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from maemi.assistant import Assistant, PreparedImage, question_prompt
+from maemi.assistant import Assistant, PreparedImage, pixel_statistics, question_prompt
 from maemi.model import GenerationConfig
 from maemi.serve.batcher import Batcher, BatcherConfig
 from maemi.serve.errors import RequestError
@@ -48,7 +48,11 @@ class BatchedAssistant:
         an answer's numbers are filled from). Pure preprocessing: decoding threads run it, the model thread only runs
         the model."""
         if not (measure and self.assistant.measured_answers):
-            return self.assistant.image_tensor(decode_upload(data, name, limits))
+            pixels = decode_upload(data, name, limits)
+            if self.assistant.familiarity is None:
+                return self.assistant.image_tensor(pixels)
+            # a calibrated run: the image statistics too, for its familiarity flag
+            return PreparedImage(self.assistant.image_tensor(pixels), "not measured", pixel_statistics(pixels))
         with upload_as_file(data, name, limits) as path:  # as a file: TIFF tags carry the instrument's scale
             return self.assistant.prepare(read_upload(path, name), path)
 
@@ -86,11 +90,24 @@ class BatchedAssistant:
 
     async def ask(self, images: list[torch.Tensor], question: str, context: str | None = None,
                   gen: GenerationConfig | None = None, detail: bool = False) -> Answer:
-        return await self.answer(images, self.prompt(len(images), question, context, detail), gen)
+        return self._warned(images, await self.answer(images, self.prompt(len(images), question, context, detail), gen))
 
     async def caption(self, image: torch.Tensor, detail: bool = False) -> Answer:
         caption = str(self.assistant.run_value("caption_prompt")).strip()
-        return await self.answer([image], question_prompt(1, asked(caption, "long" if detail else "short")))
+        prompt = question_prompt(1, asked(caption, "long" if detail else "short"))
+        return self._warned([image], await self.answer([image], prompt))
+
+    def _warned(self, images: list, answer: Answer) -> Answer:
+        """The answer with Assistant.unfamiliar_warning before it when an image is unlike the training images."""
+        warning = self.assistant.unfamiliar_warning(images)
+        if warning:
+            answer.text = f"{warning} {answer.text}"
+            answer.provenance = {**answer.provenance, "warning": warning}
+        return answer
+
+    def flag(self, image, confidence: float) -> tuple[float | None, str]:
+        """(ood_score, flag) of one upload: ok, low_confidence or unfamiliar (Assistant.flags)."""
+        return self.assistant.flags([image], [confidence])[0]
 
     async def answer(self, images: list[torch.Tensor], prompt: str, gen: GenerationConfig | None = None) -> Answer:
         gen = gen or self.generation()
