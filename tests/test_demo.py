@@ -26,10 +26,11 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path):
     metrics = json.loads((out / "run" / "eval" / "metrics.json").read_text())
     assert {"generation", "generation_shuffled", "zero_shot"} <= set(metrics)
     assert metrics["generation"]["n"] == 6
-    assert (out / "run" / "eval" / "report.md").is_file()
+    assert (out / "run" / "eval" / "report.md").is_file() and (out / "run" / "eval" / "reliability.png").is_file()
+    assert "familiarity" in json.loads((out / "run" / "calibration.json").read_text())
     assert isinstance(result["answer"], str) and any("maemi ask" in line for line in lines)
 
     again: list[str] = []
     run_demo(cfg, log=again.append)
     reused = [line for line in again if "already done" in line]
-    assert len(reused) == 7, again  # synth, inspect + split, teach x3, train, eval
+    assert len(reused) == 8, again  # synth, inspect + split, teach x3, train, calibrate, eval

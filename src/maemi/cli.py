@@ -279,8 +279,9 @@ def calibrate(
     except (ValueError, OSError) as e:
         _fail(str(e))
     f = result["familiarity"]
-    typer.echo(f"temperature {result['temperature']:.3f}: validation ECE {result['val_ece_before']:.3f} -> "
-               f"{result['val_ece_after']:.3f} on {result['val_images']} images; unfamiliar above {f['threshold']:.4f} "
+    fitted = (f"validation ECE {result['val_ece_before']:.3f} -> {result['val_ece_after']:.3f} on "
+              f"{result['val_images']} images" if "val_ece_after" in result else result["note"])
+    typer.echo(f"temperature {result['temperature']:.3f}: {fitted}; unfamiliar above {f['threshold']:.4f} "
                f"(k = {f['k']}, {f['recall']:.0%} of {f['images']} training images within) -> {run / 'calibration.json'}")
 
 

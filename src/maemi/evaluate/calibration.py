@@ -102,21 +102,21 @@ def calibrate_run(run_dir: str | os.PathLike, val_data: str | os.PathLike, image
     root = Path(images) if images is not None else Path(str(assistant.run_value("images_root")))
     labelled = {rel: label for rel, label in classification_images(read_records(val_data)).items()
                 if label in assistant.classes}
-    if not labelled:
-        raise ValueError(f"{val_data}: no labelled single-image classify records of the run's classes to calibrate on")
     rels = sorted(labelled)
-    classes, scores = assistant.class_scores([root / rel for rel in rels], progress=progress)
-    truth = np.array([classes.index(labelled[rel]) for rel in rels])
-    temperature = fit_temperature(scores, truth)
+    result: dict = {"val_data": str(val_data), "val_images": len(rels)}
+    if rels:
+        classes, scores = assistant.class_scores([root / rel for rel in rels], progress=progress)
+        truth = np.array([classes.index(labelled[rel]) for rel in rels])
+        temperature = fit_temperature(scores, truth)
+        result.update(val_ece_before=expected_calibration_error(probabilities(scores), truth),
+                      val_ece_after=expected_calibration_error(probabilities(scores, temperature), truth))
+    else:  # nothing to fit on: the probabilities stay as they are, and calibration.json says so
+        temperature = 1.0
+        result["note"] = f"{val_data}: no labelled images of the run's classes; the temperature was not fitted"
 
     train = sorted({rec["images"][0] for rec in read_records(str(assistant.run_value("train_data")))
                     if len(rec["images"]) == 1})
     familiarity = Familiarity.fit(np.stack([assistant.image_statistics(root / rel) for rel in train]))
-    result = {
-        "temperature": temperature, "val_data": str(val_data), "val_images": len(rels),
-        "val_ece_before": expected_calibration_error(probabilities(scores), truth),
-        "val_ece_after": expected_calibration_error(probabilities(scores, temperature), truth),
-        "familiarity": familiarity.save(run_dir),
-    }
+    result = {"temperature": temperature, **result, "familiarity": familiarity.save(run_dir)}
     atomic_write_json(run_dir / CALIBRATION_FILE, result)
     return result
