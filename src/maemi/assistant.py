@@ -185,6 +185,8 @@ class Assistant:
         # Keyed by (path, mtime, size) so a file rewritten in place is read again (a long-lived server).
         self._cached_file = functools.lru_cache(maxsize=image_cache)(self._read_file)
         self._cached_facts = functools.lru_cache(maxsize=image_cache)(self._measure_file)
+        self._cached_statistics = functools.lru_cache(maxsize=image_cache)(
+            lambda path, mtime_ns, size: pixel_statistics(load_grey(path)))
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 16,
@@ -247,7 +249,9 @@ class Assistant:
         pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
         name = Path(path).name if path else "the image"
         facts = _facts_or_reason(lambda: measure_pixels(pixels, Path(path) if path else None, metadata), metadata, name)
-        return PreparedImage(to_model_input(pixels, self.image_config), facts, pixel_statistics(pixels))
+        # the image statistics only for a calibrated run: nothing else uses them
+        statistics = pixel_statistics(pixels) if self.familiarity is not None else None
+        return PreparedImage(to_model_input(pixels, self.image_config), facts, statistics)
 
     def _measure_file(self, path: str, mtime_ns: int, size: int) -> ImageFacts | str:
         metadata = metadata_for(path)
@@ -492,12 +496,16 @@ class Assistant:
         return Familiarity.load(self.run_dir, entry) if entry else None
 
     def image_statistics(self, image: ImageInput) -> np.ndarray | None:
-        """teachers.sampling.image_statistics of an image (None for a preprocessed tensor: its pixels are gone)."""
+        """teachers.sampling.image_statistics of an image (None for a preprocessed tensor: its pixels are gone), once
+        per file like the model input and the measurement."""
         if isinstance(image, PreparedImage):
             return image.statistics
         if isinstance(image, torch.Tensor):
             return None
-        return pixel_statistics(image if isinstance(image, np.ndarray) else load_grey(image))
+        if isinstance(image, np.ndarray):
+            return pixel_statistics(image)
+        stat = Path(image).stat()
+        return self._cached_statistics(str(image), stat.st_mtime_ns, stat.st_size)
 
     def familiarity_scores(self, images: Sequence[ImageInput]) -> np.ndarray | None:
         """Per image, how far it lies from the training images (evaluate.familiarity; NaN where it cannot be told);

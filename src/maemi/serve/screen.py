@@ -11,7 +11,8 @@ Row: path, top1, confidence (its probability, calibrated when the run is), top5 
 first), ood_score and flag (ok, low_confidence or unfamiliar: evaluate.familiarity; ood_score empty for a run not
 calibrated with `maemi calibrate`), nm_per_pixel and
 scale_source (maemi.measure.scale: explicit, metadata, instrument, scale_bar; empty when the scale is unknown), caption
-and caption_numbers (with caption: which measured value each number of the caption is), measurements (with measure: the Measurements fields), error (why a file could not be read or measured;
+and caption_numbers (with caption: which measured value each number of the caption is), measurements (with
+measure: the Measurements fields), error (why a file could not be read or measured;
 empty otherwise). An unreadable file gets a row with its error and the rest go on; so does one whose header declares
 more decoded memory than the loader's largest image in 8-bit RGB (serve/budget.py), before it is decoded.
 """
