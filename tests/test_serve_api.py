@@ -30,7 +30,8 @@ from maemi.assistant import Assistant
 from maemi.cli import app as cli
 from maemi.serve.app import ServeConfig, create_app
 from maemi.serve.batcher import Batcher, BatcherBusy, BatcherConfig, BatcherTimeout
-from maemi.teachers.measure import load_for_measuring
+from maemi.data.images import load_image
+from maemi.teachers.measure import split_for_measuring
 from maemi.teachers.measurements import measure
 from maemi.teachers.questions import get_profile
 from maemi.teachers.remote import OpenAITeacher
@@ -141,7 +142,7 @@ def test_several_images_are_asked_about_together(server, assistant, images):
 def test_measure_gives_the_measure_teachers_numbers_and_the_scale(server, images):
     r = post(server, "/v1/measure", images[0], nm_per_pixel="2.5")
     assert r.status_code == 200, r.text
-    grey, bar, _, _ = load_for_measuring(images[0])
+    grey, bar, _, _ = split_for_measuring(load_image(images[0]))
     body = r.json()
     assert body["info_bar_px"] == bar and body["measurements"] == dataclasses.asdict(measure(grey, nm_per_pixel=2.5))
     assert (body["scale"]["nm_per_pixel"], body["scale"]["source"]) == (2.5, "explicit")

@@ -834,18 +834,11 @@ COMPARE_ANSWERERS = {
 
 
 # ------------------------------------------------------------------------------------------ the teacher
-def load_for_measuring(path: Path, info_bar_height_px: int | None = None
-                       ) -> tuple[np.ndarray, int, bool, np.ndarray]:
-    """(grey image above the info bar, info bar height in px, whether the file is in false colour, the whole grey
-    image with its bar).
-
-    The bar's height comes from the metadata when given (the synthetic corpus knows it), else it is detected."""
-    return split_for_measuring(load_image(path), info_bar_height_px)
-
-
 def split_for_measuring(image: np.ndarray, info_bar_height_px: int | None = None
                         ) -> tuple[np.ndarray, int, bool, np.ndarray]:
-    """load_for_measuring for an image already decoded: (H, W) grey or (H, W, 3) colour, floats in [0, 1]."""
+    """(grey image above the info bar, info bar height in px, whether the image is in false colour, the whole grey
+    image with its bar) of a decoded image: (H, W) grey or (H, W, 3) colour, floats in [0, 1]. The bar's height comes
+    from the metadata when given (the synthetic corpus knows it), else it is detected."""
     colourful = image.ndim == 3 and float((image.max(axis=2) - image.min(axis=2)).mean()) > THRESHOLDS["colour_saturation"]
     grey = rgb2gray(image).astype(np.float32) if image.ndim == 3 else image
     height = grey.shape[0]
