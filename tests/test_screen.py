@@ -90,7 +90,8 @@ def test_one_row_per_image_with_classes_captions_measurements_and_errors(assista
         assert row["top1"] == top[0][0] and row["confidence"] == pytest.approx(top[0][1], abs=1e-5)
         assert [t["label"] for t in row["top5"]] == [label for label, _ in top] and len(top) == 3
         assert row["caption"] == text and row["caption_numbers"] == []  # these captions quote no measurement
-        assert row["ood_score"] is None and row["flag"] in ("ok", "low_confidence")  # the run is not calibrated
+        # the run is not calibrated: no familiarity score, and the flag follows the confidence alone
+        assert row["ood_score"] is None and row["flag"] == ("low_confidence" if row["confidence"] < 0.5 else "ok")
         assert set(row["measurements"]) == set(MEASUREMENT_FIELDS)
         assert row["measurements"]["width_px"] == 40 and row["measurements"]["object_count"] >= 0
         assert row["nm_per_pixel"] is None and row["scale_source"] is None  # tiny images: no bar, no metadata

@@ -77,17 +77,17 @@ def test_a_record_whose_template_does_not_give_its_answer_is_refused(corpus):
 
 
 def test_the_measurement_at_inference_is_the_teachers(corpus):
-    """What the assistant measures from a decoded array (uploads) or a file equals what the teacher measured."""
+    """What the assistant measures from decoded pixels (uploads, screen: Assistant.prepare) with the metadata.jsonl row
+    it finds itself gives the slot values the teacher rendered from the dataset's metadata."""
     from maemi.data.images import load_image
+    from maemi.teachers.measure import ImageFacts
 
-    teacher = MeasureTeacher("sem")
-    sample = scan_dataset(corpus)[0]
-    assert metadata_for(sample.path) == sample.metadata and metadata_for(corpus / "nowhere.png") == {}
-    facts, _ = teacher.facts(sample.path, None, metadata_for(sample.path))
-    teacher_facts, _ = teacher.facts(sample.path, sample.label, sample.metadata)
-    assert facts.values == teacher_facts.values
-    from_pixels = measure_pixels(load_image(sample.path), metadata=sample.metadata)
-    assert from_pixels.m == teacher.measure_image(sample.path, sample.metadata)[0].m
+    for sample in scan_dataset(corpus):
+        teacher_facts, _ = MeasureTeacher("sem").facts(sample.path, sample.label, sample.metadata)
+        found = metadata_for(sample.path)
+        assert found == sample.metadata and metadata_for(corpus / "nowhere.png") == {}
+        at_inference = ImageFacts.unlabelled(measure_pixels(load_image(sample.path), sample.path, found), found)
+        assert at_inference.values == teacher_facts.values and "nm_per_pixel" in at_inference.values
 
 
 def test_with_measured_puts_the_line_before_the_question():

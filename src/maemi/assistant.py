@@ -347,10 +347,13 @@ class Assistant:
         answers = self.answer_detailed([(q, question_prompt(len(q), question.strip(), context)) for q in queries],
                                        gen, progress)
         for query, answer in zip(queries, answers):
-            answer.warning = self.unfamiliar_warning(query)
-            if answer.warning:
-                answer.text = f"{answer.warning} {answer.text}"
+            answer.text, answer.warning = self.warned(query, answer.text)
         return answers
+
+    def warned(self, images: Sequence[ImageInput], text: str) -> tuple[str, str | None]:
+        """(the answer text with unfamiliar_warning before it, the warning), or (text, None) for familiar images."""
+        warning = self.unfamiliar_warning(images)
+        return (f"{warning} {text}" if warning else text), warning
 
     def unfamiliar_warning(self, images: Sequence[ImageInput]) -> str | None:
         """A warning to put before an answer about images unlike the training images (evaluate.familiarity), so that

@@ -355,12 +355,12 @@ def ask(
     if as_json:
         from maemi.measure.scale import read_scale
 
-        def scale(image: str) -> dict | None:  # the scale each answer's sizes assume: the measurement's
-            facts = assistant.image_facts(image)
-            return facts.scale.to_dict() if not isinstance(facts, str) and facts.scale else read_scale(image).to_dict()
+        def scales(images: list[str], answer) -> list[dict | None]:  # the scale each answer's sizes assume
+            used = [m.get("scale") for m in answer.measurements]  # the measurement's, when the run measured
+            return used if used and all(used) else [read_scale(image).to_dict() for image in images]
 
         _echo_json([{"images": q, "question": question, "context": context, **a.to_dict(),
-                     "scales": [scale(image) for image in q]} for q, a in zip(queries, detailed)])
+                     "scales": scales(q, a)} for q, a in zip(queries, detailed)])
     elif len(queries) == 1:
         typer.echo(answers[0])
     else:

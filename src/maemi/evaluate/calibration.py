@@ -65,13 +65,14 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 def reliability_png(probs: np.ndarray, labels: np.ndarray, title: str) -> bytes:
     """The reliability diagram: accuracy against confidence per bin, with the diagonal of perfect calibration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object-oriented API, as measure/figures.py: no global figure state, no display backend switched
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = [r for r in reliability(probs, labels) if r["n"]]
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
     ax.bar([(r["lo"] + r["hi"]) / 2 for r in rows], [r["accuracy"] for r in rows], width=1 / ECE_BINS,
            edgecolor="black", alpha=0.7, label="accuracy")
@@ -83,7 +84,6 @@ def reliability_png(probs: np.ndarray, labels: np.ndarray, title: str) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 

@@ -99,10 +99,8 @@ class BatchedAssistant:
 
     def _warned(self, images: list, answer: Answer) -> Answer:
         """The answer with Assistant.unfamiliar_warning before it when an image is unlike the training images."""
-        warning = self.assistant.unfamiliar_warning(images)
-        if warning:
-            answer.text = f"{warning} {answer.text}"
-            answer.provenance = {**answer.provenance, "warning": warning}
+        answer.text, warning = self.assistant.warned(images, answer.text)
+        answer.provenance = {**answer.provenance, "warning": warning}
         return answer
 
     def flag(self, image, confidence: float) -> tuple[float | None, str]:

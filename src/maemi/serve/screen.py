@@ -100,6 +100,8 @@ def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConf
     """One row per sample, in order."""
     columns = dict.fromkeys(c.partition(".")[0] for c in screen_columns(config))
     rows = [{**columns, "path": s.relpath} for s in samples]
+    # measure each image once when a column needs it: the measurements, or a caption whose numbers are filled from it
+    measured = config.measure or (config.caption and assistant.measured_answers)
     readable, inputs = [], []
     for sample, row in zip(samples, rows):
         try:
@@ -108,7 +110,7 @@ def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConf
             # column) and the scale alike: each file is read once and measured at most once.
             check_decodable(sample.path)
             image = load_image(sample.path)
-            if config.caption or config.measure:
+            if measured:
                 inputs.append(assistant.prepare(image, sample.path, sample.metadata))
             else:
                 inputs.append(PreparedImage(to_model_input(image, assistant.image_config), "not measured",
@@ -129,7 +131,7 @@ def screen_batch(assistant: Assistant, samples: list[Sample], config: ScreenConf
                    ood_score=None if ood is None else round(ood, 6), flag=flag)
         if config.caption:
             row.update(caption=caption.text, caption_numbers=caption.to_dict()["numbers"])
-        facts = x.facts if config.caption or config.measure else None
+        facts = x.facts if measured else None
         if config.measure and isinstance(facts, str):  # unreadable as pixels, or too small to measure
             row["error"] = f"measurements: {facts}"
         elif config.measure:

@@ -131,11 +131,9 @@ class ImageFacts:
         return "nm" if self.m.nm_per_pixel else "px"
 
     def s(self, name: str) -> str:
-        """The slot for measured value `name`: answers are written as templates and filled from `values`."""
+        """The slot for measured value `name`: answers are written as templates and filled from `values` (a length's
+        value carries its unit: nm, or px when the scale is unknown)."""
         return slot(name, self.index)
-
-    def length(self, name: str) -> str:
-        return self.s(name)  # a length slot's value carries its unit (nm, or px when the scale is unknown)
 
     @property
     def scale_note(self) -> str:
@@ -297,9 +295,9 @@ class ImageFacts:
 
     # ---------------------------------------------------------------- reusable sentences
     def size_sentence(self) -> str:
-        return (f"mean equivalent diameter {self.length('diameter_mean')} (standard deviation "
-                f"{self.length('diameter_std')}, range {self.length('diameter_min')} to "
-                f"{self.length('diameter_max')})")
+        return (f"mean equivalent diameter {self.s('diameter_mean')} (standard deviation "
+                f"{self.s('diameter_std')}, range {self.s('diameter_min')} to "
+                f"{self.s('diameter_max')})")
 
     def count_sentence(self) -> str:
         return f"{self.s('object_count')} {self.noun}" if self.countable else "no separate objects"
@@ -418,12 +416,12 @@ def _size(f: ImageFacts, pick) -> tuple[str, str]:
         return short, f"{short} The field of view is {f.s('field_width')} x {f.s('field_height')}."
     width = ""
     if f.shape == "elongated":  # for wires and fibres the width is the size that matters
-        short = pick([f"About {f.length('width_mean')} wide and {f.length('length_mean')} long on average.",
-                      f"Typically about {f.length('width_mean')} wide, {f.length('length_mean')} long."])
-        width = f" The mean equivalent diameter is {f.length('diameter_mean')}."
+        short = pick([f"About {f.s('width_mean')} wide and {f.s('length_mean')} long on average.",
+                      f"Typically about {f.s('width_mean')} wide, {f.s('length_mean')} long."])
+        width = f" The mean equivalent diameter is {f.s('diameter_mean')}."
     else:
-        short = pick([f"About {f.length('diameter_mean')} across on average.",
-                      f"Typically about {f.length('diameter_mean')} in equivalent diameter."])
+        short = pick([f"About {f.s('diameter_mean')} across on average.",
+                      f"Typically about {f.s('diameter_mean')} in equivalent diameter."])
     return short, (f"{short} Over {f.s('objects')} {f.scale_note}: {f.size_sentence()}; "
                    f"they are {f.uniformity}.{width}")
 
@@ -432,8 +430,8 @@ def _count(f: ImageFacts, pick) -> tuple[str, str]:
     if not f.countable:
         short = "None can be counted: the structure is continuous, with no separate objects."
         return short, f"{short} The field of view is {f.s('field_width')} x {f.s('field_height')}."
-    short = pick([f"There are {f.count_sentence()}, {f.length('diameter_mean')} across on average.",
-                  f"The image holds {f.count_sentence()}, with a mean equivalent diameter of {f.length('diameter_mean')}."])
+    short = pick([f"There are {f.count_sentence()}, {f.s('diameter_mean')} across on average.",
+                  f"The image holds {f.count_sentence()}, with a mean equivalent diameter of {f.s('diameter_mean')}."])
     return short, (f"{short} Sizes {f.scale_note}: {f.size_sentence()}; they cover {f.s('area_fraction')} of the "
                    "image.")
 
@@ -448,7 +446,7 @@ def _spatial(f: ImageFacts, pick) -> tuple[str, str]:
     short = f"The {f.noun} are {f.arrangement} across the image."
     return short, (f"{short} The Clark-Evans ratio is {f.s('clark_evans_r')} (1 for a random pattern, lower when "
                    f"clustered, higher when evenly spaced); the mean nearest-neighbour distance is "
-                   f"{f.length('nn_distance_mean')} and the objects cover {f.s('area_fraction')} of the area.")
+                   f"{f.s('nn_distance_mean')} and the objects cover {f.s('area_fraction')} of the area.")
 
 
 def _aggregation(f: ImageFacts, pick) -> tuple[str, str]:
@@ -466,7 +464,7 @@ def _aggregation(f: ImageFacts, pick) -> tuple[str, str]:
     else:
         short = f"No clear aggregation: the objects are {f.contact} and {f.arrangement}."
     return short, (f"{short} Clark-Evans ratio {f.s('clark_evans_r')}; nearest-neighbour distance "
-                   f"{f.length('nn_distance_mean')} for a mean diameter of {f.length('diameter_mean')} "
+                   f"{f.s('nn_distance_mean')} for a mean diameter of {f.s('diameter_mean')} "
                    f"(ratio {f.s('nn_ratio')}); orientation coherence {f.s('orientation_coherence')}.")
 
 
@@ -483,8 +481,8 @@ def _defects(f: ImageFacts, pick) -> tuple[str, str]:
         short = "A few objects stand out, much larger than the rest: possible defects, impurities or agglomerates."
     else:
         short = "No obvious defects or impurities: no object stands out from the size distribution."
-    return short, (f"{short} The largest object is {f.length('diameter_max')} across, {f.s('outlier_ratio')} "
-                   f"times the mean of {f.length('diameter_mean')}; the surface is {f.roughness} "
+    return short, (f"{short} The largest object is {f.s('diameter_max')} across, {f.s('outlier_ratio')} "
+                   f"times the mean of {f.s('diameter_mean')}; the surface is {f.roughness} "
                    f"(co-occurrence contrast {f.s('glcm_contrast')}).")
 
 
@@ -512,8 +510,8 @@ def _contact(f: ImageFacts, pick) -> tuple[str, str]:
         short = f"There are only {f.s('object_count')}, isolated from one another."
         return short, short
     short = f"The {f.noun} are {f.contact}."
-    return short, (f"{short} Neighbours are {f.length('nn_distance_mean')} apart centre to centre, "
-                   f"{f.s('nn_ratio')} times their mean diameter of {f.length('diameter_mean')}.")
+    return short, (f"{short} Neighbours are {f.s('nn_distance_mean')} apart centre to centre, "
+                   f"{f.s('nn_ratio')} times their mean diameter of {f.s('diameter_mean')}.")
 
 
 def _boundaries(f: ImageFacts, pick) -> tuple[str, str]:
@@ -538,7 +536,7 @@ def _foreign(f: ImageFacts, pick) -> tuple[str, str]:
              else "No: every segmented object falls within the main size distribution.")
     bar = " Apart from the instrument information bar, nothing else is present." if f.info_bar_px else ""
     return short, (f"{short} The largest object is {f.s('outlier_ratio')} times the mean size "
-                   f"({f.length('diameter_max')} against {f.length('diameter_mean')}).{bar}")
+                   f"({f.s('diameter_max')} against {f.s('diameter_mean')}).{bar}")
 
 
 def _modality(f: ImageFacts, pick) -> tuple[str, str]:
@@ -757,7 +755,7 @@ def _name(i: int, f: ImageFacts) -> str:
 
 def _compare_table(facts: list[ImageFacts]) -> str:
     return "; ".join(
-        f"{_name(i, f)}: {f.s('object_count')} objects, mean size {f.length('diameter_mean')}, "
+        f"{_name(i, f)}: {f.s('object_count')} objects, mean size {f.s('diameter_mean')}, "
         f"area fraction {f.s('area_fraction')}, brightness {f.s('brightness_mean')}"
         for i, f in enumerate(facts)
     )
@@ -823,8 +821,8 @@ def _intra_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
 
 def _spatial_heterogeneity(facts: list[ImageFacts], pick) -> tuple[str, str]:
     short = "{most_heterogeneous} is the most heterogeneous (size heterogeneity {heterogeneity_max})."
-    per = "; ".join(f"{_name(i, f)}: heterogeneity {f.s('size_heterogeneity')}, sizes {f.length('diameter_min')}"
-                    f" to {f.length('diameter_max')}, {f.uniformity}" for i, f in enumerate(facts))
+    per = "; ".join(f"{_name(i, f)}: heterogeneity {f.s('size_heterogeneity')}, sizes {f.s('diameter_min')}"
+                    f" to {f.s('diameter_max')}, {f.uniformity}" for i, f in enumerate(facts))
     return short, f"{short} {per[0].upper()}{per[1:]}."
 
 
