@@ -18,7 +18,7 @@ from maemi.data.synth import make_micrograph
 from maemi.measure.figures import output_names, overlay_image
 from maemi.measure.objects import measure_objects_file, min_feret, object_table
 from maemi.teachers.measure import measure_file
-from maemi.teachers.measurements import measure, segment
+from maemi.measure.measurements import measure, segment
 
 W, H = 384, 288  # small: quick, and still dozens of particles
 

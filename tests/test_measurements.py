@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from maemi.data.synth import make_micrograph
-from maemi.teachers.measurements import Measurements, measure
+from maemi.measure.measurements import Measurements, measure
 
 W, H = 768, 576  # large enough for realistic object sizes, small enough to be quick
 

@@ -32,7 +32,7 @@ from maemi.serve.app import ServeConfig, create_app
 from maemi.serve.batcher import Batcher, BatcherBusy, BatcherConfig, BatcherTimeout
 from maemi.data.images import load_image
 from maemi.teachers.measure import split_for_measuring
-from maemi.teachers.measurements import measure
+from maemi.measure.measurements import measure
 from maemi.teachers.questions import get_profile
 from maemi.teachers.remote import OpenAITeacher
 from test_assistant import BRIGHT_Q, GREY_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)

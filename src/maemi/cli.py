@@ -505,7 +505,7 @@ def measure(
     from maemi.measure.figures import histogram_png, output_names, overlay_image, write_png
     from maemi.measure.objects import measure_objects_file, object_table, table_rows, write_table
     from maemi.serve.rows import RowWriter, check_table_path
-    from maemi.teachers.measurements import Measurements
+    from maemi.measure.measurements import Measurements
 
     if nm_per_pixel is not None and nm_per_pixel <= 0:
         _fail("--nm-per-pixel must be positive")

@@ -25,7 +25,7 @@ from maemi.data.images import load_image
 from maemi.fileio import atomic_write_text
 from maemi.serve.rows import table_format
 from maemi.teachers.measure import MeasuredImage, measure_segmented
-from maemi.teachers.measurements import Segmentation, object_shapes
+from maemi.measure.measurements import Segmentation, object_shapes
 
 LENGTHS = ("equivalent_diameter", "feret_max", "feret_min", "centroid_x", "centroid_y")  # px columns with a nm twin
 COLUMNS = ["path", "object_id", "nm_per_pixel", "scale_source", "area_px", "area_nm2",

@@ -80,7 +80,7 @@ class MeasureResponse(BaseModel):
     info_bar_px: int = Field(description="Rows of instrument info bar found at the bottom and left out")
     scale: ScaleResponse
     measurements: dict[str, float | int | str | None] = Field(
-        description="maemi.teachers.measurements.Measurements: sizes (*_px) in pixels; times nm_per_pixel (when "
+        description="maemi.measure.measurements.Measurements: sizes (*_px) in pixels; times nm_per_pixel (when "
                     "known) in nm")
     values: dict[str, str] = Field(description="The same measurements as answers quote them (unit and rounding), by "
                                                "slot name: an answer's numbers (/v1/ask 'numbers') are these")

@@ -4,7 +4,7 @@ batches, one row per image in a CSV or JSONL table that a killed run continues w
 Images are found as datasets are (maemi.data.datasets.scan_dataset: every image suffix, recursively, folders starting
 with `_` or `.` skipped, sorted by path; a CSV manifest works too); each row's `path` is relative to the folder and is
 the key that resume skips on. Inference is the Assistant's (zero-shot classification over the run's classes, the
-run's caption question); measurements are the measure teacher's (maemi.teachers.measurements.measure on the image
+run's caption question); measurements are the measure teacher's (maemi.measure.measurements.measure on the image
 above its info bar, with the scale of maemi.measure.scale: metadata.jsonl, the instrument's metadata or the scale bar).
 
 Row: path, top1, confidence (its probability, calibrated when the run is), top5 ([{label, probability}], most likely
@@ -37,7 +37,7 @@ from maemi.measure.scale import read_scale
 from maemi.serve.budget import DECODED_FORMATS, budget_bytes, decoded_size, file_suffix
 from maemi.serve.rows import RowWriter
 from maemi.teachers.measure import ImageFacts
-from maemi.teachers.measurements import Measurements
+from maemi.measure.measurements import Measurements
 
 TOP_K = 5
 MEASUREMENT_FIELDS = [f.name for f in dataclasses.fields(Measurements)]

@@ -25,7 +25,7 @@ from maemi.data.datasets import file_sha256
 from maemi.data.images import ImageReadError, find_info_bar, load_image
 from maemi.measure.scale import Scale, read_scale
 from maemi.measure.slots import fill, indexed, slot
-from maemi.teachers.measurements import Measurements, Segmentation, measure_segmentation, segment
+from maemi.measure.measurements import Measurements, Segmentation, measure_segmentation, segment
 from maemi.teachers.questions import Profile, Question, TeacherReply, get_profile
 
 # Every adjective the teacher uses comes from one of these cut-offs.
