@@ -486,6 +486,8 @@ def measure(
                                            "segmented, outlined and numbered as in --objects."),
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
                                              "distribution of equivalent diameters (nm when the scale is known)."),
+    segmenter: str = typer.Option("auto", "--segmenter", help="auto (learned when installed), learned or classical "
+                                  "(threshold + watershed): what finds the objects."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is
@@ -505,10 +507,14 @@ def measure(
     from maemi.measure.figures import histogram_png, output_names, overlay_image, write_png
     from maemi.measure.objects import measure_objects_file, object_table, table_rows, write_table
     from maemi.serve.rows import RowWriter, check_table_path
-    from maemi.measure.measurements import Measurements
+    from maemi.measure.measurements import SEGMENTERS, Measurements, shipped_segmenter
 
     if nm_per_pixel is not None and nm_per_pixel <= 0:
         _fail("--nm-per-pixel must be positive")
+    if segmenter not in SEGMENTERS:
+        _fail(f"--segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}")
+    if segmenter == "learned" and shipped_segmenter() is None:
+        _fail("--segmenter learned: no segmenter weights installed (python -m maemi.measure.train_segmenter)")
     if out is not None and objects is not None and out.resolve() == objects.resolve():
         _fail("--out and --objects must be different files")
     for table_path in [p for p in (out, objects) if p is not None]:
@@ -529,7 +535,7 @@ def measure(
                "magnification": None, "info_bar_px": None, "measurements": None, "error": None}
         rows.append(row)
         try:
-            result = measure_objects_file(image, nm_per_pixel=nm_per_pixel)
+            result = measure_objects_file(image, nm_per_pixel=nm_per_pixel, segmenter=segmenter)
         except (ImageReadError, ValueError) as e:  # unreadable, or too small to measure
             row["error"] = str(e)
             continue

@@ -11,6 +11,7 @@ All sizes are in pixels; `to_nm` converts when the scale is known. Deterministic
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class Measurements:
     edge_density: float  # fraction of pixels on Canny edges
     anisotropy: float  # energy-weighted local coherence: 1 when structures are locally line-like, whatever direction
     size_heterogeneity: float  # coefficient of variation of the mean object size over a grid of tiles
+    segmenter: str = "classical"  # what found the objects: "learned" (maemi.measure.segmenter) or "classical"
 
     def to_nm(self, px: float) -> float | None:
         return None if self.nm_per_pixel is None else px * self.nm_per_pixel
@@ -182,13 +184,41 @@ class Segmentation:
     distance: np.ndarray  # [H, W] float32: distance of each mask pixel to the background
     labels: np.ndarray  # [H, W] int: 0 background, 1..n the objects, touching ones split
     foreground: str  # "bright" or "dark"
+    method: str = "classical"  # which segmenter found the objects: "learned" or "classical"
 
 
-def segment(grey: np.ndarray) -> Segmentation:
-    """Segment a grey micrograph (float in [0, 1] or integer; the info bar already cropped) into objects."""
+SEGMENTERS = ("auto", "learned", "classical")
+
+
+@functools.cache
+def shipped_segmenter():
+    """The learned segmenter that ships with the package, or None when its weights are missing (a source checkout
+    before `python -m maemi.measure.train_segmenter`)."""
+    from maemi.measure.segmenter import Segmenter
+
+    try:
+        return Segmenter.load()
+    except FileNotFoundError:
+        return None
+
+
+def segment(grey: np.ndarray, method: str = "auto") -> Segmentation:
+    """Segment a grey micrograph (float in [0, 1] or integer; the info bar already cropped) into objects.
+
+    method: "learned" (maemi.measure.segmenter: separates touching objects, trained on hard synthetic cases),
+    "classical" (threshold and distance-transform watershed, below) or "auto" (learned when its weights are
+    installed, else classical). Segmentation.method says which ran.
+    """
+    if method not in SEGMENTERS:
+        raise ValueError(f"unknown segmentation method {method!r}: choose from {', '.join(SEGMENTERS)}")
     image = _as_grey(grey)
     smooth = ndimage.gaussian_filter(image, 1.0)
     flat = smooth - _background(smooth)
+    learned = shipped_segmenter() if method != "classical" else None
+    if method == "learned" and learned is None:
+        raise FileNotFoundError("no learned segmenter installed: train it with python -m maemi.measure.train_segmenter")
+    if learned is not None:
+        return _learned_segmentation(image, flat, learned.instances(image))
 
     threshold = threshold_otsu(flat) if flat.max() > flat.min() else float(flat.max())
     mask = flat > threshold
@@ -198,7 +228,20 @@ def segment(grey: np.ndarray) -> Segmentation:
     mask = remove_small_objects(mask, max_size=MIN_OBJECT_AREA_PX - 1)
     mask = remove_small_holes(mask, max_size=MIN_OBJECT_AREA_PX - 1)
     distance = ndimage.distance_transform_edt(mask).astype(np.float32)
-    return Segmentation(image, flat, mask, distance, _split_touching(mask, distance), foreground)
+    return Segmentation(image, flat, mask, distance, _split_touching(mask, distance), foreground, "classical")
+
+
+def _learned_segmentation(image: np.ndarray, flat: np.ndarray, labels: np.ndarray) -> Segmentation:
+    mask = labels > 0
+    # each object's own distance to its border: cut the mask where two objects touch before the distance transform
+    cut = mask.copy()
+    cut[:-1] &= ~((labels[:-1] != labels[1:]) & (labels[1:] > 0))
+    cut[:, :-1] &= ~((labels[:, :-1] != labels[:, 1:]) & (labels[:, 1:] > 0))
+    distance = ndimage.distance_transform_edt(cut).astype(np.float32)
+    inside = float(image[mask].mean()) if mask.any() else 0.0
+    outside = float(image[~mask].mean()) if (~mask).any() else 0.0
+    foreground = "bright" if inside >= outside else "dark"
+    return Segmentation(image, flat, mask, distance, labels.astype(np.int32), foreground, "learned")
 
 
 @dataclass
@@ -286,4 +329,5 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         edge_density=edge_density,
         anisotropy=anisotropy,
         size_heterogeneity=_heterogeneity(centroids, diameters, (h, w)),
+        segmenter=seg.method,
     )

@@ -870,14 +870,16 @@ def measure_pixels(image: np.ndarray, path: Path | None = None, metadata: dict |
 
 
 def measure_segmented(image: np.ndarray, path: Path | None = None, metadata: dict | None = None,
-                      nm_per_pixel: float | None = None) -> tuple[MeasuredImage, Segmentation, np.ndarray]:
+                      nm_per_pixel: float | None = None, segmenter: str = "auto"
+                      ) -> tuple[MeasuredImage, Segmentation, np.ndarray]:
     """measure_pixels, with the segmentation the measurements come from and the whole grey image (info bar
-    included): what the object table and the overlay are drawn from."""
+    included): what the object table and the overlay are drawn from. `segmenter` as maemi.measure.measurements.segment
+    takes it."""
     metadata = metadata or {}
     grey, bar, colourful, whole = split_for_measuring(image, metadata.get("info_bar_height_px"))
     scale = read_scale(path, whole, explicit_nm_per_pixel=nm_per_pixel, metadata=metadata,
                        info_bar_top=whole.shape[0] - bar)
-    seg = segment(grey)
+    seg = segment(grey, segmenter)
     return MeasuredImage(measure_segmentation(seg, scale.nm_per_pixel), scale, bar, colourful), seg, whole
 
 

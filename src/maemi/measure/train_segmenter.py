@@ -1,0 +1,167 @@
+"""Train the instance segmenter on synthetic micrographs with exact instance masks (CPU).
+
+    python -m maemi.measure.train_segmenter \
+        --out src/maemi/measure/weights/segmenter.safetensors [--steps N --seed S]
+
+Scenes are rendered on the fly by maemi.measure.scenes, in a worker process beside the training loop, from
+(seed, step): a run is deterministic for a seed and thread count. Settings are judged on a fixed synthetic validation
+set rendered from a separate seed; the real micrographs in benchmarks/measure_real.py are never trained on.
+Loss: binary cross-entropy on the foreground and on the centreness (maemi.measure.segmenter), the latter weighted up
+inside objects, where the seeds come from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch.nn import functional as F
+
+from maemi.measure.scenes import scene_batch
+from maemi.measure.segmenter import Segmenter, SegmenterConfig, UNet, centreness, instances_from_maps, normalise
+
+VAL_SEED = 777_001  # validation scenes never share a stream with training
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch: int = 8
+    crop: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    seed: int = 0
+    val_size: int = 48
+    log_every: int = 50
+    inside_weight: float = 4.0  # centreness loss weight inside objects, relative to the background
+
+
+def _example(seed: int, step: int, i: int, crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scene = scene_batch(seed * 1_000_003 + step * 97 + i, 1, (crop, crop))[0]
+    rng = np.random.default_rng([seed, step, i])
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))  # the physics has no preferred frame
+    image, inst = np.rot90(scene.image, k), np.rot90(scene.instances, k)
+    if flip:
+        image, inst = image[:, ::-1], inst[:, ::-1]
+    inst = np.ascontiguousarray(inst)
+    return normalise(np.ascontiguousarray(image)), (inst > 0).astype(np.float32), centreness(inst)
+
+
+class SceneStream(torch.utils.data.IterableDataset):
+    """Batches rendered from (seed, step), for steps start..steps-1."""
+
+    def __init__(self, tc: TrainConfig, start: int = 0):
+        self.tc, self.start = tc, start
+
+    def __iter__(self):
+        tc = self.tc
+        for step in range(self.start, tc.steps):
+            parts = [_example(tc.seed, step, i, tc.crop) for i in range(tc.batch)]
+            yield tuple(torch.from_numpy(np.stack(p))[:, None] for p in zip(*parts))
+
+
+def _match_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, predicted, true) with objects matched one-to-one at IoU >= iou (at IoU > 0.5 a match is
+    unique, so no assignment is needed)."""
+    n_pred, n_true = int(pred.max()), int(truth.max())
+    if n_pred == 0 or n_true == 0:
+        return 0, n_pred, n_true
+    both = (pred > 0) & (truth > 0)
+    pairs = np.bincount(pred[both].astype(np.int64) * (n_true + 1) + truth[both], minlength=(n_pred + 1) * (n_true + 1))
+    inter = pairs.reshape(n_pred + 1, n_true + 1)[1:, 1:]
+    area_p = np.bincount(pred.ravel(), minlength=n_pred + 1)[1:]
+    area_t = np.bincount(truth.ravel(), minlength=n_true + 1)[1:]
+    union = area_p[:, None] + area_t[None, :] - inter
+    return int(((inter / np.maximum(union, 1)) >= iou).sum()), n_pred, n_true
+
+
+@torch.no_grad()
+def evaluate(model: UNet, sc: SegmenterConfig, scenes) -> dict[str, float]:
+    """Instance F1 at IoU 0.5 and the median relative count error over synthetic validation scenes."""
+    model.eval()
+    seg = Segmenter(model, sc)
+    tp = n_pred = n_true = 0
+    count_errors = []
+    for scene in scenes:
+        labels = instances_from_maps(*seg.maps(scene.image))
+        a, b, c = _match_f1(labels, scene.instances)
+        tp, n_pred, n_true = tp + a, n_pred + b, n_true + c
+        if c:
+            count_errors.append(abs(b - c) / c)
+    model.train()
+    return {"f1": 2 * tp / max(n_pred + n_true, 1), "count_error_median": float(np.median(count_errors))}
+
+
+def validation_scenes(n: int, crop: int):
+    return scene_batch(VAL_SEED, n, (crop, crop))
+
+
+def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
+    torch.manual_seed(tc.seed)
+    model = UNet(sc)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, tc.steps) / tc.steps)))
+    val = validation_scenes(tc.val_size, tc.crop)
+    # one worker renders while the main process trains: on two cores, rendering and the U-Net overlap
+    loader = torch.utils.data.DataLoader(SceneStream(tc), batch_size=None, num_workers=1, prefetch_factor=4)
+    t0, running = time.time(), 0.0
+    for step, (x, fg, centre) in enumerate(loader):
+        logits = model(x)
+        loss_fg = F.binary_cross_entropy_with_logits(logits[:, :1], fg)
+        weight = 1.0 + (tc.inside_weight - 1.0) * fg
+        loss_centre = F.binary_cross_entropy_with_logits(logits[:, 1:], centre, weight=weight)
+        loss = loss_fg + loss_centre
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running += loss.item()
+        if (step + 1) % tc.log_every == 0:
+            msg = f"step {step + 1}/{tc.steps} loss {running / tc.log_every:.4f} {time.time() - t0:.0f}s"
+            if (step + 1) % (tc.log_every * 10) == 0:
+                msg += " val f1 {f1:.3f} count error {count_error_median:.3f}".format(**evaluate(model, sc, val))
+            print(msg, flush=True)
+            running = 0.0
+    result = evaluate(model, sc, val)
+    seconds = time.time() - t0
+    print("final synthetic val: f1 {f1:.3f} median count error {count_error_median:.3f}".format(**result)
+          + f"; train {seconds:.0f}s", flush=True)
+    model.eval()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    # float16 on disk halves the file; Segmenter.load reads it back as float32
+    state = {k: v.half().detach().contiguous() for k, v in model.state_dict().items()}
+    meta = Segmenter.config_metadata(sc)
+    meta.update(steps=str(tc.steps), seed=str(tc.seed), batch=str(tc.batch), crop=str(tc.crop),
+                val_f1=f"{result['f1']:.4f}", val_count_error=f"{result['count_error_median']:.4f}",
+                train_seconds=f"{seconds:.0f}")
+    tmp = out + ".tmp"
+    save_file(state, tmp, metadata=meta)
+    os.replace(tmp, out)
+    print(f"saved {out} ({os.path.getsize(out) / 1e6:.2f} MB)")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
+    ap.add_argument("--seed", type=int, default=TrainConfig.seed)
+    ap.add_argument("--batch", type=int, default=TrainConfig.batch)
+    ap.add_argument("--crop", type=int, default=TrainConfig.crop)
+    ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    args = ap.parse_args()
+    tc = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, crop=args.crop, lr=args.lr)
+    train(args.out, tc, SegmenterConfig())
+
+
+if __name__ == "__main__":
+    main()

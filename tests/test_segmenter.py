@@ -1,0 +1,117 @@
+"""The learned instance segmenter: its target, its post-processing, its weights, and the shipped model on the cases
+the classical pipeline gets wrong (touching particles) and on images with nothing to find."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from skimage.draw import disk
+
+from maemi.measure.measurements import segment
+from maemi.measure.segmenter import (DEFAULT_WEIGHTS, Segmenter, SegmenterConfig, UNet, centreness,
+                                     instances_from_maps)
+
+
+def two_touching_disks(shape=(64, 96)) -> np.ndarray:
+    inst = np.zeros(shape, np.int32)
+    inst[disk((32, 30), 14, shape=shape)] = 1
+    inst[disk((32, 56), 14, shape=shape)] = 2  # centres 26 px apart, radii 14: they overlap by 2 px
+    return inst
+
+
+def test_centreness_is_one_at_each_centre_and_low_where_objects_touch():
+    inst = two_touching_disks()
+    c = centreness(inst)
+    assert c.max() == pytest.approx(1.0)
+    assert c[32, 30] > 0.9 and c[32, 56] > 0.9
+    assert c[32, 43] < 0.15  # the shared border: each disk's own edge
+    assert (c[inst == 0] == 0).all()
+
+
+def test_watershed_from_the_target_maps_recovers_the_objects():
+    inst = two_touching_disks()
+    labels = instances_from_maps((inst > 0).astype(np.float32), centreness(inst))
+    assert labels.max() == 2
+    assert (labels > 0).sum() == (inst > 0).sum()
+    # each predicted object is one of the drawn ones, nearly pixel for pixel
+    for k in (1, 2):
+        overlap = np.bincount(inst[labels == k], minlength=3)[1:]
+        assert overlap.max() / overlap.sum() > 0.97
+
+
+def test_specks_smaller_than_an_object_are_dropped():
+    fg = np.zeros((32, 32), np.float32)
+    fg[5:7, 5:7] = 1  # 4 px
+    labels = instances_from_maps(fg, fg)
+    assert labels.max() == 0
+
+
+def test_weights_round_trip_through_safetensors(tmp_path):
+    cfg = SegmenterConfig(channels=(4, 8))
+    torch.manual_seed(0)
+    model = UNet(cfg).eval()
+    path = tmp_path / "seg.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata=Segmenter.config_metadata(cfg))
+    loaded = Segmenter.load(str(path))
+    assert loaded.cfg == cfg
+    image = np.random.default_rng(0).random((30, 41)).astype(np.float32)  # not a multiple of 2: padded and cropped
+    a, b = Segmenter(model, cfg).maps(image), loaded.maps(image)
+    assert a[0].shape == (30, 41)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+
+
+def test_missing_weights_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.safetensors"):
+        Segmenter.load(str(tmp_path / "nothing.safetensors"))
+
+
+# ------------------------------------------------------------------ the shipped model
+@pytest.fixture(scope="module")
+def shipped():
+    return Segmenter.load(DEFAULT_WEIGHTS)
+
+
+def cluster_of_touching_particles(seed: int) -> tuple[np.ndarray, int]:
+    """A bright cluster of 7 touching particles (a hexagonal rosette, neighbours overlapping by ~15% of a radius)
+    on a darker, noisy substrate."""
+    rng = np.random.default_rng(seed)
+    shape = (160, 160)
+    image = np.full(shape, 0.2, np.float32)
+    r = 11.0
+    centres = [(80.0, 80.0)] + [(80 + 1.85 * r * np.sin(a), 80 + 1.85 * r * np.cos(a))
+                                for a in np.arange(6) * np.pi / 3]
+    yy, xx = np.mgrid[:160, :160]
+    for cy, cx in centres:
+        d = np.hypot(yy - cy, xx - cx)
+        image = np.maximum(image, 0.2 + 0.55 * np.clip((r - d) / 2 + 0.5, 0, 1) * (1 - 0.3 * (d / r) ** 2))
+    image += rng.normal(0, 0.03, shape).astype(np.float32)
+    return np.clip(image, 0, 1), len(centres)
+
+
+def test_the_shipped_segmenter_separates_a_cluster_of_touching_particles(shipped):
+    for seed in range(3):
+        image, n = cluster_of_touching_particles(seed)
+        labels = shipped.instances(image)
+        assert labels.max() == n, f"seed {seed}: {labels.max()} objects for {n} touching particles"
+
+
+@pytest.mark.parametrize("kind", ["blank", "noise", "gradient"])
+def test_nothing_to_find_gives_zero_objects(shipped, kind):
+    rng = np.random.default_rng(1)
+    shape = (256, 256)
+    image = {
+        "blank": np.full(shape, 0.4, np.float32),
+        "noise": np.clip(rng.normal(0.5, 0.15, shape), 0, 1).astype(np.float32),
+        "gradient": np.tile(np.linspace(0.1, 0.9, shape[1], dtype=np.float32), (shape[0], 1)),
+    }[kind]
+    assert shipped.instances(image).max() == 0
+    assert segment(image, method="learned").labels.max() == 0
+
+
+def test_segment_says_which_method_ran(shipped):
+    image, _ = cluster_of_touching_particles(0)
+    assert segment(image, method="learned").method == "learned"
+    assert segment(image, method="classical").method == "classical"
+    with pytest.raises(ValueError, match="unknown segmentation method"):
+        segment(image, method="magic")
