@@ -179,6 +179,7 @@ class _Canvas:
         self.classes: list[str] = []
         self.invert = False  # map the finished image to 1 - image (dark objects on bright)
         self.streaks = False  # force charging streaks (an empty scene of that variant)
+        self.gentle = False  # objects of a few pixels: spare them the noisiest draws, or nobody could see them
 
     def paint(self, yy, xx, s, value, cls: str, edge: float = 0.7, additive: bool = False, shadow: float = 0.0,
               shadow_px: float = 3.0):
@@ -225,7 +226,7 @@ def _support(rng, shape):
     thr = np.quantile(low, 1 - cover) if cover < 1 else low.min() - 1
     mask = np.clip((low - thr) / rng.uniform(0.05, 0.4), 0, 1)
     lumps = _fractal(rng, shape, beta=rng.uniform(1.5, 3.0), cutoff=rng.uniform(0.1, 0.4))
-    thick = mask * np.clip(1 + rng.uniform(0.1, 0.6) * lumps, 0.05, None)
+    thick = mask * np.clip(1 + rng.uniform(0.1, 0.45) * lumps, 0.05, None)
     if rng.random() < 0.3:  # lattice fringes of a crystalline support, in patches
         H, W = shape
         yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
@@ -239,18 +240,23 @@ def _support(rng, shape):
 def _stem_particles(rng, shape) -> _Canvas:
     H, W = shape
     thick, mask = _support(rng, shape)
-    canvas = _Canvas(rng.uniform(0, 0.1) + rng.uniform(0.15, 0.6) * thick)
+    support = rng.uniform(0.15, 0.6)
+    canvas = _Canvas(rng.uniform(0, 0.1) + support * thick)
     med = _log_uniform(rng, 3.0, 25.0)  # median equivalent diameter, px
     sd = rng.uniform(0.1, 0.55)
     coverage = _log_uniform(rng, 0.01, 0.45)  # fraction of the field the particles would cover
     n = int(np.clip(coverage * H * W / (math.pi * (med / 2) ** 2 * math.exp(2 * sd * sd)), 1, 600))
     diam = np.clip(med * np.exp(rng.normal(0, sd, n)), 2.5, 45.0)
+    canvas.gentle = med < 6
     # where: mostly on the support, a few over vacuum; some placed against an earlier one (touching, overlapping)
     p = (mask + rng.uniform(0.0, 0.08)).ravel().astype(np.float64)
     idx = rng.choice(H * W, n, p=p / p.sum())
     pos = np.stack([idx // W, idx % W], 1).astype(np.float32) + rng.uniform(-0.5, 0.5, (n, 2))
     touch = rng.uniform(0, 0.7)
-    contrast = _log_uniform(rng, 0.05, 0.6)  # peak over the local support, in units of the support's range
+    # peak over the local support, relative to the support's mean signal: Pt on carbon is several times brighter,
+    # a small particle on thick silica a few per cent of the image's range
+    contrast = support * _log_uniform(rng, 0.25, 2.5)
+    fringes = rng.random() < 0.3  # lattice fringes across the larger particles (high-resolution STEM)
     power = rng.uniform(0.15, 1.5)  # 0.5: a sphere's chord; small: flat-top; large: Gaussian-ish
     faceted, lumpy = rng.uniform(0, 0.8), rng.uniform(0, 0.12)
     edge = rng.uniform(0.5, 2.0)
@@ -268,6 +274,9 @@ def _stem_particles(rng, shape) -> _Canvas:
         s, rho = _blob(*g, pos[i, 0], pos[i, 1], r, o)
         height = np.sqrt(np.clip(1 - rho * rho, 0, 1)) ** (2 * power)
         value = contrast * (diam[i] / med) ** rng.uniform(0, 0.5) * rng.uniform(0.7, 1.3) * height
+        if fringes and r > 4:
+            a, period = rng.uniform(0, math.pi), rng.uniform(2.5, 5)
+            value = value * (1 + 0.2 * np.sin(2 * math.pi * (g[1] * math.cos(a) + g[0] * math.sin(a)) / period))
         canvas.paint(*g, s, value, "particle", edge=edge, additive=True)
     canvas.invert = rng.random() < 0.3  # bright-field TEM: the same sample, dark on bright
     return canvas
@@ -505,7 +514,7 @@ def _degrade(rng, canvas: _Canvas) -> np.ndarray:
         m = np.clip((r - np.hypot(yy - cy, xx - cx)) / (0.3 * r), 0, 1).astype(np.float32)
         img = img + m * (ndimage.gaussian_filter(img, rng.uniform(1.0, 4.0)) - img)
     if rng.random() < 0.6:  # the probe's size
-        img = ndimage.gaussian_filter(img, _log_uniform(rng, 0.3, 1.6))
+        img = ndimage.gaussian_filter(img, _log_uniform(rng, 0.3, 1.3))
     if rng.random() < 0.6:  # detector / illumination gradients
         img = img * (1 + rng.uniform(0, 0.5) * _ramp(rng, shape)) + rng.uniform(0, 0.15) * _fractal(rng, shape, 4.0, 0.02)
     lo, hi = float(img.min()), float(img.max())
@@ -518,9 +527,9 @@ def _degrade(rng, canvas: _Canvas) -> np.ndarray:
     black, white = rng.uniform(0, 0.3), rng.uniform(0.6, 1.05)  # white > 1: some saturation
     img = black + (white - black) * img
     if rng.random() < 0.75:  # shot noise: counts per pixel at full scale from a handful to thousands
-        dose = _log_uniform(rng, 12, 3000) if rng.random() < 0.9 else _log_uniform(rng, 4, 12)
+        dose = _log_uniform(rng, 12, 3000) if rng.random() < 0.9 or canvas.gentle else _log_uniform(rng, 4, 12)
         img = rng.poisson(np.clip(img, 0, None) * dose).astype(np.float32) / dose
-    img = img + rng.normal(0, _log_uniform(rng, 0.002, 0.06 if rng.random() < 0.9 else 0.12), shape).astype(np.float32)
+    img = img + rng.normal(0, _log_uniform(rng, 0.002, 0.06 if rng.random() < 0.9 or canvas.gentle else 0.12), shape).astype(np.float32)
     if rng.random() < 0.35:  # scan lines: each row's offset and gain wander
         img = img * (1 + rng.normal(0, rng.uniform(0.005, 0.05), (H, 1))) + rng.normal(0, rng.uniform(0.005, 0.05), (H, 1))
     if rng.random() < 0.25:
