@@ -377,7 +377,7 @@ def _nanowires(rng, shape) -> _Canvas:
     sites = _lattice(rng, shape, pitch, squash)
     # all wires point the same way (within a few degrees): often up, sometimes anywhere
     heading = rng.normal(0, math.radians(6)) if rng.random() < 0.7 else rng.uniform(-math.pi, math.pi)
-    drop_at_tip, drop_r = rng.random() < 0.5, rng.uniform(0.5, 0.85) * w
+    drop_at_tip, drop_r = rng.random() < 0.5, rng.uniform(0.6, 1.0) * w  # wider than the rod (radius vs half-width)
     rim, power, shadow = rng.uniform(0.0, 0.4), rng.uniform(2, 6), rng.uniform(0, 0.3)
     base_v, drop_v = rng.uniform(0.5, 0.85), rng.uniform(0.8, 1.1)
     p_parasitic = rng.uniform(0, 0.4)
