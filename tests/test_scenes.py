@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from maemi.measure.scenes import CLASSES, KIND_SHARES, KINDS, batch_kinds, read_mask, render_scene, scene_batch, write_scenes
+from maemi.measure.scenes import (CLASSES, KIND_SHARES, KINDS, batch_kinds, read_mask, render_scene, scene_batch,
+                                  write_scenes)
 
 SHAPE = (96, 128)  # small and not square: catches swapped axes
 

@@ -361,7 +361,8 @@ def _lattice(rng, shape, pitch: float, squash: float) -> np.ndarray:
     y = j * pitch * (math.sqrt(3) / 2 if hexa else 1)
     a = rng.uniform(0, math.pi)
     xr, yr = x * math.cos(a) - y * math.sin(a), (x * math.sin(a) + y * math.cos(a)) * squash
-    pts = np.stack([yr.ravel() + H / 2, xr.ravel() + W / 2], 1) + rng.normal(0, rng.uniform(0, 0.12) * pitch, (xr.size, 2))
+    jitter = rng.normal(0, rng.uniform(0, 0.12) * pitch, (xr.size, 2))
+    pts = np.stack([yr.ravel() + H / 2, xr.ravel() + W / 2], 1) + jitter
     pts = pts[(pts[:, 0] > -pitch) & (pts[:, 0] < H + pitch) & (pts[:, 1] > -pitch) & (pts[:, 1] < W + pitch)]
     return pts[rng.random(len(pts)) > rng.uniform(0, 0.4)].astype(np.float32)
 
@@ -501,7 +502,8 @@ def _jpeg(rng, img: np.ndarray) -> np.ndarray:
     from PIL import Image  # only here: the rest of the module is numpy/scipy
 
     buf = io.BytesIO()
-    Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=int(rng.integers(15, 70)))
+    quality = int(rng.integers(15, 70))
+    Image.fromarray((np.clip(img, 0, 1) * 255).round().astype(np.uint8)).save(buf, "JPEG", quality=quality)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255
 
 
@@ -516,7 +518,8 @@ def _degrade(rng, canvas: _Canvas) -> np.ndarray:
     if rng.random() < 0.6:  # the probe's size
         img = ndimage.gaussian_filter(img, _log_uniform(rng, 0.3, 1.3))
     if rng.random() < 0.6:  # detector / illumination gradients
-        img = img * (1 + rng.uniform(0, 0.5) * _ramp(rng, shape)) + rng.uniform(0, 0.15) * _fractal(rng, shape, 4.0, 0.02)
+        gain = 1 + rng.uniform(0, 0.5) * _ramp(rng, shape)
+        img = img * gain + rng.uniform(0, 0.15) * _fractal(rng, shape, 4.0, 0.02)
     lo, hi = float(img.min()), float(img.max())
     img = (img - lo) / (hi - lo + 1e-6)
     if canvas.invert:
@@ -529,9 +532,11 @@ def _degrade(rng, canvas: _Canvas) -> np.ndarray:
     if rng.random() < 0.75:  # shot noise: counts per pixel at full scale from a handful to thousands
         dose = _log_uniform(rng, 12, 3000) if rng.random() < 0.9 or canvas.gentle else _log_uniform(rng, 4, 12)
         img = rng.poisson(np.clip(img, 0, None) * dose).astype(np.float32) / dose
-    img = img + rng.normal(0, _log_uniform(rng, 0.002, 0.06 if rng.random() < 0.9 or canvas.gentle else 0.12), shape).astype(np.float32)
+    sigma = _log_uniform(rng, 0.002, 0.06 if rng.random() < 0.9 or canvas.gentle else 0.12)  # read-out noise
+    img = img + rng.normal(0, sigma, shape).astype(np.float32)
     if rng.random() < 0.35:  # scan lines: each row's offset and gain wander
-        img = img * (1 + rng.normal(0, rng.uniform(0.005, 0.05), (H, 1))) + rng.normal(0, rng.uniform(0.005, 0.05), (H, 1))
+        gain = 1 + rng.normal(0, rng.uniform(0.005, 0.05), (H, 1))
+        img = img * gain + rng.normal(0, rng.uniform(0.005, 0.05), (H, 1))
     if rng.random() < 0.25:
         img = _drift(rng, img)
     if rng.random() < 0.1:
@@ -568,7 +573,8 @@ def batch_kinds(seed: int, n: int) -> list[str]:
 
 
 def scene_batch(seed: int, n: int, shape: tuple[int, int] = (256, 256)) -> list[Scene]:
-    return [render_scene(derived_seed("scene-batch", seed, i), kind, shape) for i, kind in enumerate(batch_kinds(seed, n))]
+    kinds = batch_kinds(seed, n)
+    return [render_scene(derived_seed("scene-batch", seed, i), kind, shape) for i, kind in enumerate(kinds)]
 
 
 def _png(arr: np.ndarray) -> bytes:
