@@ -115,3 +115,27 @@ def test_counts_maemis_synthetic_fibre_scenes():
         assert f.fibre_count == record["object_count"]
         width_px = record["size_mean_nm"] / record["nm_per_pixel"]
         assert f.diameter_mean_px == pytest.approx(width_px, rel=0.1)
+
+
+def _random_fibre(rng, shape, curl):
+    """A smooth random walk through a random point, long enough to leave the frame both ways."""
+    start, heading = rng.uniform((0, 0), shape), rng.uniform(0, 2 * np.pi)
+    halves = []
+    for back in (0, np.pi):
+        turn = ndimage.gaussian_filter1d(rng.standard_normal(2500), 60) * curl
+        angle = heading + back + np.cumsum(turn)
+        halves.append(start + np.cumsum(0.5 * np.stack([np.sin(angle), np.cos(angle)], axis=1), axis=0))
+    return np.concatenate([halves[1][::-1], halves[0]])
+
+
+def test_a_mat_of_crossing_curved_fibres_is_counted_within_fifteen_percent():
+    shape, width, drawn, counted = (300, 400), 8, 0, 0
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        paths = [_random_fibre(rng, shape, 0.02) for _ in range(int(rng.integers(5, 11)))]
+        for p in paths:  # truth: the visible pieces longer than the width
+            inside = np.r_[0, ((p[:, 0] >= 0) & (p[:, 0] < shape[0]) & (p[:, 1] >= 0) & (p[:, 1] < shape[1])), 0]
+            starts, stops = np.flatnonzero(np.diff(inside) == 1), np.flatnonzero(np.diff(inside) == -1)
+            drawn += int(((stops - starts) * 0.5 > width).sum())
+        counted += measure_fibres(_draw(shape, paths, width)).fibre_count
+    assert abs(counted - drawn) <= 0.15 * drawn

@@ -39,6 +39,9 @@ SHALLOW_DIAMETERS = 8.0
 # Arms at a junction are paired when the fibre would bend by less than this: fibres are stiff over a few diameters,
 # so a sharper turn is two fibres meeting. A T (one fibre ending on another) pairs the through arms and not the stem.
 MAX_BEND_DEG = 50.0
+# Pairing prefers arms that line up, not only run parallel: each diameter by which one arm's line misses the other's
+# start counts as this much bend. In a node merged from several crossings, parallel arms of two fibres are told apart.
+OFFSET_DEG_PER_DIAMETER = 30.0
 # An arm's direction is the chord from where it leaves the junction zone to this many diameters further on: the first
 # pixels bend towards the junction centre, and a 2 px direction is quantised to 45 degrees.
 ARM_DIAMETERS = 3.0
@@ -83,6 +86,7 @@ class _Trace:
     node_radius: np.ndarray  # [nodes] largest distance in each junction (after merging)
     fibre_of: np.ndarray  # [segments] fibre id, -1 for dropped pieces and merged bridges
     fibre_count: int
+    segment_count: int
     junction_count: int
 
 
@@ -204,8 +208,9 @@ def _local_radius(seg: _Segment, distance: np.ndarray) -> float:
     return float(np.median(d[n // 4: n - n // 4])) if n >= 4 else float(np.median(d))
 
 
-def _arm_direction(seg: _Segment, at_start: bool, skip: float, reach: float) -> np.ndarray:
-    """Unit direction of the segment leaving a junction: the chord from `skip` to `skip + reach` of arc length."""
+def _arm(seg: _Segment, at_start: bool, skip: float, reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where the segment leaves a junction zone and its unit direction away from it: the chord from `skip` to
+    `skip + reach` of arc length."""
     arc, px = seg.arc, seg.pixels.astype(float)
     if not at_start:
         arc, px = arc[-1] - arc[::-1], px[::-1]
@@ -216,7 +221,7 @@ def _arm_direction(seg: _Segment, at_start: bool, skip: float, reach: float) -> 
     i0 = min(i0, max(i1 - 1, 0))
     chord = px[i1] - px[i0]
     norm = float(np.hypot(*chord))
-    return chord / norm if norm > 0 else np.zeros(2)
+    return px[i0], (chord / norm if norm > 0 else np.zeros(2))
 
 
 def _bend_deg(a: np.ndarray, b: np.ndarray) -> float:
@@ -265,7 +270,7 @@ def _crossings(segments: list[_Segment], radius: np.ndarray, seg_radius: np.ndar
             continue
         for end, node in enumerate(seg.ends):
             if node >= 0:
-                v = _arm_direction(seg, end == 0, zone[root[node]], ARM_DIAMETERS * 2 * seg_radius[k])
+                _, v = _arm(seg, end == 0, zone[root[node]], ARM_DIAMETERS * 2 * seg_radius[k])
                 outward.setdefault(int(root[node]), []).append((k, v))
 
     def is_fork(node: int, k: int) -> bool:
@@ -283,8 +288,8 @@ def _crossings(segments: list[_Segment], radius: np.ndarray, seg_radius: np.ndar
 
     root = np.array([merge.find(i) for i in range(n_nodes)], int)
     # a segment left with both ends on one merged node is the third side of a small triangle of crossings (by the
-    # triangle inequality shorter than two bridges) or a loop around a pinhole; a longer one is a fibre that loops
-    # back, and stays
+    # triangle inequality shorter than two short bridges) or a loop around a pinhole; a longer one is a fibre between
+    # two crossings (or looping back to one), and stays
     for k, seg in enumerate(segments):
         a, b = seg.ends
         if a >= 0 and b >= 0 and root[a] == root[b] and not bridge[k]:
@@ -292,29 +297,33 @@ def _crossings(segments: list[_Segment], radius: np.ndarray, seg_radius: np.ndar
     return bridge, root
 
 
-def _without_pinholes(mask: np.ndarray, distance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fill holes smaller than a fibre's cross-section, (2 r)^2 with r the median radius on the skeleton: where three
-    fibres cross, a tiny pore in the middle rings the skeleton into a loop, and an expert sees one crossing there.
-    Returns the mask, its distance transform and its skeleton."""
+def _skeleton(mask: np.ndarray, distance: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mask (pinholes filled), its distance transform and its skeleton.
+
+    Holes smaller than a fibre's cross-section, (2 r)^2 with r the median radius on the skeleton, are filled: where
+    three fibres cross, a tiny pore in the middle rings the skeleton into a loop, and an expert sees one crossing there.
+    (Skeletonising the mask mirrored past the frame, so that fibres run off it instead of ending in a fork, was tried:
+    it did not count better on drawn mats, the spur pruning already removes those forks.)
+    """
     if distance is None:
         distance = ndimage.distance_transform_edt(mask).astype(np.float32)
     skel = skeletonize(mask)
     if not skel.any():
         return mask, distance, skel
+    r = float(np.median(distance[skel]))
     holes, n = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
-    if n == 0:
-        return mask, distance, skel
-    area = np.bincount(holes.ravel())
-    small = area < (2 * float(np.median(distance[skel]))) ** 2
-    small[0] = False
-    if not small.any():
-        return mask, distance, skel
-    mask = mask | small[holes]
-    return mask, ndimage.distance_transform_edt(mask).astype(np.float32), skeletonize(mask)
+    if n:
+        small = np.bincount(holes.ravel()) < (2 * r) ** 2
+        small[0] = False
+        if small.any():
+            mask = mask | small[holes]
+            distance = ndimage.distance_transform_edt(mask).astype(np.float32)
+            skel = skeletonize(mask)
+    return mask, distance, skel
 
 
 def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float | None) -> _Trace:
-    mask, distance, skel = _without_pinholes(np.asarray(mask, bool), distance)
+    mask, distance, skel = _skeleton(np.asarray(mask, bool), distance)
     skel = _prune(skel, distance)
     segments, nodes, n_nodes = _graph(skel)
     radius = (np.asarray(ndimage.maximum(distance, nodes, np.arange(1, n_nodes + 1)), float).reshape(-1)
@@ -334,19 +343,29 @@ def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float |
             if node >= 0:
                 arms.setdefault(int(root[node]), []).append((k, end))
     fibres = _Union(len(segments))
+    kinks = []  # one segment at each two-arm node: the two segments there are one between junctions
     for node, node_arms in arms.items():
         if len(node_arms) < 2:
             continue
-        dirs = [_arm_direction(segments[k], end == 0, node_radius[node], ARM_DIAMETERS * 2 * seg_radius[k])
-                for k, end in node_arms]
+        ends = [_arm(segments[k], end == 0, node_radius[node], ARM_DIAMETERS * 2 * seg_radius[k]) for k, end in node_arms]
         if len(node_arms) == 2:  # a junction of two arms is a kink of one line (its other arms were pruned)
             fibres.join(node_arms[0][0], node_arms[1][0])
+            kinks.append(node_arms[0][0])
             continue
-        pairs = [(_bend_deg(dirs[i], dirs[j]), i, j) for i in range(len(node_arms)) for j in range(i + 1, len(node_arms))]
+        pairs = []
+        for i in range(len(node_arms)):
+            for j in range(i + 1, len(node_arms)):
+                (pi, di), (pj, dj) = ends[i], ends[j]
+                bend = _bend_deg(di, dj)
+                # how far each arm's line passes from where the other leaves: 0 for one fibre straight through
+                offset = 0.5 * (abs(di[0] * (pj - pi)[1] - di[1] * (pj - pi)[0])
+                                + abs(dj[0] * (pi - pj)[1] - dj[1] * (pi - pj)[0]))
+                diameter = seg_radius[node_arms[i][0]] + seg_radius[node_arms[j][0]]
+                pairs.append((bend + OFFSET_DEG_PER_DIAMETER * offset / max(diameter, 1.0), bend, i, j))
         used = set()
-        for bend, i, j in sorted(pairs):
+        for score, bend, i, j in sorted(pairs):
             if bend > MAX_BEND_DEG:
-                break
+                continue
             if i in used or j in used:
                 continue
             used.update((i, j))
@@ -370,7 +389,8 @@ def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float |
         if length[o] >= shortest:
             fibre_of[k] = ids.setdefault(o, len(ids))
     junctions = sum(1 for node_arms in arms.values() if len(node_arms) >= 3)
-    return _Trace(skel, distance, segments, node_radius, fibre_of, len(ids), junctions)
+    kept = int((fibre_of >= 0).sum()) - sum(1 for k in kinks if fibre_of[k] >= 0)
+    return _Trace(skel, distance, segments, node_radius, fibre_of, len(ids), kept, junctions)
 
 
 # ------------------------------------------------------------------------------------------------------ the numbers
@@ -434,11 +454,10 @@ def measure_fibres(mask: np.ndarray, distance: np.ndarray | None = None,
     """
     mask = np.asarray(mask, bool)
     trace = _trace(mask, distance, min_length_px)
-    kept = [seg for k, seg in enumerate(trace.segments) if trace.fibre_of[k] >= 0]
-    diameters = _diameters(trace) if kept else np.zeros(0)
+    diameters = _diameters(trace) if trace.fibre_count else np.zeros(0)
     return FibreMeasurements(
         fibre_count=trace.fibre_count,
-        segment_count=len(kept),
+        segment_count=trace.segment_count,
         junction_count=trace.junction_count,
         diameter_mean_px=float(diameters.mean()) if diameters.size else None,
         diameter_std_px=float(diameters.std()) if diameters.size else None,
