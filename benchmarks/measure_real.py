@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import os
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from skimage.measure import regionprops_table
 
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.measure.measurements import segment
+from maemi.measure.segmenter import Segmenter
 from maemi.measure.wires import classify_wires
 
 HERE = Path(__file__).resolve().parent
@@ -52,33 +52,21 @@ from finetune_memory import machine_info  # noqa: E402
 Method = Callable[[np.ndarray], np.ndarray]
 
 
-def methods(names: list[str]) -> tuple[dict[str, Method], dict[str, str]]:
-    """The methods asked for that can run, and why each of the others cannot. segment() is called as its signature
-    allows: `method="classical"` where it has one (so that "classical" never becomes the learned one once weights
-    ship), `segmenter=` for a loaded learned segmenter, else `method="learned"`."""
-    parameters = inspect.signature(segment).parameters
+def methods(names: list[str], weights: str | None) -> tuple[dict[str, Method], dict[str, str]]:
+    """The methods asked for that can run, and why each of the others cannot. "learned" runs the segmenter that
+    segment(method="learned") would (the shipped weights), or the weights given."""
     available: dict[str, Method] = {}
     skipped: dict[str, str] = {}
     for name in names:
         if name == "classical":
-            if "method" in parameters:
-                available[name] = lambda grey: segment(grey, method="classical").labels
-            else:
-                available[name] = lambda grey: segment(grey).labels
+            available[name] = lambda grey: segment(grey, method="classical").labels
         elif name == "learned":
             try:
-                from maemi.measure.segmenter import load_segmenter
-
-                segmenter = load_segmenter()
-            except (ImportError, FileNotFoundError) as e:
-                skipped[name] = f"{type(e).__name__}: {e}"
+                segmenter = Segmenter.load(weights)
+            except FileNotFoundError as e:
+                skipped[name] = str(e)
                 continue
-            if "segmenter" in parameters:
-                available[name] = lambda grey, s=segmenter: segment(grey, segmenter=s).labels
-            elif "method" in parameters:
-                available[name] = lambda grey: segment(grey, method="learned").labels
-            else:
-                skipped[name] = "segment() takes neither segmenter= nor method="
+            available[name] = segmenter.instances
         else:
             skipped[name] = "unknown method"
     return available, skipped
@@ -344,6 +332,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED, help="the shared folder holding data/")
     parser.add_argument("--limit", type=int, default=None, help="at most N images of each set (quick runs)")
     parser.add_argument("--overlays", type=Path, default=None, help="save PNG overlays (boxes over outlines) here")
+    parser.add_argument("--weights", default=None, help="learned segmenter weights (default: the shipped ones)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "measure_real")
     args = parser.parse_args()
     stem_root, wire_root = args.shared / STEM, args.shared / WIRES
@@ -351,13 +340,15 @@ def main() -> None:
         print(f"skipped: no data under {args.shared.resolve()} (pass --shared DIR holding data/stem-particles and "
               "data/sem-nanowires)")
         return
-    available, skipped = methods(args.methods.split(","))
+    available, skipped = methods(args.methods.split(","), args.weights)
     for name, why in skipped.items():
         print(f"skipping method {name}: {why}")
     stem = stem_cases(stem_root, args.limit) if (stem_root / "images").is_dir() else []
     wires = wire_cases(wire_root, args.limit) if (wire_root / "boxes.csv").is_file() else []
     results = {"machine": machine_info(), "uncommitted_src": source_state(), "targets": TARGETS, "limit": args.limit, "stem_images": len(stem),
                "wire_tiles": len(wires), "skipped": skipped, "methods": {}}
+    if "learned" in available:
+        results["learned_weights"] = {"path": args.weights or "shipped", **Segmenter.load(args.weights).metadata}
     for name, method in available.items():
         print(f"{name}: {len(stem)} STEM images, {len(wires)} nanowire tiles ...", flush=True)
         results["methods"][name] = {"stem": bench_stem(stem, method, args.overlays, name) if stem else None,

@@ -84,3 +84,40 @@ def test_small_images_and_bad_input():
         measure(np.zeros((8, 8)))
     with pytest.raises(ValueError, match="NaN"):
         measure(np.full((32, 32), np.nan))
+
+
+def _draw_rod(image: np.ndarray, r0: float, c0: float, r1: float, c1: float, width: float) -> None:
+    rr, cc = np.mgrid[:image.shape[0], :image.shape[1]]
+    d = np.array([r1 - r0, c1 - c0])
+    t = np.clip(((rr - r0) * d[0] + (cc - c0) * d[1]) / (d @ d), 0, 1)
+    image[np.hypot(rr - (r0 + t * d[0]), cc - (c0 + t * d[1])) <= width / 2] = 0.8
+
+
+def test_crossing_fibres_are_counted_as_fibres_not_as_one_network():
+    image = np.full((240, 320), 0.2, np.float32)
+    for r0, c0, r1, c1 in [(0, 20, 239, 300), (0, 300, 239, 10), (120, 0, 120, 319)]:  # an X and a bar through it
+        _draw_rod(image, r0, c0, r1, c1, 9)
+    m = measure(image, method="classical")
+    assert m.object_count == 1  # one connected network
+    assert m.fibre_count == 3
+    assert m.fibre_diameter_mean_px == pytest.approx(9, rel=0.15)
+    assert m.nanowire_count is None
+
+
+def test_a_tilted_nanowire_array_is_counted_by_class():
+    image = np.full((300, 360), 0.15, np.float32)
+    for i in range(5):
+        for j in range(6):
+            c = 30 + 55 * j + 8 * (i % 2)
+            _draw_rod(image, 20 + 55 * i, c, 48 + 55 * i, c + 3, 6)  # upright wires: one direction, one length
+    _draw_rod(image, 58, 40, 66, 110, 7)  # a wire lying across the substrate, clear of the rods
+    _draw_rod(image, 283, 225, 288, 235, 10)  # a parasitic crystal
+    m = measure(image, method="classical")
+    assert (m.nanowire_count, m.parasitic_count) == (30, 2)
+    assert m.fibre_count is None
+
+
+def test_round_particles_get_no_wire_or_fibre_counts():
+    grey, _ = _micrograph("Particles", 0)
+    m = measure(grey, method="classical")
+    assert m.fibre_count is m.nanowire_count is None

@@ -25,12 +25,21 @@ from skimage.morphology import remove_small_holes, remove_small_objects, skeleto
 from skimage.segmentation import watershed
 from skimage.transform import resize
 
+from maemi.measure.wires import MIN_ARRAY_RODS, classify_wires
+
 MIN_OBJECT_AREA_PX = 20  # smaller bright specks are noise at the resolutions we see (smallest real object ~50 px)
 ISOTROPIC_BELOW_COHERENCE = 0.15  # below this the image has no dominant orientation
 GLCM_LEVELS = 32
 TEXTURE_MAX_SIDE = 256  # co-occurrence texture on a downsampled copy: fast, and steady across image sizes
 EDGE_MAX_SIDE = 512
 HETEROGENEITY_GRID = 4  # tiles per side for the spatial spread of object size
+# Wires and fibres: an array when at least a third of the objects are twice as long as wide (upright wires are about
+# half an array's objects, fused pairs a few of a particle image's); fibres when objects 3 or more times as long as
+# they are wide carry the foreground
+WIRE_ASPECT = 2.0
+ELONGATED_SHARE = 1 / 3
+FIBRE_ASPECT = 3.0
+ARRAY_ROD_MAX_FIELD = 0.25  # an array's rods are at most a quarter of the field's short side long
 
 
 @dataclass
@@ -62,6 +71,11 @@ class Measurements:
     edge_density: float  # fraction of pixels on Canny edges
     anisotropy: float  # energy-weighted local coherence: 1 when structures are locally line-like, whatever direction
     size_heterogeneity: float  # coefficient of variation of the mean object size over a grid of tiles
+    # counted as an expert counts them, when the objects are elongated (None otherwise):
+    fibre_count: int | None = None  # fibres traced through their crossings (maemi.measure.fibres)
+    fibre_diameter_mean_px: float | None = None  # from the distance transform along the fibres' centre lines
+    nanowire_count: int | None = None  # upright wires of a tilted array (maemi.measure.wires), when there is one
+    parasitic_count: int | None = None  # the array's other objects: parasitic crystals, lying or fused wires
     segmenter: str = "classical"  # what found the objects: "learned" (maemi.measure.segmenter) or "classical"
 
     def to_nm(self, px: float) -> float | None:
@@ -271,9 +285,9 @@ def object_shapes(labels: np.ndarray) -> ObjectShapes:
     )
 
 
-def measure(grey: np.ndarray, nm_per_pixel: float | None = None) -> Measurements:
-    """Measure a grey micrograph (float in [0, 1] or integer; the info bar already cropped)."""
-    return measure_segmentation(segment(grey), nm_per_pixel)
+def measure(grey: np.ndarray, nm_per_pixel: float | None = None, method: str = "auto") -> Measurements:
+    """Measure a grey micrograph (float in [0, 1] or integer; the info bar already cropped); `method` as segment()."""
+    return measure_segmentation(segment(grey, method), nm_per_pixel)
 
 
 def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -> Measurements:
@@ -329,5 +343,28 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         edge_density=edge_density,
         anisotropy=anisotropy,
         size_heterogeneity=_heterogeneity(centroids, diameters, (h, w)),
+        **_elongated_counts(seg, shapes, widths),
         segmenter=seg.method,
     )
+
+
+def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray) -> dict:
+    """Wires by class when the objects form a tilted nanowire array; else fibres traced through their crossings when
+    the objects are fibre-like (slender: area / width^2, their length over their width, of 3 or more, area-weighted,
+    which holds for a whole connected mat as for one fibre; a disk reads pi/4). Empty for round objects."""
+    from maemi.measure.fibres import measure_fibres  # here: fibres imports this module
+
+    if len(shapes.ids) == 0:
+        return {}
+    if np.mean(shapes.aspect >= WIRE_ASPECT) >= ELONGATED_SHARE:
+        wires = classify_wires(seg.labels)
+        # an array is many short upright wires per field; aligned fibres or lying wires that cross the field are not
+        if (wires.array_found and wires.counts.get("nanowire", 0) >= MIN_ARRAY_RODS
+                and wires.rod_length_px <= ARRAY_ROD_MAX_FIELD * min(seg.labels.shape)):
+            return {"nanowire_count": wires.counts.get("nanowire", 0),
+                    "parasitic_count": wires.counts.get("parasitic", 0)}
+    slender = shapes.area / np.maximum(widths, 1.0) ** 2
+    if np.average(slender, weights=shapes.area) < FIBRE_ASPECT:
+        return {}
+    fibres = measure_fibres(seg.mask, seg.distance)
+    return {"fibre_count": fibres.fibre_count, "fibre_diameter_mean_px": fibres.diameter_mean_px}

@@ -51,10 +51,10 @@ class SegmenterConfig:
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
-    # GroupNorm rather than BatchNorm: training batches are small and inference sees one image at a time
+    # BatchNorm: trains markedly faster here than GroupNorm (measured); inference uses its running statistics
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.GroupNorm(min(8, cout // 4), cout), nn.SiLU(),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.GroupNorm(min(8, cout // 4), cout), nn.SiLU(),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU(),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.SiLU(),
     )
 
 
@@ -98,6 +98,11 @@ def centreness(instances: np.ndarray) -> np.ndarray:
         d = ndimage.distance_transform_edt(own)
         out[box][own] = d[own] / d.max()
     return out
+
+
+def core_target(instances: np.ndarray) -> np.ndarray:
+    """1 where the centreness is above one half (every object's core, at least its innermost pixel), else 0."""
+    return (centreness(instances) >= SEED_CENTRENESS).astype(np.float32)
 
 
 def instances_from_maps(foreground: np.ndarray, centre: np.ndarray, min_object_px: int = MIN_OBJECT_PX) -> np.ndarray:

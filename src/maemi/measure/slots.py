@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 SLOT_RE = re.compile(r"\{([a-z][a-z0-9_]*(?:#[1-9])?)\}")
 UNKNOWN = "unknown"
-BARE_NUMBER_SLOTS = ("object_count", "magnification")  # the measured values a text states without a unit
+BARE_NUMBER_SLOTS = ("object_count", "fibre_count", "nanowire_count", "parasitic_count", "magnification")  # stated without a unit
 # A number as answers write it: 1,234 / 24.5 / 0.526 / 12.3% (the sign and the thousands separator included).
 NUMBER_RE = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?")
 

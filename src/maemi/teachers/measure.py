@@ -166,6 +166,13 @@ class ImageFacts:
             "scale_note": (f"(at {fmt_number(m.nm_per_pixel)} nm per pixel)" if m.nm_per_pixel
                            else "(in pixels: the image's scale is not known)"),
         }
+        if m.fibre_count is not None:
+            v["fibre_count"] = str(m.fibre_count)
+        if m.fibre_diameter_mean_px is not None:
+            v["fibre_diameter"] = length(m.fibre_diameter_mean_px)
+        if m.nanowire_count is not None:
+            v["nanowire_count"], v["parasitic_count"] = str(m.nanowire_count), str(m.parasitic_count)
+            v["wire_yield"] = _pct(m.nanowire_count / max(m.nanowire_count + m.parasitic_count, 1))
         if m.nn_distance_mean_px is not None:
             v["nn_distance_mean"] = length(m.nn_distance_mean_px)
         if self.pattern_known:
@@ -302,6 +309,16 @@ class ImageFacts:
     def count_sentence(self) -> str:
         return f"{self.s('object_count')} {self.noun}" if self.countable else "no separate objects"
 
+    def expert_count_sentence(self) -> str:
+        """How an expert would count elongated objects (with a leading space), or nothing for round ones."""
+        if self.m.nanowire_count is not None:
+            return (f" As a nanowire array: {self.s('nanowire_count')} upright nanowires and "
+                    f"{self.s('parasitic_count')} parasitic objects, a yield of {self.s('wire_yield')}.")
+        if self.m.fibre_count is not None and self.m.fibre_diameter_mean_px is not None:
+            return (f" Traced through their crossings, there are {self.s('fibre_count')} fibres, "
+                    f"{self.s('fibre_diameter')} in diameter.")
+        return ""
+
     def orientation_sentence(self) -> str:
         if self.aligned:
             return (f"they are aligned, about {self.s('orientation_deg')} degrees from the horizontal "
@@ -433,7 +450,7 @@ def _count(f: ImageFacts, pick) -> tuple[str, str]:
     short = pick([f"There are {f.count_sentence()}, {f.s('diameter_mean')} across on average.",
                   f"The image holds {f.count_sentence()}, with a mean equivalent diameter of {f.s('diameter_mean')}."])
     return short, (f"{short} Sizes {f.scale_note}: {f.size_sentence()}; they cover {f.s('area_fraction')} of the "
-                   "image.")
+                   f"image.{f.expert_count_sentence()}")
 
 
 def _spatial(f: ImageFacts, pick) -> tuple[str, str]:
