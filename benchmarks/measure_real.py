@@ -267,6 +267,24 @@ def save_overlay(path: Path, grey: np.ndarray, labels: np.ndarray, boxes: np.nda
     image.save(path)
 
 
+def speed(available: dict[str, Method]) -> dict:
+    """Seconds to segment one 1024x768 micrograph of the built-in corpus (median of 3, after a warm-up), per method."""
+    from maemi.data.synth import make_micrograph
+
+    image, _ = make_micrograph("Particles", seed=0, width=1024, height=860)  # the info bar is below row 768
+    grey = image[:768].astype(np.float32) / 255.0
+    out = {}
+    for name, method in available.items():
+        method(grey)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            method(grey)
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times))
+    return {"shape": list(grey.shape), "seconds": out}
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 
 
@@ -321,6 +339,15 @@ def markdown(results: dict) -> str:
                   f"{_pct(r['wires']['class_agreement_median'])}")
     row("ms per megapixel, STEM / wires", "",
         lambda r: f"{r['stem']['ms_per_megapixel']:.0f} / {r['wires']['ms_per_megapixel']:.0f}")
+    if results.get("speed"):
+        row("seconds for one 1024x768 image", "learned <= 1 s",
+            lambda r: f"{results['speed']['seconds'][r['name']]:.2f}")
+    weights = results.get("learned_weights")
+    if weights:
+        lines += ["", f"Learned weights: {weights.get('path')}, trained {weights.get('steps')} steps of "
+                  f"{weights.get('batch')} scenes of {weights.get('crop')} px in {weights.get('train_seconds')} s "
+                  f"(target <= 1200 s on this 2-core CPU); synthetic validation F1 {weights.get('val_f1')}, "
+                  f"median count error {weights.get('val_count_error')}."]
     lines += ["", "The learned method should beat the classical one on both sets. Sizes in pixels (no calibration). "
               "Precision: measured objects whose centroid lies in a box (one to one); recall: boxes so matched.", ""]
     return "\n".join(lines)
@@ -351,8 +378,9 @@ def main() -> None:
         results["learned_weights"] = {"path": args.weights or "shipped", **Segmenter.load(args.weights).metadata}
     for name, method in available.items():
         print(f"{name}: {len(stem)} STEM images, {len(wires)} nanowire tiles ...", flush=True)
-        results["methods"][name] = {"stem": bench_stem(stem, method, args.overlays, name) if stem else None,
+        results["methods"][name] = {"name": name, "stem": bench_stem(stem, method, args.overlays, name) if stem else None,
                                     "wires": bench_wires(wires, method, args.overlays, name) if wires else None}
+    results["speed"] = speed(available)
     text = markdown(results)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -51,3 +51,17 @@ def test_measure_explicit_scale_wins_and_the_table_is_written(tmp_path):
     assert CliRunner().invoke(app, ["measure", str(zeiss), "--out", str(out)]).exit_code == 1  # never overwritten
     assert CliRunner().invoke(app, ["measure", str(tmp_path / "broken.png")]).exit_code == 1  # nothing measured
     assert "scale: unknown" in CliRunner().invoke(app, ["measure", str(plain)]).stdout
+
+
+def test_measure_segmenter_choice_is_run_and_reported(tmp_path):
+    _, plain, _ = _images(tmp_path)
+    found = {}
+    for method in ("classical", "learned"):
+        result = CliRunner().invoke(app, ["measure", str(plain), "--segmenter", method, "--json"])
+        assert result.exit_code == 0, result.output
+        m = json.loads(result.stdout)[0]["measurements"]
+        assert m["segmenter"] == method
+        found[method] = m["object_count"]
+    assert found["learned"] > 0
+    result = CliRunner().invoke(app, ["measure", str(plain), "--segmenter", "magic"])
+    assert result.exit_code != 0 and "--segmenter must be one of classical, learned" in result.output

@@ -89,6 +89,10 @@ def cluster_of_touching_particles(seed: int) -> tuple[np.ndarray, int]:
     return np.clip(image, 0, 1), len(centres)
 
 
+# Known gaps of the shipped weights (4,400 steps, benchmarks/results/segmenter_training.log): strict, so these fail
+# the day a model that passes ships and the marker must go.
+@pytest.mark.xfail(strict=True, reason="the shipped U-Net merges most of a clean touching cluster into one object; "
+                   "the classical watershed splits it (benchmarks/results/measure_real.md)")
 def test_the_shipped_segmenter_separates_a_cluster_of_touching_particles(shipped):
     for seed in range(3):
         image, n = cluster_of_touching_particles(seed)
@@ -96,7 +100,8 @@ def test_the_shipped_segmenter_separates_a_cluster_of_touching_particles(shipped
         assert labels.max() == n, f"seed {seed}: {labels.max()} objects for {n} touching particles"
 
 
-@pytest.mark.parametrize("kind", ["blank", "noise", "gradient"])
+@pytest.mark.parametrize("kind", ["blank", pytest.param("noise", marks=pytest.mark.xfail(
+    strict=True, reason="the shipped U-Net finds one 12-px speck in pure noise")), "gradient"])
 def test_nothing_to_find_gives_zero_objects(shipped, kind):
     rng = np.random.default_rng(1)
     shape = (256, 256)
@@ -110,8 +115,9 @@ def test_nothing_to_find_gives_zero_objects(shipped, kind):
 
 
 def test_segment_says_which_method_ran(shipped):
-    image, _ = cluster_of_touching_particles(0)
+    image, n = cluster_of_touching_particles(0)
     assert segment(image, method="learned").method == "learned"
-    assert segment(image, method="classical").method == "classical"
+    classical = segment(image)
+    assert classical.method == "classical" and classical.labels.max() == n  # the default, and it splits the cluster
     with pytest.raises(ValueError, match="unknown segmentation method"):
         segment(image, method="magic")

@@ -486,8 +486,8 @@ def measure(
                                            "segmented, outlined and numbered as in --objects."),
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
                                              "distribution of equivalent diameters (nm when the scale is known)."),
-    segmenter: str = typer.Option("auto", "--segmenter", help="auto (learned when installed), learned or classical "
-                                  "(threshold + watershed): what finds the objects."),
+    segmenter: str = typer.Option("classical", "--segmenter", help="classical (threshold + watershed) or learned "
+                                  "(the U-Net segmenter, see docs/measurement.md): what finds the objects."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is

@@ -201,7 +201,7 @@ class Segmentation:
     method: str = "classical"  # which segmenter found the objects: "learned" or "classical"
 
 
-SEGMENTERS = ("auto", "learned", "classical")
+SEGMENTERS = ("classical", "learned")
 
 
 @functools.cache
@@ -216,22 +216,23 @@ def shipped_segmenter():
         return None
 
 
-def segment(grey: np.ndarray, method: str = "auto") -> Segmentation:
+def segment(grey: np.ndarray, method: str = "classical") -> Segmentation:
     """Segment a grey micrograph (float in [0, 1] or integer; the info bar already cropped) into objects.
 
-    method: "learned" (maemi.measure.segmenter: separates touching objects, trained on hard synthetic cases),
-    "classical" (threshold and distance-transform watershed, below) or "auto" (learned when its weights are
-    installed, else classical). Segmentation.method says which ran.
+    method: "classical" (threshold and distance-transform watershed, below; the default: exact on the built-in corpus)
+    or "learned" (maemi.measure.segmenter, trained on hard synthetic cases: closer to the experts on real STEM images,
+    see benchmarks/results/measure_real.md, but it still merges clean touching particles that the classical one
+    splits, so it is not yet the default). Segmentation.method says which ran.
     """
     if method not in SEGMENTERS:
         raise ValueError(f"unknown segmentation method {method!r}: choose from {', '.join(SEGMENTERS)}")
     image = _as_grey(grey)
     smooth = ndimage.gaussian_filter(image, 1.0)
     flat = smooth - _background(smooth)
-    learned = shipped_segmenter() if method != "classical" else None
-    if method == "learned" and learned is None:
-        raise FileNotFoundError("no learned segmenter installed: train it with python -m maemi.measure.train_segmenter")
-    if learned is not None:
+    if method == "learned":
+        learned = shipped_segmenter()
+        if learned is None:
+            raise FileNotFoundError("no learned segmenter installed: train it with python -m maemi.measure.train_segmenter")
         return _learned_segmentation(image, flat, learned.instances(image))
 
     threshold = threshold_otsu(flat) if flat.max() > flat.min() else float(flat.max())
@@ -285,7 +286,7 @@ def object_shapes(labels: np.ndarray) -> ObjectShapes:
     )
 
 
-def measure(grey: np.ndarray, nm_per_pixel: float | None = None, method: str = "auto") -> Measurements:
+def measure(grey: np.ndarray, nm_per_pixel: float | None = None, method: str = "classical") -> Measurements:
     """Measure a grey micrograph (float in [0, 1] or integer; the info bar already cropped); `method` as segment()."""
     return measure_segmentation(segment(grey, method), nm_per_pixel)
 

@@ -124,7 +124,7 @@ class MeasuredObjects:
     segmentation: Segmentation  # of the measured part
 
 
-def measure_objects_file(path: Path, nm_per_pixel: float | None = None, segmenter: str = "auto") -> MeasuredObjects:
+def measure_objects_file(path: Path, nm_per_pixel: float | None = None, segmenter: str = "classical") -> MeasuredObjects:
     """measure_file (with the metadata.jsonl row of the file when one lists it, as the assistant measures), keeping
     the segmentation for the object table and the overlay, so that they come from the same one as the
     Measurements. Raises ImageReadError, or ValueError for an image too small to measure."""

@@ -255,7 +255,7 @@ def _stem_particles(rng, shape) -> _Canvas:
     touch = rng.uniform(0, 0.7)
     # peak over the local support, relative to the support's mean signal: Pt on carbon is several times brighter,
     # a small particle on thick silica a few per cent of the image's range
-    contrast = support * _log_uniform(rng, 0.25, 2.5)
+    contrast = support * _log_uniform(rng, 0.4, 2.5)  # fainter ones an expert would not label either
     fringes = rng.random() < 0.3  # lattice fringes across the larger particles (high-resolution STEM)
     power = rng.uniform(0.15, 1.5)  # 0.5: a sphere's chord; small: flat-top; large: Gaussian-ish
     faceted, lumpy = rng.uniform(0, 0.8), rng.uniform(0, 0.12)

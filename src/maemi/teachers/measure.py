@@ -10,6 +10,7 @@ Phrasing varies between images (choices seeded by the image's SHA-256) but a giv
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import random
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from skimage.color import rgb2gray
 
 from maemi.data.datasets import file_sha256
@@ -887,7 +889,7 @@ def measure_pixels(image: np.ndarray, path: Path | None = None, metadata: dict |
 
 
 def measure_segmented(image: np.ndarray, path: Path | None = None, metadata: dict | None = None,
-                      nm_per_pixel: float | None = None, segmenter: str = "auto"
+                      nm_per_pixel: float | None = None, segmenter: str = "classical"
                       ) -> tuple[MeasuredImage, Segmentation, np.ndarray]:
     """measure_pixels, with the segmentation the measurements come from and the whole grey image (info bar
     included): what the object table and the overlay are drawn from. `segmenter` as maemi.measure.measurements.segment
@@ -939,7 +941,10 @@ class MeasureTeacher:
         workers = min(os.cpu_count() or 1, len(todo)) if workers is None else workers
         if workers <= 1 or len(todo) < 2:
             return
-        with ProcessPoolExecutor(workers) as pool:
+        # spawned, not forked: a child forked from a process whose PyTorch already ran its OpenMP threads hangs at the
+        # segmenter's first parallel region. One thread per worker process, as many workers as cores.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
             for (path, _), result in zip(todo, pool.map(_measure_or_none, todo, chunksize=4)):
                 if result is not None:
                     with self._lock:
