@@ -114,6 +114,14 @@ def test_nothing_to_find_gives_zero_objects(shipped, kind):
     assert segment(image, method="learned").labels.max() == 0
 
 
+@pytest.mark.parametrize("sigma", [0.02, 0.15])
+def test_the_classical_segmenter_counts_nothing_in_pure_noise(sigma):
+    noise = np.clip(np.random.default_rng(2).normal(0.5, sigma, (384, 512)), 0, 1).astype(np.float32)
+    assert segment(noise).labels.max() == 0  # Otsu alone splits it into hundreds of specks
+    image, n = cluster_of_touching_particles(0)
+    assert segment(image).labels.max() == n  # the same noise test keeps real objects
+
+
 def test_segment_says_which_method_ran(shipped):
     image, n = cluster_of_touching_particles(0)
     assert segment(image, method="learned").method == "learned"
