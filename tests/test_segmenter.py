@@ -101,7 +101,7 @@ def test_the_shipped_segmenter_separates_a_cluster_of_touching_particles(shipped
 
 
 @pytest.mark.parametrize("kind", ["blank", pytest.param("noise", marks=pytest.mark.xfail(
-    strict=True, reason="the shipped U-Net finds one 12-px speck in pure noise")), "gradient"])
+    strict=True, reason="the shipped U-Net finds one 12-px speck in pure noise (the classical segmenter finds none)")), "gradient"])
 def test_nothing_to_find_gives_zero_objects(shipped, kind):
     rng = np.random.default_rng(1)
     shape = (256, 256)
