@@ -160,6 +160,14 @@ def test_measure_gives_the_measure_teachers_numbers_and_the_scale(server, images
     assert any("no instrument info bar" in note for note in body["scale"]["notes"])
 
 
+def test_measure_runs_the_segmenter_asked_for(server, images):
+    for method in ("classical", "learned"):
+        body = post(server, "/v1/measure", images[0], segmenter=method).json()
+        assert body["measurements"]["segmenter"] == method
+    r = post(server, "/v1/measure", images[0], segmenter="magic")
+    assert r.status_code == 422 and "segmenter" in r.text
+
+
 def test_preview_is_a_png_of_the_image(server, images):
     r = post(server, "/v1/preview", images[0])
     url = r.json()["data_url"]

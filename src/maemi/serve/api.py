@@ -9,6 +9,7 @@ Uploads are decoded in the bounded decoding pool (decoding.py); only model calls
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
@@ -152,10 +153,12 @@ async def classify(request: Request, image: UploadFile = File(...),
                             predictions=[Prediction(label=c, probability=p) for c, p in ranked])
 
 
-def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: float | None) -> MeasureResponse:
+def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: float | None,
+             segmenter: str) -> MeasureResponse:
     with upload_as_file(data, name, limits) as path:  # a file: TIFF tags carry the instrument's scale
         try:
-            measured, seg, whole = measure_segmented(load_image(path), path, nm_per_pixel=nm_per_pixel)
+            measured, seg, whole = measure_segmented(load_image(path), path, nm_per_pixel=nm_per_pixel,
+                                                     segmenter=segmenter)
         except ImageReadError as e:
             raise UploadError(422, f"upload {upload_name(name)}: {e.reason}") from None
         except ValueError as e:  # too small, or no finite pixels
@@ -173,11 +176,14 @@ def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: 
 @router.post("/measure", response_model=MeasureResponse, summary="What the measure teacher measures on the image")
 async def measure_image(request: Request, image: UploadFile = File(...),
                         nm_per_pixel: float | None = Form(None, gt=0, description="The scale, if you know it "
-                                                                                  "better than the file does")):
+                                                                                  "better than the file does"),
+                        segmenter: Literal["classical", "learned"] = Form(
+                            "classical", description="What finds the objects: threshold + watershed, or the learned "
+                                                     "U-Net (docs/measurement.md)")):
     state, image = request.app.state.maemi, await one_upload(request)
     data, limits = await image.read(), state.config.limits
     return await state.decodes.run(upload_cost(data, image.filename, limits), _measure, data, image.filename, limits,
-                                   nm_per_pixel)
+                                   nm_per_pixel, segmenter)
 
 
 def _preview(data: bytes, name: str | None, limits: UploadLimits) -> PreviewResponse:
