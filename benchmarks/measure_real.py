@@ -66,7 +66,7 @@ def methods(names: list[str], weights: str | None) -> tuple[dict[str, Method], d
             except FileNotFoundError as e:
                 skipped[name] = str(e)
                 continue
-            available[name] = segmenter.instances
+            available[name] = segmenter.instances  # a bound method: .__self__.metadata is the weights' record
         else:
             skipped[name] = "unknown method"
     return available, skipped
@@ -375,7 +375,7 @@ def main() -> None:
     results = {"machine": machine_info(), "uncommitted_src": source_state(), "targets": TARGETS, "limit": args.limit, "stem_images": len(stem),
                "wire_tiles": len(wires), "skipped": skipped, "methods": {}}
     if "learned" in available:
-        results["learned_weights"] = {"path": args.weights or "shipped", **Segmenter.load(args.weights).metadata}
+        results["learned_weights"] = {"path": args.weights or "shipped", **available["learned"].__self__.metadata}
     for name, method in available.items():
         print(f"{name}: {len(stem)} STEM images, {len(wires)} nanowire tiles ...", flush=True)
         results["methods"][name] = {"name": name, "stem": bench_stem(stem, method, args.overlays, name) if stem else None,
