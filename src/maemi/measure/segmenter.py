@@ -1,11 +1,11 @@
 """Learned instance segmentation of micrographs: a small U-Net, then a seeded watershed.
 
 The network (Ronneberger et al., U-Net, MICCAI 2015) predicts two maps from a grey image: the probability that a pixel
-belongs to an object, and its "centreness", the distance to its own object's border divided by that object's largest
-distance (1 on an object's ridge, 0 at its edge). Centreness is the distance-map idea of StarDist (Schmidt et al.,
+belongs to an object, and the probability that it belongs to an object's core, where its "centreness" (the distance to
+its own object's border over that object's largest distance: 1 on the ridge, 0 at the edge) is above one half. Centreness is the distance-map idea of StarDist (Schmidt et al.,
 MICCAI 2018) and Cellpose (Stringer et al., Nat. Methods 2021) in its simplest form: where two particles touch, the
-centreness falls to 0 at the shared border even though the foreground does not, so thresholding it at one half gives
-one seed per object, a disk's core or a wire's axis, and a watershed from those seeds (Beucher & Meyer 1993, scikit-
+centreness falls to 0 at the shared border even though the foreground does not, so the cores give one seed per
+object, a disk's centre or a wire's axis, and a watershed from those seeds (Beucher & Meyer 1993, scikit-
 image) hands every foreground pixel to an object. Trained on synthetic micrographs with exact instance masks
 (maemi.measure.scenes, maemi.measure.train_segmenter) and shipped as safetensors.
 
@@ -47,7 +47,7 @@ MIN_OBJECT_PX = 6  # at the working size: below this an "object" is a noise spec
 class SegmenterConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64, 96)  # per U-Net level; each halves the resolution (receptive field ~140 px)
     in_channels: int = 1
-    out_channels: int = 2  # foreground logit, centreness logit
+    out_channels: int = 2  # foreground logit, core logit
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:
@@ -106,8 +106,8 @@ def core_target(instances: np.ndarray) -> np.ndarray:
 
 
 def instances_from_maps(foreground: np.ndarray, centre: np.ndarray, min_object_px: int = MIN_OBJECT_PX) -> np.ndarray:
-    """Seeded watershed: seeds are the connected cores (centreness > 1/2), flooded over -centreness within the
-    foreground. Objects smaller than min_object_px are dropped and the rest relabelled 1..n."""
+    """Seeded watershed: seeds are the connected cores (core probability, or centreness, above 1/2), flooded over its
+    negative within the foreground. Objects smaller than min_object_px are dropped and the rest relabelled 1..n."""
     mask = foreground > FOREGROUND_P
     seeds, n = ndimage.label(mask & (centre > SEED_CENTRENESS), structure=np.ones((3, 3)))
     if n == 0:
@@ -151,7 +151,7 @@ class Segmenter:
 
     @torch.no_grad()
     def maps(self, grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(foreground probability, centreness), both [H, W] float32, for a grey image at the size given."""
+        """(foreground probability, core probability), both [H, W] float32, for a grey image at the size given."""
         h, w = grey.shape
         m = self.multiple
         ph, pw = -h % m, -w % m

@@ -6,8 +6,8 @@
 Scenes are rendered on the fly by maemi.measure.scenes, in a worker process beside the training loop, from
 (seed, step): a run is deterministic for a seed and thread count. Settings are judged on a fixed synthetic validation
 set rendered from a separate seed; the real micrographs in benchmarks/measure_real.py are never trained on.
-Loss: binary cross-entropy on the foreground and on the centreness (maemi.measure.segmenter), the latter weighted up
-inside objects, where the seeds come from.
+Loss: binary cross-entropy plus soft Dice on the foreground and on the core (maemi.measure.segmenter), the core's
+cross-entropy weighted up inside objects, where the seeds come from. The runs so far: benchmarks/results/segmenter_runs.md.
 """
 
 from __future__ import annotations
