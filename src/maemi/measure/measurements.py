@@ -223,10 +223,10 @@ def shipped_segmenter():
 def segment(grey: np.ndarray, method: str = "classical") -> Segmentation:
     """Segment a grey micrograph (float in [0, 1] or integer; the info bar already cropped) into objects.
 
-    method: "classical" (threshold and distance-transform watershed, below; the default: exact on the built-in corpus)
-    or "learned" (maemi.measure.segmenter, trained on hard synthetic cases: closer to the experts on real STEM images,
-    see benchmarks/results/measure_real.md, but it still merges clean touching particles that the classical one
-    splits, so it is not yet the default). Segmentation.method says which ran.
+    method: "classical" (threshold and distance-transform watershed, below; the default: counts within 10% of the
+    built-in corpus's truth) or "learned" (maemi.measure.segmenter, trained on hard synthetic cases: closer to the
+    experts on real STEM images, see benchmarks/results/measure_real.md, but it still merges clean touching particles
+    that the classical one splits, so it is not yet the default). Segmentation.method says which ran.
     """
     if method not in SEGMENTERS:
         raise ValueError(f"unknown segmentation method {method!r}: choose from {', '.join(SEGMENTERS)}")

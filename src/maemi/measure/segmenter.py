@@ -176,7 +176,3 @@ class Segmenter:
         if labels.shape != (h, w):
             labels = resize(labels, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
         return labels
-
-
-def load_segmenter(path: str | None = None) -> Segmenter:
-    return Segmenter.load(path)
