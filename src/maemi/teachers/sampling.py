@@ -68,11 +68,11 @@ class HandcraftedEmbedder:
         s = self.thumb_side
         thumb = np.asarray(Image.fromarray(grey.astype(np.float32), mode="F").resize((s, s), Image.Resampling.BOX))
         thumb = (thumb - thumb.mean()) / max(float(thumb.std()), 1e-6)
-        blocks = (_unit(np.asarray(thumb.ravel(), dtype=np.float64)), *_statistics_blocks(grey))
+        blocks = (_unit(np.asarray(thumb.ravel(), dtype=np.float64)), *statistics_blocks(grey))
         return _unit(np.concatenate(blocks)).astype(np.float32)
 
 
-def _statistics_blocks(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def statistics_blocks(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Intensity histogram, gradient-orientation histogram and GLCM texture, each L2-normalised."""
     hist, _ = np.histogram(grey, bins=32, range=(0.0, 1.0))
     gy, gx = np.gradient(grey.astype(np.float32))
@@ -89,7 +89,7 @@ def image_statistics(grey: np.ndarray) -> np.ndarray:
     """HandcraftedEmbedder's features without the thumbnail: how the image's grey levels, edges and texture are
     distributed, whatever it shows. What an instrument, a detector or a material changes first (evaluate.familiarity).
     `grey`: (H, W) in [0, 1], info bar already cropped."""
-    return _unit(np.concatenate(_statistics_blocks(grey))).astype(np.float32)
+    return _unit(np.concatenate(statistics_blocks(grey))).astype(np.float32)
 
 
 def cosine_matrix(embs: np.ndarray) -> np.ndarray:
