@@ -2,10 +2,11 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
-from maemi.measure.label_reader import DEFAULT_WEIGHTS, LabelReader, parse_length_label
+from maemi.measure.label_reader import ALPHABET, DEFAULT_WEIGHTS, LabelReader, label_decode, parse_length_label
 from maemi.measure.label_render import HELD_OUT_FONT, TRAIN_FONTS, render_clean
 
 
@@ -50,3 +51,49 @@ def test_reads_clean_renders_in_unseen_font():
     for (text, conf), (_, expected, _) in zip(reader.read_batch(crops), cases):
         assert parse_length_label(text) == expected, text
         assert 0.0 <= conf <= 1.0
+
+
+def _frames(*columns: dict[str, float]) -> np.ndarray:
+    """CTC log-probabilities, one frame per column: {character or "_" for blank: probability}, the rest of the
+    mass spread over the other classes."""
+    out = np.empty((len(columns), len(ALPHABET) + 1))
+    for t, column in enumerate(columns):
+        rest = (1.0 - sum(column.values())) / (out.shape[1] - len(column))
+        for k in range(out.shape[1]):
+            out[t, k] = column.get("_" if k == 0 else ALPHABET[k - 1], rest)
+    return np.log(out)
+
+
+def test_label_decode_reads_only_well_formed_labels():
+    # the best path spells "500 m" (no unit); the likeliest label is "500 nm", with the n's probability
+    frames = _frames({"5": 0.97}, {"_": 0.97}, {"0": 0.97}, {"_": 0.97}, {"0": 0.97}, {" ": 0.97},
+                     {"_": 0.7, "n": 0.28}, {"m": 0.97})
+    text, probability = label_decode(frames)
+    assert parse_length_label(text) == (500.0, "nm")
+    assert 0.15 < probability < 0.35
+    # a repeated digit needs a blank between its frames: "00" held over two frames is one "0"
+    text, _ = label_decode(_frames({"1": 0.97}, {"0": 0.97}, {"0": 0.97}, {"n": 0.97}, {"m": 0.97}))
+    assert parse_length_label(text) == (10.0, "nm")
+
+
+def test_label_decode_sums_the_spellings_of_one_length():
+    # "2 µm" and "2µm" split the space frame between them: one label, both spellings' probability
+    frames = _frames({"2": 0.98}, {" ": 0.49, "_": 0.49}, {"µ": 0.98}, {"m": 0.98})
+    text, probability = label_decode(frames)
+    assert parse_length_label(text) == (2.0, "µm")
+    assert probability > 0.85
+
+
+def test_label_decode_gives_no_confidence_to_a_forced_reading():
+    # digits and no unit: whatever label the grammar forces out of it has next to no probability
+    _, probability = label_decode(_frames({"1": 0.98}, {"2": 0.98}, {"_": 0.98}, {"_": 0.98}))
+    assert probability < 1e-3
+    assert label_decode(_frames({"1": 0.98})) == ("", 0.0)  # one frame cannot hold a label
+
+
+def test_fonts_not_installed_are_named_and_left_out():
+    from maemi.measure.label_render import installed, missing_fonts
+
+    fonts = (("DejaVuSans.ttf", 1.0), ("NoSuchFont-Regular.ttf", 1.0))
+    assert missing_fonts(fonts) == ["NoSuchFont-Regular.ttf"]
+    assert installed(fonts) == (("DejaVuSans.ttf", 1.0),)

@@ -46,7 +46,15 @@ TRAIN_FONTS: tuple[tuple[str, float], ...] = (
     ("cmb10.ttf", 0.3),
     ("DejaVuSansMono.ttf", 1.0),  # slashed/dotted zero: must not read as '9' or '6'
     ("DejaVuSansMono-Bold.ttf", 0.3),
+    # Debian's fonts-liberation: metric clones of Arial and Times New Roman, the faces of most instrument software
+    # and of the figures labels are cropped from (bold Times was the commonest misreading of the first reader)
+    ("LiberationSans-Regular.ttf", 2.0),
+    ("LiberationSans-Bold.ttf", 2.0),
+    ("LiberationSansNarrow-Regular.ttf", 0.3),
+    ("LiberationSerif-Regular.ttf", 2.0),
+    ("LiberationSerif-Bold.ttf", 2.0),
 )
+SYSTEM_FONT_DIRS = ("/usr/share/fonts/truetype/liberation", "/usr/share/fonts/truetype/liberation2")
 # Never used in training: kept for testing generalisation to an unseen face.
 HELD_OUT_FONT = "DejaVuSans-BoldOblique.ttf"
 
@@ -60,11 +68,32 @@ FRAGMENTS = ("WD", "kV", "x", "HV", "Mag", "SE", "HFW", "det", "TEM", "kx", "|",
 BIG = 64  # font size (px) of the large intermediate render
 
 
+def font_path(name: str) -> str | None:
+    """Where the font file `name` is: matplotlib's fonts, then the system's; None when it is not installed."""
+    for folder in (FONT_DIR, *SYSTEM_FONT_DIRS):
+        if os.path.exists(path := os.path.join(folder, name)):
+            return path
+    return None
+
+
+def missing_fonts(fonts=TRAIN_FONTS) -> list[str]:
+    return [name for name, _ in fonts if name != "default" and font_path(name) is None]
+
+
+@lru_cache(maxsize=None)
+def installed(fonts: tuple[tuple[str, float], ...]) -> tuple[tuple[str, float], ...]:
+    """`fonts` without those not installed here (training insists on all of them: train_label_reader)."""
+    return tuple((name, weight) for name, weight in fonts if name == "default" or font_path(name) is not None)
+
+
 @lru_cache(maxsize=None)
 def load_font(name: str, size: int = BIG) -> ImageFont.FreeTypeFont:
     if name == "default":
         return ImageFont.load_default(size=size)
-    return ImageFont.truetype(os.path.join(FONT_DIR, name), size)
+    path = font_path(name)
+    if path is None:
+        raise FileNotFoundError(f"font {name} is not installed (the Liberation fonts: apt-get install fonts-liberation)")
+    return ImageFont.truetype(path, size)
 
 
 @lru_cache(maxsize=None)
@@ -167,6 +196,7 @@ def render_label(rng: np.random.Generator, fonts=TRAIN_FONTS) -> tuple[np.ndarra
     if fonts is TRAIN_FONTS and rng.random() < INFO_BAR_PROB:
         return render_info_bar_label(rng)
     pieces, text = sample_label(rng)
+    fonts = installed(tuple(fonts))
     names = [f for f, _ in fonts]
     weights = np.array([w for _, w in fonts], float)
     font_name = names[int(rng.choice(len(names), p=weights / weights.sum()))]
@@ -214,6 +244,17 @@ def render_label(rng: np.random.Generator, fonts=TRAIN_FONTS) -> tuple[np.ndarra
                 d.rectangle([bx, by, bx + bw, by + thick], fill=255)
             for tx in (bx, bx + bw):
                 d.rectangle([tx, min(by, by + sign * tick), tx + thick + 1, max(by, by + sign * tick)], fill=255)
+    elif rng.random() < 0.15:  # the text underlined, or a ruler's ticks above it (as some figures draw the bar)
+        thick = max(2, int(rng.uniform(0.04, 0.1) * th))
+        if rng.random() < 0.6:
+            ux0 = tb[0] + rng.uniform(0, 0.6) * (tb[2] - tb[0])
+            uy = tb[3] + rng.uniform(-0.05, 0.15) * th
+            d.rectangle([ux0, uy, tb[2] + rng.uniform(0, 0.3) * th, uy + thick], fill=255)
+        else:
+            step, top = rng.uniform(0.25, 0.6) * th, tb[1] - rng.uniform(0.15, 0.5) * th
+            for k in range(int((tb[2] - tb[0] + th) / step) + 1):
+                tx, tick = tb[0] - 0.5 * th + k * step, rng.uniform(0.2, 0.5) * th
+                d.rectangle([tx, top - tick, tx + thick, top], fill=255)
     if rng.random() < 0.2:
         frag = FRAGMENTS[int(rng.integers(len(FRAGMENTS)))]
         fl = load_font(font_name).getlength(frag)

@@ -3,10 +3,13 @@
     python -m maemi.measure.train_label_reader \
         --out src/maemi/measure/weights/scalebar_label.safetensors [--steps N --seed S]
 
-Every batch is rendered on the fly from ``numpy.random.default_rng([seed, step])``
-so a run is deterministic for a seed. Settings are chosen on a fixed synthetic
-validation set rendered from a separate seed (never on real crops). References:
-CRNN (Shi et al. 2015), CTC (Graves et al. 2006), AdamW (Loshchilov & Hutter 2019).
+Every batch is rendered on the fly from ``numpy.random.default_rng([seed, step])``,
+in a worker process beside the training loop, so a run is deterministic for a seed
+(and the fonts: training needs Debian's fonts-liberation). Settings are chosen on a
+fixed synthetic validation set rendered from a separate seed and on the development
+half of the real label crops (benchmarks/scale.py); the test half is read once per
+reported row. References: CRNN (Shi et al. 2015), CTC (Graves et al. 2006), AdamW
+(Loshchilov & Hutter 2019).
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ from safetensors.torch import save_file
 
 from maemi.measure.label_reader import (ALPHABET, CRNN, LabelReader, ReaderConfig, batch_tensor,
                                         canonical_text, greedy_decode, normalise, parse_length_label)
-from maemi.measure.label_render import HELD_OUT_FONT, render_label
+from maemi.measure.label_render import HELD_OUT_FONT, missing_fonts, render_label
 
 VAL_SEED = 987_654  # validation renders never share a stream with training
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2400
+    steps: int = 12000
     batch: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-2
@@ -47,6 +50,18 @@ def make_batch(rng: np.random.Generator, n: int, cfg: ReaderConfig, fonts=None):
         images.append(normalise(img, cfg))
         targets.append(canonical_text(text))
     return images, targets
+
+
+class LabelStream(torch.utils.data.IterableDataset):
+    """Training batches (images, targets) for steps start.., rendered in a DataLoader worker."""
+
+    def __init__(self, tc: "TrainConfig", rc: ReaderConfig):
+        self.tc, self.rc = tc, rc
+
+    def __iter__(self):
+        for step in range(self.tc.steps):
+            images, targets = make_batch(np.random.default_rng([self.tc.seed, step]), self.tc.batch, self.rc)
+            yield batch_tensor(images), targets
 
 
 def encode(targets: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +92,9 @@ def evaluate(model: CRNN, images, targets) -> tuple[float, float]:
 
 
 def train(out: str, tc: TrainConfig, rc: ReaderConfig) -> None:
-    torch.set_num_threads(1)  # the budget is one CPU thread
+    if missing := missing_fonts():
+        raise SystemExit(f"training fonts not installed: {', '.join(missing)} (apt-get install fonts-liberation)")
+    torch.set_num_threads(1)  # one thread trains, one renders
     torch.manual_seed(tc.seed)
     model = CRNN(rc)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -88,12 +105,11 @@ def train(out: str, tc: TrainConfig, rc: ReaderConfig) -> None:
     val = make_batch(np.random.default_rng(VAL_SEED), tc.val_size, rc)
     val_font = make_batch(np.random.default_rng(VAL_SEED + 1), 200, rc, fonts=((HELD_OUT_FONT, 1.0),))
     t0, running = time.time(), 0.0
-    for step in range(tc.steps):
-        images, targets = make_batch(np.random.default_rng([tc.seed, step]), tc.batch, rc)
-        x = batch_tensor(images)
+    loader = torch.utils.data.DataLoader(LabelStream(tc, rc), batch_size=None, num_workers=1, prefetch_factor=4)
+    for step, (x, targets) in enumerate(loader):
         lp = model(x)  # (B, T, C)
         tgt, tgt_len = encode(targets)
-        in_len = torch.full((len(images),), lp.shape[1], dtype=torch.long)
+        in_len = torch.full((len(targets),), lp.shape[1], dtype=torch.long)
         loss = ctc(lp.transpose(0, 1), tgt, in_len, tgt_len)
         opt.zero_grad()
         loss.backward()
