@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from maemi.measure.label_reader import ALPHABET, DEFAULT_WEIGHTS, LabelReader, label_decode, parse_length_label
+from maemi.measure.label_reader import (ALPHABET, DEFAULT_WEIGHTS, LabelReader, label_decode, label_probability,
+                                        parse_length_label)
 from maemi.measure.label_render import HELD_OUT_FONT, TRAIN_FONTS, render_clean
 
 
@@ -34,10 +35,11 @@ def test_parse_length_label(text, expected):
 def test_shipped_weights_load_with_safetensors():
     from safetensors import safe_open
 
-    assert os.path.getsize(DEFAULT_WEIGHTS) <= 2_000_000  # float16: small enough to ship in the package
-    with safe_open(DEFAULT_WEIGHTS, framework="pt") as f:
-        assert "config" in f.metadata()
-    assert isinstance(LabelReader.load(), LabelReader)
+    for path in DEFAULT_WEIGHTS:
+        assert os.path.getsize(path) <= 1_500_000  # float16: small enough to ship in the package
+        with safe_open(path, framework="pt") as f:
+            assert "config" in f.metadata()
+    assert len(LabelReader.load().models) == len(DEFAULT_WEIGHTS) == 2
 
 
 def test_reads_clean_renders_in_unseen_font():
@@ -97,3 +99,10 @@ def test_fonts_not_installed_are_named_and_left_out():
     fonts = (("DejaVuSans.ttf", 1.0), ("NoSuchFont-Regular.ttf", 1.0))
     assert missing_fonts(fonts) == ["NoSuchFont-Regular.ttf"]
     assert installed(fonts) == (("DejaVuSans.ttf", 1.0),)
+
+
+def test_label_probability_agrees_with_the_decoder_and_is_zero_where_a_label_cannot_fit():
+    frames = _frames({"2": 0.98}, {" ": 0.49, "_": 0.49}, {"µ": 0.98}, {"m": 0.98})
+    text, probability = label_decode(frames)
+    assert label_probability(torch.from_numpy(frames).float(), text) == pytest.approx(probability, rel=1e-3)
+    assert label_probability(torch.from_numpy(frames).float(), "200 µm") == 0.0  # six characters, four frames
