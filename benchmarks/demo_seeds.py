@@ -41,6 +41,12 @@ COLUMNS = {  # name: (header, how to read it from metrics.json)
     "meteor_shuffled": ("METEOR, shuffled images", lambda m: m["generation_shuffled"]["overall"]["METEOR"]["mean"]),
     "numeric": ("numeric fidelity", lambda m: m["numeric_fidelity"]["overall"]["within_10pct"]),
     "numeric_shuffled": ("numeric fidelity, shuffled", lambda m: m["numeric_fidelity_shuffled"]["overall"]["within_10pct"]),
+    # what the shuffled image's own measurement reproduces by chance, and the shuffled answers over the numbers where
+    # the two images measure differently (evaluate/numeric.py)
+    "numeric_floor": ("shuffled: chance floor",
+                      lambda m: m["numeric_fidelity_shuffled"].get("floor", {}).get("within_10pct")),
+    "numeric_differ": ("shuffled, where the images differ",
+                       lambda m: m["numeric_fidelity_shuffled"].get("images_differ", {}).get("within_10pct")),
 }
 
 

@@ -61,6 +61,10 @@ def test_eval_writes_metrics_report_and_the_shuffled_control(tiny, tmp_path):
     fidelity, control = metrics["numeric_fidelity"], metrics["numeric_fidelity_shuffled"]
     assert fidelity["overall"]["numbers"] == 3 and fidelity["overall"]["within_10pct"] == 1.0
     assert fidelity["overall"]["exact"] == 1.0 and control["overall"]["within_10pct"] < 0.5
+    # the answers state the shuffled image's own grey level: the control sits at its floor, and no number that
+    # differs between the two images survives the shuffle
+    assert control["overall"]["within_10pct"] == control["floor"]["within_10pct"]
+    assert control["images_differ"]["within_10pct"] == 0.0
     assert set(real["overall"]) == {"n", *METRICS}
     assert set(real["groups"]) == {"task", "family", "length"}
     assert set(real["groups"]["task"]) == {"caption", "vqa", "compare"}

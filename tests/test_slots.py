@@ -106,6 +106,21 @@ def test_numeric_fidelity_counts_reference_numbers_the_answer_states():
     assert result["groups"]["family"]["a"]["numbers"] == 3
 
 
+def test_the_shuffled_control_is_reported_beside_its_chance_floor():
+    # the shuffled image has the same 512 px width (chance) but another count; the first answer follows its image,
+    # the second repeats the reference's count whatever the image shows
+    references = ["512 px wide, 104 objects", "512 px wide, 104 objects"]
+    floors = ["512 px wide, 40 objects", "512 px wide, 40 objects"]
+    result = numeric_fidelity(references, ["512 px wide, 40 objects", "512 px wide, 104 objects"], floors=floors)
+    assert result["overall"]["within_10pct"] == pytest.approx(3 / 4)
+    assert result["floor"]["within_10pct"] == pytest.approx(1 / 2)
+    assert result["images_differ"] == {"numbers": 2, "answers": 2, "within_10pct": pytest.approx(1 / 2),
+                                       "exact": pytest.approx(1 / 2)}
+    assert reproduced("512 px, 104 objects", "512 px, 104 objects", unless="512 px, 40 objects") == (1, 1, 1)
+    with pytest.raises(ValueError, match="1 floors"):
+        numeric_fidelity(references, references, floors=floors[:1])
+
+
 def test_every_sem_question_has_an_answerer():
     assert all(q.key in ANSWERERS for q in get_profile("sem").questions)
 

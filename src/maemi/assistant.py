@@ -295,7 +295,7 @@ class Assistant:
         answers: list[Answer] = []
         bar = tqdm(total=len(items), desc="answer", unit="q", disable=not progress)
         for chunk in _batches(items, self.batch_size):
-            measured = [self._measured(images) for images, _ in chunk]
+            measured = [self.measure_item(images) for images, _ in chunk]
             samples = [processor([self.image_tensor(x) for x in images], with_measured(prompt, words))
                        for (images, prompt), (words, _, _) in zip(chunk, measured)]
             for template, (_, values, per_image) in zip(self.model.generate(processor.collate(samples), gen), measured):
@@ -311,7 +311,7 @@ class Assistant:
         bar.close()
         return answers
 
-    def _measured(self, images: Sequence[ImageInput]) -> tuple[str | None, dict[str, str], list[dict]]:
+    def measure_item(self, images: Sequence[ImageInput]) -> tuple[str | None, dict[str, str], list[dict]]:
         """(the measurement in words for the prompt, the slot values, per image what was measured) of one item."""
         if not self.measured_answers:
             return None, {}, []

@@ -34,6 +34,7 @@ from maemi.evaluate.metrics import generation_metrics
 from maemi.evaluate.numeric import measured_numbers, numeric_fidelity
 from maemi.evaluate.report import write_report
 from maemi.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN
 from maemi.teachers.records import read_records
 
@@ -115,10 +116,14 @@ def evaluate_generation(assistant: Assistant, records: list[dict], root: Path, s
                 "numeric_fidelity": numeric_fidelity(references, real, groups, measured)}
     if control:
         control_groups = {key: [values[i] for i in control] for key, values in groups.items()}
+        # what the reference's own template states with the shuffled images' measurement: the control's floor
+        floors = [fill(template, assistant.measure_item([root / p for p in shuffled[i]])[1]).text
+                  if (template := records[i]["conversations"][1].get("template")) else "" for i in control]
         sections["generation_shuffled"] = generation_metrics([references[i] for i in control], control_answers,
                                                              control_groups)
         sections["numeric_fidelity_shuffled"] = numeric_fidelity([references[i] for i in control], control_answers,
-                                                                 control_groups, [measured[i] for i in control])
+                                                                 control_groups, [measured[i] for i in control],
+                                                                 floors)
     by_record = dict(zip(control, control_answers))
     rows = [{"id": rec["id"], "task": rec["task"], "family": rec["family"], "length": rec["length"],
              "images": rec["images"], "question": _question(prompts[i]), "reference": references[i],

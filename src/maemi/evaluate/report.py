@@ -199,6 +199,15 @@ def _headline_section(metrics: dict) -> list[str]:
     if fidelity is not None:
         lines += ["Numeric fidelity: the share of the numbers in the reference answers that the answer states within "
                   "10% and exactly (as rounded in the reference).", "", _md_table(fidelity), ""]
+        floor = (metrics.get("numeric_fidelity_shuffled") or {}).get("floor")
+        differ = (metrics.get("numeric_fidelity_shuffled") or {}).get("images_differ")
+        if floor and differ and floor["within_10pct"] is not None:
+            lines += [f"With the images shuffled, an answer that states the shuffled image's own measurement "
+                      f"reproduces {floor['within_10pct']:.3f} of the reference numbers by chance (two images of one "
+                      f"size or magnification measure alike): the control's floor. Over the {differ['numbers']} "
+                      "numbers where the two images measure differently, the shuffled answers reproduce "
+                      + ("-" if differ["within_10pct"] is None else f"{differ['within_10pct']:.3f}")
+                      + " (0 when every number follows the image).", ""]
     classification = classification_headline(metrics)
     if classification is not None:
         lines += [_md_table(classification), ""]
