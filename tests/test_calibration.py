@@ -38,6 +38,13 @@ def test_temperature_scaling_recovers_the_sharpening_and_lowers_the_ece():
     assert (probabilities(scores, t).argmax(1) == probabilities(scores).argmax(1)).all()  # top-1 never moves
 
 
+def test_a_validation_split_without_errors_leaves_the_temperature_at_one():
+    scores, labels = overconfident()
+    right = scores.argmax(1)  # every label the top class: the NLL would fall to the lower bound of T
+    assert fit_temperature(scores, right) == 1.0
+    assert fit_temperature(scores, labels) != 1.0
+
+
 def test_reliability_bins_and_diagram():
     scores, labels = overconfident(400)
     rows = reliability(probabilities(scores), labels)
@@ -100,6 +107,7 @@ def test_a_foreign_image_is_flagged_and_a_training_image_is_not(tiny, calibrated
     strange = foreign(tmp_path / "strange.png")
     entry = json.loads((calibrated / "calibration.json").read_text())
     assert entry["familiarity"]["images"] == 6 and entry["familiarity"]["k"] == 1 and entry["temperature"] > 0
+    assert entry["val_views"] == 8 * entry["val_images"] == 24  # each validation image in its 8 dihedral views
 
     result = CliRunner().invoke(app, ["classify", str(calibrated), str(familiar), str(strange), "--json",
                                       "--device", "cpu"])

@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from maemi.demo import DemoConfig  # light: the demo's steps import what they need when they run
+
 app = typer.Typer(
     name="maemi",
     help="MAEMI: a small, on-premises vision-language assistant for electron micrographs.",
@@ -673,11 +675,11 @@ def serve(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("maemi-demo"), "--out", help="Folder for everything the demo makes."),
-    per_class: int = typer.Option(20, "--per-class", min=1, help="Synthetic images per class."),
+    per_class: int = typer.Option(DemoConfig.per_class, "--per-class", min=1, help="Synthetic images per class."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """The main job end to end on the built-in synthetic corpus."""
-    from maemi.demo import DemoConfig, run_demo
+    from maemi.demo import run_demo
 
     run_demo(DemoConfig(out=out, per_class=per_class, seed=seed), log=typer.echo)
 
