@@ -5,7 +5,7 @@ Each seed is a whole `maemi demo --seed S` (its own synthetic corpus, split, tea
 evaluation), so the spread covers everything a new user's run could differ in. Per seed: wall time, zero- and
 few-shot top-1 on its held-out images, the expected calibration error of the calibrated zero-shot probabilities,
 METEOR and numeric fidelity with the right images and with the images shuffled among the questions. Then the mean and
-standard deviation over seeds, and the calibration error of all seeds' test images pooled (each seed's 40 images alone
+standard deviation over seeds, and the calibration error of all seeds' test images pooled (each seed's tens of images alone
 are too few to read an ECE of 0.05 from).
 
     .venv/bin/python benchmarks/demo_seeds.py [--seeds 0,1,2] [--work /tmp/demo_seeds]
@@ -94,7 +94,8 @@ def markdown(result: dict) -> str:
     m, rows, s = result["machine"], result["rows"], result["summary"]
     lines = ["# `maemi demo` over seeds (benchmarks/demo_seeds.py)", "",
              f"Commit {m.get('commit')}, {m.get('cpu')}, {m.get('threads', '?')} threads. Each seed is a whole "
-             f"`maemi demo --seed S` (corpus, split, teacher, training, evaluation) on its 40 held-out images; "
+             f"`maemi demo --seed S` (corpus, split, teacher, training, evaluation) on its held-out images "
+             f"({', '.join(sorted({str(len(r['top1'])) for r in rows}))} per seed); "
              f"targets: zero-shot top-1 >= {TARGET_ZERO_SHOT} on every seed, within {BUDGET_MINUTES:.0f} minutes. Minutes "
              "are the demo alone, with `.venv/` already set up (a clean clone adds about 2).", "",
              "| seed | minutes | " + " | ".join(h for h, _ in COLUMNS.values()) + " |",

@@ -285,7 +285,7 @@ def test_training_learns_and_writes_the_run_folder(tiny, trained_run):
     assert info["train_data"] == str(tiny.train) and info["val_data"] == str(tiny.val)
     assert info["train_config"]["model"]["vision"]["stem"] == "conv" and info["train_config"]["epochs"] == 10
     best = min(epochs, key=lambda r: r["val_loss"])
-    assert info["best"] == {"epoch": best["epoch"], "val_loss": best["val_loss"]}
+    assert info["best"] == {"epoch": best["epoch"], "step": best["step"], "val_loss": best["val_loss"]}
 
     model = MAEMI.from_pretrained(out)  # the best model, loadable by everything downstream
     adapters = [m for m in model.text.model.modules() if hasattr(m, "lora_B")]

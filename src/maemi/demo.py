@@ -106,7 +106,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         config = load_train_config(cfg.train_config, list(cfg.train_overrides))
         summary = train(config, data["train"], data["val"], corpus, run, resume=find_checkpoint(run) is not None,
                         log=log)
-        return f"{summary.get('finished')}: best epoch {summary.get('best_epoch')} -> {run}"
+        return f"{summary.get('finished')}: best at step {summary.get('best_step')} -> {run}"
 
     eval_dir = run / "eval"
     train_done = (run / "eval" / "metrics.json").is_file()  # evaluation comes after a finished training

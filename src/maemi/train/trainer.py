@@ -72,7 +72,8 @@ class Progress:
     window_loss_sum: float = 0.0  # the same since the last metrics row
     window_samples: int = 0
     best_val_loss: float | None = None
-    best_epoch: int | None = None
+    best_epoch: int | None = None  # epochs completed at the best validation (0: within the first, as max_steps stops)
+    best_step: int | None = None
     bad_validations: int = 0  # validations in a row without a new best (early stopping)
     finished: str | None = None  # why training ended: "epochs", "early_stopping", "max_steps"
     train_seconds: float = 0.0
@@ -412,6 +413,7 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
             improved = progress.best_val_loss is None or monitored < progress.best_val_loss
             if improved:
                 progress.best_val_loss, progress.best_epoch, progress.bad_validations = monitored, progress.epoch, 0
+                progress.best_step = progress.step
                 if lora is not None:
                     set_dylora_rank_(model.text.model, lora.r_max)
                 if env.is_main:
@@ -453,7 +455,8 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
 def best_info(progress: Progress, has_val: bool) -> dict[str, Any] | None:
     if progress.best_epoch is None:
         return None
-    return {"epoch": progress.best_epoch, "val_loss": progress.best_val_loss if has_val else None}
+    return {"epoch": progress.best_epoch, "step": progress.best_step,
+            "val_loss": progress.best_val_loss if has_val else None}
 
 
 def summary(progress: Progress, out: Path, env: DistributedEnv) -> dict[str, Any]:
@@ -462,7 +465,8 @@ def summary(progress: Progress, out: Path, env: DistributedEnv) -> dict[str, Any
     seconds = progress.train_seconds
     return {
         "out": str(out), "finished": progress.finished, "epochs": progress.epoch, "steps": progress.step,
-        "samples": progress.samples, "best_epoch": progress.best_epoch, "best_val_loss": progress.best_val_loss,
+        "samples": progress.samples, "best_epoch": progress.best_epoch,
+        "best_step": progress.best_step, "best_val_loss": progress.best_val_loss,
         "train_seconds": round(seconds, 3),
         "samples_per_s": progress.samples / seconds if seconds else 0.0,
         "answer_tokens_per_s": progress.answer_tokens / seconds if seconds else 0.0,
