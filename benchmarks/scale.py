@@ -4,7 +4,7 @@
    label's value and unit, read by each engine. A reading counts as right when it is trusted and its value and unit
    equal the ground truth's; trusted but wrong is the dangerous case (a wrong scale) and is counted apart. Targets:
    right on >= 95%.
-2. The synthetic corpus (the demo's: `maemi synth --per-class 20 --seed 0`, 200 images) with its metadata hidden:
+2. The synthetic corpus (the demo's generator: `maemi synth --per-class 20 --seed 0`, 200 images) with its metadata hidden:
    nm per pixel from the info bar alone (read_scale, scale bar only), within 2% of the generator's truth on >= 98%.
 3. Instrument metadata: TIFFs written here with documented tag contents (Zeiss, including a file whose "Pixel Size"
    differs from its "Image Pixel Size"; FEI/Thermo Fisher; Tescan; ImageJ; OME-TIFF; a 72-dpi TIFF that must give no
