@@ -5,8 +5,8 @@ Each seed is a whole `maemi demo --seed S` (its own synthetic corpus, split, tea
 evaluation), so the spread covers everything a new user's run could differ in. Per seed: wall time, zero- and
 few-shot top-1 on its held-out images, the expected calibration error of the calibrated zero-shot probabilities,
 METEOR and numeric fidelity with the right images and with the images shuffled among the questions. Then the mean and
-standard deviation over seeds, and the calibration error of all seeds' test images pooled (each seed's tens of images alone
-are too few to read an ECE of 0.05 from).
+standard deviation over seeds, and the calibration error of all seeds' test images pooled (each seed's tens of
+images alone are too few to read an ECE of 0.05 from).
 
     .venv/bin/python benchmarks/demo_seeds.py [--seeds 0,1,2] [--work /tmp/demo_seeds]
 

@@ -27,6 +27,7 @@ from maemi.model.vision import VisionEncoder
 from maemi.seeds import derived_seed
 from maemi.train.config import load_train_config
 from maemi.train.data import ImageCache
+from maemi.train.demos import cls_embeddings
 from maemi.train.warmstart import warm_start_vision
 
 from finetune_memory import machine_info  # benchmarks/ (this script's folder is on sys.path)
@@ -43,14 +44,6 @@ def corpus(work: Path, seed: int, per_class: int) -> list[tuple[str, str]]:
     return sorted((str(p), p.parent.name) for p in root.glob("*/*.png"))
 
 
-@torch.no_grad()
-def embeddings(vision: VisionEncoder, paths: list[str], cache: ImageCache) -> np.ndarray:
-    vision.eval()
-    rows = [torch.nn.functional.normalize(vision(torch.stack([cache.get(p) for p in paths[i:i + 32]]))[1].float(),
-                                          dim=-1).numpy() for i in range(0, len(paths), 32)]
-    return np.concatenate(rows)
-
-
 def probe(per_class: int, seed: int, dev: list[tuple[str, str]], work: Path) -> dict:
     train = corpus(work, TRAIN_SEED, per_class)
     config = load_train_config("demo", [f"--seed={seed}"])
@@ -61,8 +54,9 @@ def probe(per_class: int, seed: int, dev: list[tuple[str, str]], work: Path) -> 
     warm_start_vision(vision, [{"images": [p], "label": c} for p, c in train], [], cache, config,
                       torch.device("cpu"), log=lambda _: None)
     seconds = time.perf_counter() - start
-    x, y = embeddings(vision, [p for p, _ in train], cache), [c for _, c in train]
-    xd, yd = embeddings(vision, [p for p, _ in dev], cache), [c for _, c in dev]
+    cpu = torch.device("cpu")
+    x, y = cls_embeddings(vision, [p for p, _ in train], cache, cpu, 32), [c for _, c in train]
+    xd, yd = cls_embeddings(vision, [p for p, _ in dev], cache, cpu, 32), [c for _, c in dev]
     accuracy = LogisticRegression(C=1.0, max_iter=5000).fit(x, y).score(xd, yd)
     return {"per_class": per_class, "train_images": len(train), "seed": seed, "dev_probe_top1": float(accuracy),
             "warmstart_seconds": seconds}
