@@ -29,8 +29,12 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path):
     assert (out / "run" / "eval" / "report.md").is_file() and (out / "run" / "eval" / "reliability.png").is_file()
     assert "familiarity" in json.loads((out / "run" / "calibration.json").read_text())
     assert isinstance(result["answer"], str) and any("maemi ask" in line for line in lines)
+    assert set(result["seconds"]) == {"synth", "inspect + split", "teach train", "teach val", "teach test", "train",
+                                      "calibrate", "eval"}
 
     again: list[str] = []
-    run_demo(cfg, log=again.append)
+    assert run_demo(cfg, log=again.append)["seconds"] == {}  # nothing ran again
+    timings = json.loads((out / "timings.json").read_text())  # the first run's, kept when nothing ran again
+    assert set(timings["seconds"]) == set(result["seconds"]) and timings["peak_rss_mib"] > 0
     reused = [line for line in again if "already done" in line]
     assert len(reused) == 8, again  # synth, inspect + split, teach x3, train, calibrate, eval

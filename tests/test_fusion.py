@@ -1,5 +1,5 @@
 """FusionDecoder: identity with the gates at zero, image gates at zero cut the image off, media masking, causality,
-incremental (cached) decoding equals one full pass."""
+incremental (cached) decoding equals one full pass; the same for prefix fusion (the ablation's alternative)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from tiny_text_models import one_thread  # noqa: F401 (autouse fixture)
 IMAGE_DIM, TEXT_DIM, VOCAB = 16, 24, 50
 
 
-def make_decoder() -> FusionDecoder:
+def make_decoder(image_fusion: str = "cross_attention") -> FusionDecoder:
     """Gates at 0, Flamingo's initialisation (ours defaults to 1: see DecoderConfig.gate_init)."""
     torch.manual_seed(0)
-    config = DecoderConfig(layers=2, heads=2, head_dim=8, max_len=16, gate_init=0.0)
+    config = DecoderConfig(layers=2, heads=2, head_dim=8, max_len=16, gate_init=0.0, image_fusion=image_fusion)
     return FusionDecoder(config, VOCAB, IMAGE_DIM, TEXT_DIM).eval()
 
 
@@ -24,7 +24,7 @@ def open_gates(decoder: FusionDecoder, image: float | None = 0.7) -> None:
         if isinstance(block, GatedCrossAttentionBlock):
             block.prompt_gate.data.fill_(0.5)
             block.ff_gate.data.fill_(-0.8)
-            if image is not None:
+            if image is not None and block.attends_to_image:
                 block.image_gate.data.fill_(image)
 
 
@@ -126,3 +126,50 @@ def test_token_by_token_with_the_cache_equals_one_full_pass():
         steps = torch.cat([decoder(TOKENS[:, i: i + 1], cache) for i in range(TOKENS.shape[1])], dim=1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
     assert cache.length == TOKENS.shape[1]
+
+
+# ------------------------------------------------------------------------------------------------ prefix fusion
+
+
+def prefix_decoder() -> FusionDecoder:
+    decoder = make_decoder("prefix")
+    open_gates(decoder)
+    return decoder
+
+
+def test_prefix_fusion_has_no_image_cross_attention_and_still_sees_the_image():
+    decoder = prefix_decoder()
+    assert not any(name.startswith("blocks.0.image_") for name, _ in decoder.named_parameters())
+    inputs, other = memory_inputs((2, 1)), memory_inputs((2, 1))
+    other["image_tokens"][0, 0] += 1.0
+    out, changed = logits(decoder, inputs, TOKENS), logits(decoder, other, TOKENS)
+    assert not torch.allclose(out[0], changed[0]) and torch.equal(out[1], changed[1])
+
+
+def test_prefix_fusion_masks_padded_image_slots_and_survives_a_sample_without_images():
+    decoder = prefix_decoder()
+    inputs, other = memory_inputs((2, 1)), memory_inputs((2, 1))
+    other["image_tokens"][1, 1] = 100.0  # padding
+    other["image_markers"][1, 1] = 100.0
+    torch.testing.assert_close(logits(decoder, inputs, TOKENS), logits(decoder, other, TOKENS), atol=1e-6, rtol=0)
+    none = memory_inputs((1, 0))
+    blank = dict(none, image_tokens=none["image_tokens"] * 0 + 5.0)
+    out = logits(decoder, none, TOKENS)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], logits(decoder, blank, TOKENS)[1], atol=1e-6, rtol=0)
+
+
+def test_prefix_fusion_is_causal_and_its_cache_equals_one_full_pass():
+    decoder = prefix_decoder()
+    inputs = memory_inputs()
+    full = logits(decoder, inputs, TOKENS)
+    changed = TOKENS.clone()
+    changed[:, 2:] = 11
+    assert torch.equal(full[:, :2], logits(decoder, inputs, changed)[:, :2])
+    with torch.no_grad():
+        cache = decoder.start(decoder.build_memory(**inputs))
+        steps = torch.cat([decoder(TOKENS[:, i: i + 1], cache) for i in range(TOKENS.shape[1])], dim=1)
+        repeated = decoder.start(decoder.build_memory(**inputs)).repeat_each(3)  # candidates of classification
+        each = decoder(TOKENS.repeat_interleave(3, dim=0), repeated)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(each, full.repeat_interleave(3, dim=0), atol=1e-5, rtol=1e-5)

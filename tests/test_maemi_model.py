@@ -11,8 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maemi.model import (IGNORE_INDEX, MAEMI, CheckpointError, GatedCrossAttentionBlock, GenerationConfig,
-                         MAEMIConfig)
+                         MAEMIConfig, TextConfig)
 from maemi.model.lora import DyLoRAFALinear, sample_dylora_rank_, set_dylora_rank_
+from maemi.train.config import TrainConfig
+from maemi.train.trainer import select_trainable
 from tiny_text_models import one_thread, save_tiny_bert, save_tiny_llama, tiny_config, tiny_vocab  # noqa: F401
 
 SAME_PROMPT = "<image> What is shown?"
@@ -201,6 +203,41 @@ def test_save_then_load_gives_bit_identical_outputs(trained, tmp_path):
     assert torch.equal(logits(loaded, batch), logits(model, batch))
     assert loaded.generate(batch) == model.generate(batch)
     torch.testing.assert_close(loaded.score(batch, ["TEM"]), model.score(batch, ["TEM"]), atol=0, rtol=0)
+
+
+def test_ablation_variants_learn_and_round_trip(bert_dir, tmp_path):
+    """The ablation's alternatives (benchmarks/ablation.py): a text encoder from random weights, trained whole and
+    saved whole; the image as a prefix of the decoder's sequence instead of gated cross-attention."""
+    vocab = tiny_vocab()
+    config = tiny_config(bert_dir, vocab, lora=False, quantize_int8=False)
+    config.text.pretrained = False
+    config.decoder.image_fusion = "prefix"
+    torch.manual_seed(0)
+    model = MAEMI(config, vocab)
+    pretrained = MAEMI(tiny_config(bert_dir, vocab, lora=False, quantize_int8=False), vocab)
+    word = "text.model.embeddings.word_embeddings.weight"
+    assert not torch.equal(model.state_dict()[word], pretrained.state_dict()[word])  # not the pretrained weights
+    batch, _ = training_batch(model)
+    select_trainable(model, TrainConfig())
+    assert all(p.requires_grad for p in model.text.model.parameters())
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(30):
+        loss = model(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    assert word in load_file(tmp_path / "ckpt" / "model.safetensors")  # trained, so saved
+    loaded = MAEMI.from_pretrained(tmp_path / "ckpt").eval()
+    assert torch.equal(logits(loaded, batch), logits(model, batch))
+    assert loaded.generate(batch) == model.generate(batch)
+    with pytest.raises(ValueError, match="pretrained = false"):
+        TextConfig(path=str(bert_dir), pretrained=False)  # int8 and adapters on by default: say what to set
 
 
 @pytest.fixture

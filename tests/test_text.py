@@ -82,6 +82,20 @@ def test_adapters_with_zero_B_leave_the_output_unchanged(family):
     assert torch.equal(plain, adapted)
 
 
+def test_dropout_setting_turns_the_pretrained_dropout_off(tmp_path):
+    path = save_tiny_bert(tmp_path / "bert")  # BERT's config: dropout 0.1 in every layer
+    outputs = {}
+    for dropout in (None, 0.0):
+        torch.manual_seed(0)
+        encoder = TextEncoder(TextConfig(path=str(path), lora=None, dropout=dropout)).train()
+        ids, mask = tokenize(encoder, [f"{IMAGE_TOKEN} Describe the image."])
+        outputs[dropout] = [encoder(ids, mask) for _ in range(2)]
+    assert not torch.equal(*outputs[None])  # the pretrained dropout draws a new mask each pass
+    assert torch.equal(*outputs[0.0])
+    with pytest.raises(ValueError, match="dropout"):
+        TextConfig(dropout=1.5)
+
+
 def test_missing_directory_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         TextEncoder(TextConfig(path=str(tmp_path / "nowhere")))

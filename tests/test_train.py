@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from maemi.cli import app
 from maemi.model import MAEMI, VisionConfig, VisionEncoder
 from maemi.teachers.records import make_record
-from maemi.train.config import AugmentConfig, ConfigError, TrainConfig, load_train_config
+from maemi.train.config import SHIPPED_CONFIGS, AugmentConfig, ConfigError, TrainConfig, load_train_config
 from maemi.train.data import (ImageCache, InstructionDataset, augment_image, epoch_order, epoch_pool, plan_step,
                               seeded_generator)
 from maemi.train.distributed import DistributedEnv
@@ -154,6 +154,13 @@ def test_config_file_then_flags(tiny, tmp_path):
     assert (config.epochs, config.model.decoder.layers, config.augment.contrast) == (4, 3, 0.0)
     # a resumed run's saved config is the base; flags still win
     assert load_train_config(None, ["--seed=3"], base=config.to_dict()).model.decoder.layers == 3
+
+
+def test_a_shipped_config_name_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    (tmp_path / "demo").mkdir()  # `maemi demo --out demo` makes one; `--config demo` still means the shipped file
+    monkeypatch.chdir(tmp_path)
+    assert load_train_config("demo").max_steps == load_train_config(SHIPPED_CONFIGS / "demo.toml").max_steps > 0
+    assert load_train_config("demo").model.text.dropout == 0.0  # the shipped file's own setting, not a default
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -10,6 +10,7 @@ question with `maemi ask`'s code path.
 from __future__ import annotations
 
 import json
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,16 @@ class DemoConfig:
     eval_sample: int | None = 200  # generation metrics on this many test records (classification uses all images)
 
 
-def _step(name: str, done: bool, run: Callable[[], str], log: Callable[[str], None]) -> None:
+def _step(name: str, done: bool, run: Callable[[], str], log: Callable[[str], None], seconds: dict[str, float]
+          ) -> None:
+    """Run a step unless its output is there; seconds[name] is its wall time when it ran."""
     if done:
         log(f"[{name}] already done, reusing it")
         return
     t0 = time.perf_counter()
     summary = run()
-    log(f"[{name}] {summary} ({time.perf_counter() - t0:.1f} s)")
+    seconds[name] = time.perf_counter() - t0
+    log(f"[{name}] {summary} ({seconds[name]:.1f} s)")
 
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
@@ -75,9 +79,11 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
                 f"groups, {len(report['unreadable'])} unreadable -> {inspect_path}; train {len(split['train'])}, "
                 f"val {len(split['val'])}, test {len(split['test'])} -> {split_path}")
 
+    seconds: dict[str, float] = {}
     synth_ok = synth_done()
-    _step("synth", synth_ok, do_synth, log)
-    _step("inspect + split", synth_ok and inspect_path.is_file() and split_path.is_file(), do_inspect_and_split, log)
+    _step("synth", synth_ok, do_synth, log, seconds)
+    _step("inspect + split", synth_ok and inspect_path.is_file() and split_path.is_file(), do_inspect_and_split, log,
+          seconds)
 
     # Instruction data per side of the split, so that no record mixes training and test images.
     data = {side: cfg.out / f"{side}.jsonl" for side in ("train", "val", "test")}
@@ -94,7 +100,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
             tmp.replace(path)  # the step counts as done only once its file is complete
             return f"{report.records} records about {report.answered} images -> {path}"
 
-        _step(f"teach {side}", synth_ok and path.is_file(), do_teach, log)
+        _step(f"teach {side}", synth_ok and path.is_file(), do_teach, log, seconds)
 
     run = cfg.out / "run"
 
@@ -110,7 +116,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
 
     eval_dir = run / "eval"
     train_done = (run / "eval" / "metrics.json").is_file()  # evaluation comes after a finished training
-    _step("train", train_done, do_train, log)
+    _step("train", train_done, do_train, log, seconds)
 
     def do_calibrate() -> str:
         from maemi.evaluate.calibration import calibrate_run
@@ -119,7 +125,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
         return (f"temperature {result['temperature']:.3f} (validation split), unfamiliar above "
                 f"{result['familiarity']['threshold']:.4f} -> {run / 'calibration.json'}")
 
-    _step("calibrate", (run / "calibration.json").is_file(), do_calibrate, log)
+    _step("calibrate", (run / "calibration.json").is_file(), do_calibrate, log, seconds)
 
     def do_eval() -> str:
         from maemi.evaluate.evaluate import EvalConfig, evaluate_run
@@ -128,7 +134,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
                      progress=False)
         return f"-> {eval_dir / 'report.md'}"
 
-    _step("eval", (eval_dir / "metrics.json").is_file(), do_eval, log)
+    _step("eval", (eval_dir / "metrics.json").is_file(), do_eval, log, seconds)
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     from maemi.evaluate.report import format_metrics_table
 
@@ -147,5 +153,11 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     if not isinstance(facts, str):  # the numbers above are these, as `maemi measure` reports them
         log(f"measured: {facts.values['object_count']} objects, mean equivalent diameter {facts.values['diameter_mean']}"
             f" (scale: {facts.scale.source if facts.scale else 'unknown'})")
+    # Each step's wall time and the process's peak memory, kept across reruns (benchmarks read them).
+    record = cfg.out / "timings.json"
+    previous = json.loads(record.read_text()) if record.is_file() else {}
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    atomic_write_json(record, {"seconds": {**previous.get("seconds", {}), **seconds},
+                               "peak_rss_mib": max(previous.get("peak_rss_mib", 0.0), peak_mib)})
     return {"corpus": corpus, "inspect": inspect_path, "splits": split_path, "data": data, "run": run,
-            "metrics": metrics, "answer": answer}
+            "metrics": metrics, "answer": answer, "seconds": seconds}

@@ -65,6 +65,19 @@ class TextConfig:
     quantize_int8: bool = True  # the "Q" of DyQLoRA-FA: frozen base linears stored as int8
     lora: DyLoRAFAConfig | None = field(default_factory=DyLoRAFAConfig)  # None: the text encoder stays frozen
     max_prompt_len: int = 256  # prompt tokens, <image> and <Encode> included
+    # The pretrained encoder's own dropout while the adapters train (every dropout layer in it). None: its config's
+    # (MiniLM: 0.1). The base is frozen; its dropout only regularises the adapters.
+    dropout: float | None = None
+    # False: the same architecture and tokenizer from random weights, all of it trained: the ablation's "no
+    # pretrained text encoder". There is no pretrained base to keep, so no int8 base and no adapters then.
+    pretrained: bool = True
+
+    def __post_init__(self) -> None:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"text: dropout must be in [0, 1), got {self.dropout}")
+        if not self.pretrained and (self.quantize_int8 or self.lora is not None):
+            raise ValueError("text: pretrained = false trains the whole encoder from random weights: set "
+                             "quantize_int8 = false and lora = none with it")
 
 
 @dataclass
@@ -79,6 +92,9 @@ class DecoderConfig:
     # gated branch's own weights get no gradient until the gate moves: the image path then opened too late for a
     # demo-length run (measured). tanh(1) = 0.76: open, and still a learned gate.
     gate_init: float = 1.0
+    # How the answer sees the image. "cross_attention": the paper's gated cross-attention blocks. "prefix": the image
+    # tokens go first in the decoder's own sequence instead (as LLaVA feeds an LM), the ablation's alternative.
+    image_fusion: Literal["cross_attention", "prefix"] = "cross_attention"
 
     @property
     def dim(self) -> int:

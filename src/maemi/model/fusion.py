@@ -11,6 +11,10 @@ gate: with the image gates at 0 the output does not depend on the image, whateve
 Memory normalisation. The projected image tokens and prompt states are layer-normalised, so that both reach the
 answer stream at unit scale from the first step (Flamingo's perceiver resampler also ends in a LayerNorm).
 
+Prefix fusion (DecoderConfig.image_fusion = "prefix", for the ablation): no image cross-attention; the image tokens go
+first in the decoder's own sequence and pass through every block, and each answer token attends to them through
+self-attention, as LLaVA-style models feed an LM. The prompt keeps its (gated) cross-attention in both.
+
 Media masking. open_flamingo lets a text token attend to the images that came before it. Every answer token comes
 after the whole prompt, so every answer token sees all images of its prompt; the mask only removes the padded image
 slots of samples with fewer images than the batch's widest (a sample with no image gets zero from the image path).
@@ -92,20 +96,23 @@ class GatedCrossAttentionBlock(nn.Module):
     def __init__(self, config: DecoderConfig) -> None:
         super().__init__()
         dim = config.dim
-        self.image_norm = nn.LayerNorm(dim)
-        self.image_attn = Attention(dim, config.heads, config.head_dim, config.dropout)
+        self.attends_to_image = config.image_fusion == "cross_attention"
+        if self.attends_to_image:
+            self.image_norm = nn.LayerNorm(dim)
+            self.image_attn = Attention(dim, config.heads, config.head_dim, config.dropout)
+            self.image_gate = nn.Parameter(torch.full((1,), config.gate_init))
         self.prompt_norm = nn.LayerNorm(dim)
         self.prompt_attn = Attention(dim, config.heads, config.head_dim, config.dropout)
         self.ff_norm = nn.LayerNorm(dim)
         self.ff = feed_forward(config)
         # gate_init 0: tanh(0) = 0, the block starts as the identity (Flamingo); each gate still gets a gradient from
         # step one, but the branch behind it does not until the gate has moved.
-        self.image_gate = nn.Parameter(torch.full((1,), config.gate_init))
         self.prompt_gate = nn.Parameter(torch.full((1,), config.gate_init))
         self.ff_gate = nn.Parameter(torch.full((1,), config.gate_init))
 
     def keys_values(self, memory: FusionMemory) -> CrossKeysValues:
-        image = self.image_attn.keys_values(memory.image_tokens) if memory.image_tokens.shape[1] else None
+        image = (self.image_attn.keys_values(memory.image_tokens)
+                 if self.attends_to_image and memory.image_tokens.shape[1] else None)
         return CrossKeysValues(image, self.prompt_attn.keys_values(memory.prompt_states))
 
     def forward(self, x: torch.Tensor, kv: CrossKeysValues, memory: FusionMemory) -> torch.Tensor:
@@ -131,8 +138,9 @@ class SelfAttentionBlock(nn.Module):
         self.ff_norm = nn.LayerNorm(config.dim)
         self.ff = feed_forward(config)
 
-    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    def forward(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
+                keys_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """keys_valid [B, S] (past and new positions), False on padded image slots of a prefix; None: all valid."""
         h = self.attn_norm(x)
         k, v = self.attn.keys_values(h)
         if past is not None:
@@ -140,6 +148,10 @@ class SelfAttentionBlock(nn.Module):
         t, s = x.shape[1], k.shape[2]
         # The new tokens are the last t of s positions: token i sees positions up to s - t + i.
         mask = torch.ones(t, s, dtype=torch.bool, device=x.device).tril(diagonal=s - t)
+        if keys_valid is not None:  # every position may still see itself: no all-masked row (NaN) for a padded slot
+            itself = torch.zeros_like(mask)
+            itself[torch.arange(t), torch.arange(s - t, s)] = True
+            mask = (mask & keys_valid[:, None, None, :]) | itself
         x = x + self.attn(h, k, v, mask=mask)
         return x + self.ff(self.ff_norm(x)), (k, v)
 
@@ -152,6 +164,14 @@ class DecoderCache:
     cross: list[CrossKeysValues]  # one per GatedCrossAttentionBlock
     self_kv: list[tuple[torch.Tensor, torch.Tensor] | None]  # one per SelfAttentionBlock
     length: int = 0  # answer positions seen so far
+    prefix_valid: torch.Tensor | None = None  # [B, P] prefix fusion: the image prefix's positions, False when padded
+
+    def keys_valid(self, new: int) -> torch.Tensor | None:
+        """[B, P + length + new]: which self-attention keys are real (None without a prefix: all of them)."""
+        if self.prefix_valid is None:
+            return None
+        answer = self.prefix_valid.new_ones(self.prefix_valid.shape[0], self.length + new)
+        return torch.cat([self.prefix_valid, answer], dim=1)
 
     def repeat_each(self, n: int) -> DecoderCache:
         """Each sample n times in a row ([B] -> [B*n]), before any answer token: candidate answers to score, or beams.
@@ -163,11 +183,12 @@ class DecoderCache:
             return None if kv is None else (kv[0].repeat_interleave(n, dim=0), kv[1].repeat_interleave(n, dim=0))
 
         cross = [CrossKeysValues(rep(c.image), rep(c.prompt)) for c in self.cross]
-        return DecoderCache(self.memory.repeat_each(n), cross, list(self.self_kv))
+        prefix = None if self.prefix_valid is None else self.prefix_valid.repeat_interleave(n, dim=0)
+        return DecoderCache(self.memory.repeat_each(n), cross, [rep(kv) for kv in self.self_kv], 0, prefix)
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Beam search: row i continues row index[i]. Rows stay within their sample, so the cross keys/values
-        (the same for every beam of a sample) need no reordering."""
+        """Beam search: row i continues row index[i]. Rows stay within their sample, so the cross keys/values and the
+        prefix mask (the same for every beam of a sample) need no reordering."""
         self.self_kv = [None if kv is None else (kv[0][index], kv[1][index]) for kv in self.self_kv]
 
 
@@ -212,10 +233,26 @@ class FusionDecoder(nn.Module):
         )
 
     def start(self, memory: FusionMemory) -> DecoderCache:
-        """A cache holding every cross-attention block's keys/values of `memory`, computed once."""
+        """A cache holding every cross-attention block's keys/values of `memory`, computed once (and with prefix
+        fusion, the image prefix run through the blocks: its self-attention keys/values)."""
         cross = [block.keys_values(memory) for block in self.blocks if isinstance(block, GatedCrossAttentionBlock)]
         self_kv = [None for block in self.blocks if isinstance(block, SelfAttentionBlock)]
-        return DecoderCache(memory, cross, self_kv)
+        cache = DecoderCache(memory, cross, self_kv)
+        if self.config.image_fusion == "prefix" and memory.image_tokens.shape[1]:
+            cache.prefix_valid = memory.image_mask
+            self._run_blocks(memory.image_tokens, cache, cache.keys_valid(0))
+        return cache
+
+    def _run_blocks(self, x: torch.Tensor, cache: DecoderCache, keys_valid: torch.Tensor | None) -> torch.Tensor:
+        cross_index = self_index = 0
+        for block in self.blocks:
+            if isinstance(block, GatedCrossAttentionBlock):
+                x = block(x, cache.cross[cross_index], cache.memory)
+                cross_index += 1
+            else:
+                x, cache.self_kv[self_index] = block(x, cache.self_kv[self_index], keys_valid)
+                self_index += 1
+        return x
 
     def forward(self, tokens: torch.Tensor, cache: DecoderCache) -> torch.Tensor:
         """tokens [B, T] at answer positions cache.length ... cache.length + T - 1 -> logits [B, T, V]; the cache
@@ -226,13 +263,6 @@ class FusionDecoder(nn.Module):
                              f"{self.config.max_len}")
         positions = torch.arange(cache.length, cache.length + t, device=tokens.device)
         x = self.drop(self.token_embed(tokens) + self.pos_embed(positions))  # [B, T, D]
-        cross_index = self_index = 0
-        for block in self.blocks:
-            if isinstance(block, GatedCrossAttentionBlock):
-                x = block(x, cache.cross[cross_index], cache.memory)
-                cross_index += 1
-            else:
-                x, cache.self_kv[self_index] = block(x, cache.self_kv[self_index])
-                self_index += 1
+        x = self._run_blocks(x, cache, cache.keys_valid(t))
         cache.length += t
         return self.lm_head(self.norm(x))

@@ -59,7 +59,7 @@ class TextEncoder(nn.Module):
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub (local_files_only below too)
-        from transformers import AutoModel, AutoTokenizer  # heavy import, only when a model is built
+        from transformers import AutoConfig, AutoModel, AutoTokenizer  # heavy import, only when a model is built
 
         self.config = config
         self.path = resolve_text_model_path(config.path)
@@ -67,11 +67,19 @@ class TextEncoder(nn.Module):
         self.tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN, ENCODE_TOKEN]})
         self.image_token_id, self.encode_token_id = self.tokenizer.convert_tokens_to_ids([IMAGE_TOKEN, ENCODE_TOKEN])
 
-        self.model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=torch.float32)
+        if config.pretrained:
+            self.model = AutoModel.from_pretrained(self.path, local_files_only=True, dtype=torch.float32)
+        else:  # the architecture only, from random weights; all of it trains (select_trainable)
+            self.model = AutoModel.from_config(AutoConfig.from_pretrained(self.path, local_files_only=True),
+                                               dtype=torch.float32)
         self.model.config.use_cache = False  # one pass per prompt: a KV cache would only cost memory
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None  # BERT's pooler is unused (we read token states) and would get adapters too
         self.model.requires_grad_(False)
+        if config.dropout is not None:  # the module's p is what BERT-style attention reads at each call too
+            for module in self.model.modules():
+                if isinstance(module, nn.Dropout):
+                    module.p = config.dropout
         self.hidden_size = self.model.config.hidden_size
 
         # Start both new tokens near the average pretrained embedding (as transformers' resize_token_embeddings does),
@@ -84,7 +92,7 @@ class TextEncoder(nn.Module):
             quantize_linears_(self.model)
         # Tensors present now are the pretrained base (rebuilt from the directory at load time, never saved); the
         # adapters added next are ours. Recorded by identity, so it does not depend on how adapters name things.
-        base_tensors = {id(t) for t in self.model.state_dict(keep_vars=True).values()}
+        base_tensors = {id(t) for t in self.model.state_dict(keep_vars=True).values()} if config.pretrained else set()
         if config.lora is not None:
             add_dylora_fa_(self.model, config.lora)
         self.pretrained_keys = {name for name, t in self.model.state_dict(keep_vars=True).items()

@@ -194,7 +194,8 @@ def resolve_config_path(path: str | os.PathLike) -> Path:
     """A config file's path, or the name of one the package ships (`demo`, `neu`: src/maemi/configs/NAME.toml)."""
     path = Path(path)
     shipped = SHIPPED_CONFIGS / f"{path}.toml"
-    if not path.exists() and not path.suffix and len(path.parts) == 1 and shipped.is_file():
+    # a folder of that name (`maemi demo --out demo` makes one) is not a config file: the shipped one is meant
+    if not path.is_file() and not path.suffix and len(path.parts) == 1 and shipped.is_file():
         return shipped
     return path
 

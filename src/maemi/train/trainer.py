@@ -113,6 +113,8 @@ def select_trainable(model: MAEMI, config: TrainConfig) -> list[tuple[str, torch
     model.vision.requires_grad_(config.train_vision)
     model.decoder.requires_grad_(config.train_decoder)
     model.text.special_embeddings.requires_grad_(config.train_special_tokens)
+    if not model.config.text.pretrained:  # random weights: nothing to keep, the whole encoder trains
+        model.text.model.requires_grad_(True)
     if config.train_adapters and model.config.text.lora is not None:
         for param in dylora_parameters(model.text.model):
             param.requires_grad_(True)
