@@ -5,8 +5,8 @@ Variants, each a set of --key=value settings on the shipped `demo` config:
 - shipped: as `maemi demo` trains it: DyQLoRA-FA adapters on the pretrained MiniLM (int8 base), gated cross-attention;
 - frozen_text: the pretrained text encoder frozen, no adapters;
 - no_pretrained_text: the same encoder architecture from random weights, trained whole (no int8 base, no adapters);
+- peft_lora: PEFT's plain LoRA on the full-precision encoder instead of DyQLoRA-FA (rank r_max, A and B trained);
 - prefix_fusion: the image tokens prepended to the decoder's own sequence instead of gated cross-attention.
-(DyQLoRA-FA against PEFT's plain LoRA is not a variant yet: PEFT cannot wrap the int8 layers.)
 
 Per seed, `maemi demo --seed S` makes the corpus, split and teacher records once, in WORK/seedS (the same layout as
 benchmarks/demo_seeds.py, so its runs are reused as the shipped variant); every other variant trains, calibrates and
@@ -42,6 +42,7 @@ VARIANTS = {
     "frozen_text": ("--model.text.lora=none",),
     "no_pretrained_text": ("--model.text.pretrained=false", "--model.text.quantize_int8=false",
                            "--model.text.lora=none"),
+    "peft_lora": ("--model.text.adapter=peft_lora", "--model.text.quantize_int8=false"),
     "prefix_fusion": ("--model.decoder.image_fusion=prefix",),
 }
 COLUMNS = {name: DEMO_COLUMNS[name] for name in ("zero_shot", "few_shot", "meteor", "meteor_shuffled", "numeric",

@@ -10,7 +10,8 @@ images alone are too few to read an ECE of 0.05 from).
 
     .venv/bin/python benchmarks/demo_seeds.py [--seeds 0,1,2] [--work /tmp/demo_seeds]
 
-A seed whose evaluation is already in WORK is read, not rerun (its time then is not known).
+A seed whose evaluation is already in WORK is read, not rerun; its minutes are then the sum of its steps' seconds in
+its timings.json (the demo's steps alone: no interpreter start or imports).
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ def run_seed(seed: int, work: Path) -> dict:
         maemi = Path(sys.executable).with_name("maemi")
         subprocess.run([str(maemi), "demo", "--seed", str(seed), "--out", str(out)], check=True)
         minutes = (time.perf_counter() - start) / 60
+    timings = out / "timings.json"  # each step's seconds, written by the demo itself
+    if minutes is None and timings.is_file():
+        minutes = sum(json.loads(timings.read_text())["seconds"].values()) / 60
     metrics = json.loads(metrics_path.read_text())
     row = {"seed": seed, "minutes": minutes, **{name: read(metrics) for name, (_, read) in COLUMNS.items()}}
     # top-1 probability and correctness of each test image, for the pooled calibration error
@@ -119,13 +123,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--work", type=Path, default=Path("/tmp/demo_seeds"))
     parser.add_argument("--out", type=Path, default=HERE / "results" / "demo_seeds")
+    parser.add_argument("--note", default="", help="a paragraph for the markdown: how the runs shared the machine")
     args = parser.parse_args()
     import torch
 
     rows = [run_seed(int(s), args.work) for s in args.seeds.split(",")]
     result = {"machine": {**machine_info(), "threads": torch.get_num_threads()}, "rows": rows,
               "summary": summary(rows)}
-    text = markdown(result)
+    text = markdown(result) + (f"\n{args.note}\n" if args.note else "")
+    result["note"] = args.note
     print(text)
     atomic_write_json(args.out.with_suffix(".json"), result)
     atomic_write_text(args.out.with_suffix(".md"), text + "\n")

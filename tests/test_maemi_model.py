@@ -240,6 +240,33 @@ def test_ablation_variants_learn_and_round_trip(bert_dir, tmp_path):
         TextConfig(path=str(bert_dir), pretrained=False)  # int8 and adapters on by default: say what to set
 
 
+def test_peft_lora_variant_trains_only_its_adapters_and_round_trips(bert_dir, tmp_path):
+    vocab = tiny_vocab()
+    config = tiny_config(bert_dir, vocab, quantize_int8=False)
+    config.text.adapter = "peft_lora"
+    torch.manual_seed(0)
+    model = MAEMI(config, vocab)
+    trainable = [name for name, _ in select_trainable(model, TrainConfig()) if name.startswith("text.model.")]
+    assert trainable and all(".lora_A." in name or ".lora_B." in name for name in trainable)
+    assert {name.split(".lora_")[1][0] for name in trainable} == {"A", "B"}  # plain LoRA trains both
+    batch, _ = training_batch(model)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(3):
+        loss = model(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    saved = [key for key in load_file(tmp_path / "ckpt" / "model.safetensors") if key.startswith("text.model.")]
+    assert sorted(saved) == sorted(trainable)  # the adapters, never the pretrained base
+    loaded = MAEMI.from_pretrained(tmp_path / "ckpt").eval()
+    assert torch.equal(logits(loaded, batch), logits(model, batch))
+    with pytest.raises(ValueError, match="quantize_int8 = false"):
+        TextConfig(path=str(bert_dir), adapter="peft_lora")
+
+
 @pytest.fixture
 def checkpoint(trained, tmp_path):
     trained[0].save_pretrained(tmp_path / "ckpt")

@@ -64,6 +64,9 @@ class TextConfig:
     path: str | None = None
     quantize_int8: bool = True  # the "Q" of DyQLoRA-FA: frozen base linears stored as int8
     lora: DyLoRAFAConfig | None = field(default_factory=DyLoRAFAConfig)  # None: the text encoder stays frozen
+    # "dylora_fa": ours (model/lora.py). "peft_lora": PEFT's plain LoRA at rank lora.r_max (A and B both train, one
+    # rank), the ablation's comparison; PEFT wraps nn.Linear only, so it needs quantize_int8 = false.
+    adapter: Literal["dylora_fa", "peft_lora"] = "dylora_fa"
     max_prompt_len: int = 256  # prompt tokens, <image> and <Encode> included
     # The pretrained encoder's own dropout while the adapters train (every dropout layer in it). None: its config's
     # (MiniLM: 0.1). The base is frozen; its dropout only regularises the adapters.
@@ -78,6 +81,8 @@ class TextConfig:
         if not self.pretrained and (self.quantize_int8 or self.lora is not None):
             raise ValueError("text: pretrained = false trains the whole encoder from random weights: set "
                              "quantize_int8 = false and lora = none with it")
+        if self.adapter == "peft_lora" and self.quantize_int8:
+            raise ValueError("text: adapter = peft_lora wraps full-precision linears only: set quantize_int8 = false")
 
 
 @dataclass

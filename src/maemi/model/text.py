@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from maemi.model.config import TextConfig
-from maemi.model.lora import add_dylora_fa_
+from maemi.model.lora import add_dylora_fa_, dylora_parameters
 from maemi.model.quant import quantize_linears_
 
 IMAGE_TOKEN = "<image>"
@@ -93,11 +93,25 @@ class TextEncoder(nn.Module):
         # Tensors present now are the pretrained base (rebuilt from the directory at load time, never saved); the
         # adapters added next are ours. Recorded by identity, so it does not depend on how adapters name things.
         base_tensors = {id(t) for t in self.model.state_dict(keep_vars=True).values()} if config.pretrained else set()
-        if config.lora is not None:
+        if config.lora is not None and config.adapter == "peft_lora":
+            from peft import LoraConfig, inject_adapter_in_model  # scale lora_alpha / r, as ours alpha / r_max
+
+            inject_adapter_in_model(LoraConfig(r=config.lora.r_max, lora_alpha=config.lora.alpha,
+                                               lora_dropout=config.lora.dropout,
+                                               target_modules=list(config.lora.target_modules)), self.model)
+        elif config.lora is not None:
             add_dylora_fa_(self.model, config.lora)
         self.pretrained_keys = {name for name, t in self.model.state_dict(keep_vars=True).items()
                                 if id(t) in base_tensors}
         self._weights_sha256: str | None = None
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """What adapter training updates: DyLoRA-FA's B columns, or PEFT LoRA's A and B."""
+        if self.config.lora is None:
+            return []
+        if self.config.adapter == "peft_lora":
+            return [param for name, param in self.model.named_parameters() if ".lora_" in name]
+        return dylora_parameters(self.model)
 
     @property
     def weights_sha256(self) -> str:

@@ -38,7 +38,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.model import MAEMI, AnswerVocab
-from maemi.model.lora import dylora_parameters, sample_dylora_rank_, set_dylora_rank_
+from maemi.model.lora import sample_dylora_rank_, set_dylora_rank_
 from maemi.seeds import derived_seed
 from maemi.teachers.records import read_records
 from maemi.train.checkpoint import ResumeError, find_checkpoint, load_checkpoint, save_checkpoint
@@ -115,8 +115,8 @@ def select_trainable(model: MAEMI, config: TrainConfig) -> list[tuple[str, torch
     model.text.special_embeddings.requires_grad_(config.train_special_tokens)
     if not model.config.text.pretrained:  # random weights: nothing to keep, the whole encoder trains
         model.text.model.requires_grad_(True)
-    if config.train_adapters and model.config.text.lora is not None:
-        for param in dylora_parameters(model.text.model):
+    if config.train_adapters:
+        for param in model.text.adapter_parameters():
             param.requires_grad_(True)
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     if not named:
@@ -352,7 +352,7 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
         steps = chunks([pool[i] for i in epoch_order(len(pool), config.seed, epoch)], config.batch_size)
         for step_indices in steps[progress.step_in_epoch:]:
             # ---- one optimizer step
-            if lora is not None:
+            if lora is not None and model.config.text.adapter == "dylora_fa":
                 sample_dylora_rank_(model.text.model, rank_generator)
             plan = plan_step(step_indices, config.micro_batch, env.rank, env.world_size)
             share, tokens = 0.0, 0  # this process's part of the step loss: sum of (n_j / N) x loss_j
