@@ -17,7 +17,8 @@ seed: zero- and few-shot top-1, METEOR with the right and with shuffled images, 
 
     .venv/bin/python benchmarks/ablation.py [--seeds 0,1,2] [--variants shipped,frozen_text,...] [--work DIR]
 
-A variant whose evaluation is already in WORK is read, not rerun.
+A variant whose evaluation is already in WORK is read, not rerun, so variants can run in separate invocations (on
+separate cores: give each OMP_NUM_THREADS) once the shipped one has made the seed's files.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def run_variant(seed: int, variant: str, work: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if variant != "shipped":
         base = variant_dir(work, seed, "shipped")
+        missing = [name for name in SHARED if not (base / name).exists()]
+        if missing:
+            sys.exit(f"{base}: no {', '.join(missing)}: run the shipped variant of seed {seed} first (it makes the "
+                     "corpus and the teacher records every variant shares)")
         for name in SHARED:
             if not (out / name).exists():
                 (out / name).symlink_to((base / name).resolve())
@@ -137,12 +142,11 @@ def main() -> None:
 
     rows = []
     for seed in map(int, args.seeds.split(",")):
-        for variant in ["shipped"] + [v for v in variants if v != "shipped"]:  # shipped makes the shared files
+        for variant in variants:  # in VARIANTS' order unless told otherwise: shipped first makes the shared files
             if not (variant_dir(args.work, seed, variant) / "run" / "eval" / "metrics.json").is_file():
                 subprocess.run([sys.executable, __file__, "--work", str(args.work), "--child", str(seed), variant],
                                check=True)
-            if variant in variants:
-                rows.append(read_row(seed, variant, args.work))
+            rows.append(read_row(seed, variant, args.work))
     result = {"machine": {**machine_info(), "threads": torch.get_num_threads()}, "variants": VARIANTS, "rows": rows,
               "summary": summary(rows)}
     text = markdown(result)

@@ -4,6 +4,7 @@ reuses all of it."""
 from __future__ import annotations
 
 import json
+import shutil
 
 from maemi.demo import DemoConfig, run_demo
 from maemi.teachers.records import read_records
@@ -38,3 +39,10 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path):
     assert set(timings["seconds"]) == set(result["seconds"]) and timings["peak_rss_mib"] > 0
     reused = [line for line in again if "already done" in line]
     assert len(reused) == 8, again  # synth, inspect + split, teach x3, train, calibrate, eval
+
+    # stopped during training, before its first checkpoint: run.json is there, no checkpoint; a rerun trains afresh
+    for name in ("eval", "checkpoints"):
+        shutil.rmtree(out / "run" / name, ignore_errors=True)
+    (out / "run" / "calibration.json").unlink()
+    assert (out / "run" / "run.json").is_file()
+    assert "train" in run_demo(cfg, log=[].append)["seconds"]

@@ -42,7 +42,6 @@ from maemi.evaluate.calibration import probabilities
 from maemi.evaluate.familiarity import Familiarity, flag
 from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
-from maemi.model.lora import set_dylora_rank_
 from maemi.teachers.measure import (ImageFacts, MeasuredImage, compare_values, measure_file, measure_pixels,
                                     measured_context)
 from maemi.teachers.records import asked, demonstration_labels, few_shot_prompt, read_records, with_measured
@@ -177,8 +176,7 @@ class Assistant:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.model = model.eval()
-        if model.config.text.lora is not None:
-            set_dylora_rank_(model.text.model, model.config.text.lora.r_max)  # adapters at full rank for inference
+        model.text.use_full_rank()  # DyLoRA adapters at full rank for inference
         self.run, self.run_dir, self.batch_size = run, Path(run_dir), batch_size
         self.image_config = ImagePreprocessConfig(size=model.config.vision.image_size)
         self._supports: dict[str, SupportSet] = {}

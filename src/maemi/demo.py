@@ -105,13 +105,13 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> dict:
     run = cfg.out / "run"
 
     def do_train() -> str:
-        from maemi.train.checkpoint import find_checkpoint
         from maemi.train.config import load_train_config
         from maemi.train.trainer import train
 
         config = load_train_config(cfg.train_config, list(cfg.train_overrides))
-        summary = train(config, data["train"], data["val"], corpus, run, resume=find_checkpoint(run) is not None,
-                        log=log)
+        # The demo owns its run folder: resume from a checkpoint when there is one, else start afresh there (a run
+        # stopped before its first checkpoint leaves run.json behind, which a fresh `maemi train` would refuse).
+        summary = train(config, data["train"], data["val"], corpus, run, resume=True, log=log)
         return f"{summary.get('finished')}: best at step {summary.get('best_step')} -> {run}"
 
     eval_dir = run / "eval"

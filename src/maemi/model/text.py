@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from maemi.model.config import TextConfig
-from maemi.model.lora import add_dylora_fa_, dylora_parameters
+from maemi.model.lora import add_dylora_fa_, dylora_parameters, sample_dylora_rank_, set_dylora_rank_
 from maemi.model.quant import quantize_linears_
 
 IMAGE_TOKEN = "<image>"
@@ -104,6 +104,21 @@ class TextEncoder(nn.Module):
         self.pretrained_keys = {name for name, t in self.model.state_dict(keep_vars=True).items()
                                 if id(t) in base_tensors}
         self._weights_sha256: str | None = None
+
+    @property
+    def dynamic_rank(self) -> bool:
+        """Whether the adapters are DyLoRA-FA's, whose rank is drawn each training step and set to r_max after."""
+        return self.config.lora is not None and self.config.adapter == "dylora_fa"
+
+    def sample_rank(self, generator: torch.Generator) -> None:
+        """One training step's adapter rank (DyLoRA); nothing for other adapters or none."""
+        if self.dynamic_rank:
+            sample_dylora_rank_(self.model, generator)
+
+    def use_full_rank(self) -> None:
+        """The adapters at r_max, for validation and inference (DyLoRA); nothing for other adapters or none."""
+        if self.dynamic_rank:
+            set_dylora_rank_(self.model, self.config.lora.r_max)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """What adapter training updates: DyLoRA-FA's B columns, or PEFT LoRA's A and B."""

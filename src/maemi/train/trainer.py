@@ -38,7 +38,6 @@ from transformers import get_cosine_schedule_with_warmup
 
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.model import MAEMI, AnswerVocab
-from maemi.model.lora import sample_dylora_rank_, set_dylora_rank_
 from maemi.seeds import derived_seed
 from maemi.teachers.records import read_records
 from maemi.train.checkpoint import ResumeError, find_checkpoint, load_checkpoint, save_checkpoint
@@ -198,8 +197,7 @@ def validation_loss(model: MAEMI, val_set: InstructionDataset, config: TrainConf
     """The training loss (averaged as config.loss_average says: per answer token, or per answer) over the whole
     validation set, each process taking a shard; early stopping and loss.png then compare like with like."""
     model.eval()
-    if model.config.text.lora is not None:
-        set_dylora_rank_(model.text.model, model.config.text.lora.r_max)
+    model.text.use_full_rank()
     total, count = 0.0, 0
     for indices in chunks(range(env.rank, len(val_set), env.world_size), config.micro_batch):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -322,7 +320,6 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
 
     bf16 = config.use_bf16(device)
     ddp_model = wrap_ddp(model, env, device)
-    lora = model.config.text.lora
     say(f"training {sum(p.numel() for _, p in named_params):,} parameters on {len(train_set)} examples "
         f"({len(pool)} per epoch with classify_repeat {config.classify_repeat}; {len(val_set)} val) for up to "
         f"{config.epochs} epochs of {steps_per_epoch} steps; device {device}, {env.world_size} process(es), "
@@ -352,8 +349,7 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
         steps = chunks([pool[i] for i in epoch_order(len(pool), config.seed, epoch)], config.batch_size)
         for step_indices in steps[progress.step_in_epoch:]:
             # ---- one optimizer step
-            if lora is not None and model.config.text.adapter == "dylora_fa":
-                sample_dylora_rank_(model.text.model, rank_generator)
+            model.text.sample_rank(rank_generator)
             plan = plan_step(step_indices, config.micro_batch, env.rank, env.world_size)
             share, tokens = 0.0, 0  # this process's part of the step loss: sum of (n_j / N) x loss_j
             for j, (indices, weight) in enumerate(zip(plan.micro_batches, plan.weights)):
@@ -416,8 +412,7 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
             if improved:
                 progress.best_val_loss, progress.best_epoch, progress.bad_validations = monitored, progress.epoch, 0
                 progress.best_step = progress.step
-                if lora is not None:
-                    set_dylora_rank_(model.text.model, lora.r_max)
+                model.text.use_full_rank()
                 if env.is_main:
                     model.save_pretrained(out)  # the best model so far, adapters at r_max
                 info["best"] = best_info(progress, has_val)
@@ -440,8 +435,7 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
             plot_loss(metrics.rows, out / LOSS_PLOT)
     bar.close()
 
-    if lora is not None:
-        set_dylora_rank_(model.text.model, lora.r_max)
+    model.text.use_full_rank()
     if env.is_main and not (out / "model.safetensors").is_file():
         model.save_pretrained(out)  # no validation ran: the last model is the run's model
     barrier(env)
