@@ -98,7 +98,7 @@ def markdown(result: dict) -> str:
     m, s = result["machine"], result["summary"]
     heads = [h for h, _ in COLUMNS.values()] + ["training s", "peak RSS MiB"]
     lines = ["# Ablation on the demo corpus (benchmarks/ablation.py)", "",
-             f"Commit {m.get('commit')}, {m.get('cpu')}, {m.get('threads', '?')} threads. Each variant is the shipped "
+             f"Commit {m.get('commit')}, {m.get('cpu')}. Each variant is the shipped "
              "`demo` config with the settings below, trained, calibrated and evaluated on the same corpus, split and "
              "teacher records per seed as `maemi demo --seed S`; mean (standard deviation) over the seeds listed.", "",
              "| variant | settings | seeds | " + " | ".join(heads) + " |",
@@ -129,6 +129,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/demo_seeds"),
                         help="one folder per seed, shared with benchmarks/demo_seeds.py")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ablation")
+    parser.add_argument("--note", default="", help="a paragraph for the markdown: how the runs shared the machine")
     parser.add_argument("--child", nargs=2, metavar=("SEED", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -149,7 +150,8 @@ def main() -> None:
             rows.append(read_row(seed, variant, args.work))
     result = {"machine": {**machine_info(), "threads": torch.get_num_threads()}, "variants": VARIANTS, "rows": rows,
               "summary": summary(rows)}
-    text = markdown(result)
+    result["note"] = args.note
+    text = markdown(result) + (f"\n{args.note}\n" if args.note else "")
     print(text)
     atomic_write_json(args.out.with_suffix(".json"), result)
     atomic_write_text(args.out.with_suffix(".md"), text)
