@@ -24,7 +24,7 @@ from maemi.train.config import SHIPPED_CONFIGS, AugmentConfig, ConfigError, Trai
 from maemi.train.data import (ImageCache, InstructionDataset, augment_image, epoch_order, epoch_pool, plan_step,
                               seeded_generator)
 from maemi.train.distributed import DistributedEnv
-from maemi.train.trainer import train, validation_loss
+from maemi.train.trainer import image_size_for, train, validation_loss
 from maemi.train.warmstart import image_labels, warm_start_vision
 from tiny_text_models import one_thread, save_tiny_bert  # noqa: F401
 
@@ -436,3 +436,26 @@ def test_gates_and_vision_learn_at_their_own_rates(tiny, tmp_path):
     assert vision and all(torch.equal(after[k], before[k]) for k in vision)
     lm_head = (after["decoder.lm_head.weight"] - before["decoder.lm_head.weight"]).abs()
     assert lm_head.max().item() == pytest.approx(1e-3, rel=0.05)
+
+
+def test_image_size_from_images_takes_the_images_side_never_upsampling(tiny, tmp_path):
+    """The tiny images are 40x40: with patch 8 a configured 64 becomes 40 (resizing up adds no detail), a configured
+    32 stays 32; a 37-pixel median rounds up to the patch; unreadable files are left out of the median."""
+    records = [json.loads(line) for line in tiny.train.read_text().splitlines()]
+    assert image_size_for(records, tiny.images, 64, 8) == 40
+    assert image_size_for(records, tiny.images, 32, 8) == 32
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((37, 50), np.uint8)).save(odd / f"{i}.png")
+    (odd / "broken.png").write_bytes(b"not a png")
+    rows = [{"images": [f"{i}.png"]} for i in range(3)] + [{"images": ["broken.png"]}, {"images": ["gone.png"]}]
+    assert image_size_for(rows, odd, 128, 16) == 48
+    assert image_size_for([{"images": ["gone.png"]}], odd, 128, 16) == 128  # nothing readable: the configured size
+
+    result = train(load_train_config(tiny.config, ["--max_steps=1", "--model.vision.image_size=64",
+                                                   "--image_size_from_images=true"]),
+                   tiny.train, tiny.val, tiny.images, tmp_path / "run", log=lambda message: None)
+    assert result["steps"] == 1
+    assert MAEMI.from_pretrained(tmp_path / "run").config.vision.image_size == 40
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["image_size"] == 40

@@ -92,6 +92,9 @@ class TrainConfig:
     # there is a model); "vision", chosen again after the warm start by the ViT's cls embedding, as inference chooses
     # them, so the decoder learns how far to trust demonstrations as good as those it will be given (train/demos.py).
     few_shot_demos: Literal["teacher", "vision"] = "teacher"
+    # A new model's input side: model.vision.image_size, or the training images' median shorter side rounded up to the
+    # patch size where that is smaller. Resizing a 48-pixel crop up to 128 adds compute (7x the pixels), not detail.
+    image_size_from_images: bool = False
 
     # What moves. All of it from scratch; under --init a lab may freeze parts (e.g. the vision encoder).
     train_vision: bool = True

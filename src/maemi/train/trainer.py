@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -36,6 +37,7 @@ import torch
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from maemi.data.images import ImageReadError, read_image_info
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.model import MAEMI, AnswerVocab
 from maemi.seeds import derived_seed
@@ -220,6 +222,21 @@ def prepare_out_dir(out: Path, resume: bool) -> Path | None:
 # ------------------------------------------------------------------------------------------------ training
 
 
+def image_size_for(records: Sequence[dict], images_root: Path, largest: int, multiple: int) -> int:
+    """The training images' median shorter side rounded up to a multiple of `multiple`, at most `largest` (which is
+    returned when no image can be read: those are reported when the dataset loads them)."""
+    sides = []
+    for path in sorted({path for record in records for path in record["images"]}):
+        try:
+            info = read_image_info(images_root / path)
+        except (ImageReadError, OSError):
+            continue
+        sides.append(min(info.width, info.height))
+    if not sides:
+        return largest
+    return min(largest, max(multiple, math.ceil(statistics.median_low(sides) / multiple) * multiple))
+
+
 def train(config: TrainConfig, data: str | os.PathLike, val: str | os.PathLike | None,
           images_root: str | os.PathLike, out: str | os.PathLike, resume: bool = False,
           init: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -255,6 +272,11 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
         answers = [answer_text(turn) for record in train_records for turn in record["conversations"][1::2]]
         vocab = AnswerVocab.train(answers, config.vocab_size)
         config.model.vocab_size = vocab.size
+        if config.image_size_from_images:
+            config.model.vision.image_size = image_size_for(train_records, images_root, config.model.vision.image_size,
+                                                            config.model.vision.patch_size)
+            say(f"image size {config.model.vision.image_size} (image_size_from_images: the training images' median "
+                "shorter side, rounded up to the patch size, at most the configured size)")
         torch.manual_seed(derived_seed("init", config.seed))
         model = MAEMI(config.model, vocab).to(device)
     config.model = model.config
