@@ -29,13 +29,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from maemi.fileio import atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from demo_seeds import COLUMNS as DEMO_COLUMNS  # noqa: E402
+from demo_seeds import COLUMNS as DEMO_COLUMNS, mean_std  # noqa: E402
 from finetune_memory import machine_info  # noqa: E402
 
 VARIANTS = {
@@ -88,9 +87,7 @@ def summary(rows: list[dict]) -> dict:
         mine = [r for r in rows if r["variant"] == variant]
         out[variant] = {"seeds": [r["seed"] for r in mine]}
         for name in (*COLUMNS, "train_seconds", "peak_rss_mib"):
-            values = [r[name] for r in mine if r[name] is not None]
-            out[variant][name] = {"mean": float(np.mean(values)) if values else None,
-                                  "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+            out[variant][name] = mean_std([r[name] for r in mine if r[name] is not None])
     return out
 
 

@@ -82,12 +82,16 @@ def pooled_ece(rows: list[dict]) -> float:
     return expected_calibration_error(probs, np.where(right, 0, 1))
 
 
+def mean_std(values: list[float]) -> dict:
+    """Mean and sample standard deviation over seeds, as every multi-seed table here reports them (None: not enough)."""
+    return {"mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+
+
 def summary(rows: list[dict]) -> dict:
     out = {}
     for name in COLUMNS:
-        values = [r[name] for r in rows if r[name] is not None]
-        out[name] = {"mean": float(np.mean(values)) if values else None,
-                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else None}
+        out[name] = mean_std([r[name] for r in rows if r[name] is not None])
     out["seeds_meeting_zero_shot_target"] = sum(r["zero_shot"] >= TARGET_ZERO_SHOT for r in rows)
     out["pooled_ece"] = pooled_ece(rows)
     out["pooled_images"] = sum(len(r["top1"]) for r in rows)

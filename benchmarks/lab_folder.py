@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shlex
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -40,7 +39,8 @@ from maemi.train.config import load_train_config
 from maemi.train.data import ImageCache
 from maemi.train.trainer import image_size_for
 
-from finetune_memory import machine_info  # benchmarks/ (this script's folder is on sys.path)
+from demo_seeds import mean_std  # benchmarks/ (this script's folder is on sys.path)
+from finetune_memory import machine_info
 from neu import model_params, run_maemi
 from neu_baselines import DEFAULT_CONFIGS, train_and_evaluate
 
@@ -117,9 +117,7 @@ def summary(runs: dict) -> dict:
         for metric in ("top1", "macro_f1", "few_shot_top1", "meteor", "meteor_shuffled", "train_seconds"):
             values = [row[metric] for row in rows if row.get(metric) is not None]
             if values:
-                out.setdefault(model, {})[metric] = {
-                    "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-                    "n": len(values)}
+                out.setdefault(model, {})[metric] = {**mean_std(values), "n": len(values)}
     return out
 
 

@@ -50,7 +50,7 @@ def finetune_section(result: dict) -> list[str]:
 
 
 def throughput_section(result: dict) -> list[str]:
-    t, r = result["training"], result["ratios"]
+    t = result["training"]
     batched = max(row["batch"] for row in result["inference"])
     rows = {(row["task"].split()[0], row["batch"], row["kv_cache"]): row for row in result["inference"]}
     tokens = result["inference"][-1]["task"].split("(")[1].split()[0]
