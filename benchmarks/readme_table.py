@@ -1,7 +1,8 @@
-"""Write the README's performance section from benchmarks/results/{finetune_memory,throughput}.json.
+"""Write the README's generated blocks from the committed results: the performance section from
+benchmarks/results/{finetune_memory,throughput}.json, the labelled-folder table from benchmarks/results/lab_*.json.
 
-Only the text between `<!-- performance:begin -->` and `<!-- performance:end -->` in README.md is replaced, so every
-number there comes from a committed result file that names its machine.
+Only the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in README.md is replaced, so every number there
+comes from a committed result file that names its machine.
 
     .venv/bin/python benchmarks/readme_table.py [--check]   # --check: exit 1 if the README is not up to date
 """
@@ -16,6 +17,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 BEGIN, END = "<!-- performance:begin -->", "<!-- performance:end -->"
+# benchmarks/lab_folder.py's sets, in the README's order: what each is.
+LAB_SETS = {"neu": "NEU-SDD, steel surface defects (6 classes, 200x200 px)",
+            "nanowires": "SEM nanowire arrays, one crop per labelled object (3 classes, 48x48 px, split by micrograph)"}
 METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA (PEFT)", "lorafa": "LoRA-FA (PEFT optimizer)",
                 "dylora_fa": "DyLoRA-FA (ours)", "dyqlora_fa": "DyQLoRA-FA (ours, int8 base)"}
 
@@ -84,6 +88,45 @@ def performance_text(results: Path = HERE / "results") -> str:
     return "\n".join(lines + [END])
 
 
+def labelled_text(results: Path = HERE / "results") -> str:
+    """The table of benchmarks/lab_folder.py: MAEMI (`--config neu`) against a plain CNN, mean ± sd over seeds."""
+    def cell(summary: dict, model: str, metric: str) -> str:
+        m = summary.get(model, {}).get(metric)
+        if not m:
+            return ""
+        return f"{m['mean']:.3f}" + ("" if m["std"] is None else f" ± {m['std']:.3f}")
+
+    lines = ["<!-- labelled:begin -->", "",
+             "| images | seeds | train / val / test | MAEMI zero-shot | MAEMI few-shot (K = 5) | plain CNN | "
+             "MAEMI training |", "|---|---:|---|---:|---:|---:|---:|"]
+    for name, title in LAB_SETS.items():
+        path = results / f"lab_{name}.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        s, runs = result["summary"], result["runs"]
+        maemi = [row for key, row in sorted(runs.items()) if key.startswith("maemi/")]
+        sizes = sorted({row["split_sizes"] for row in runs.values()})
+        minutes = [row["train_seconds"] / 60 for row in maemi]
+        threads = sorted({row["threads"] for row in maemi})
+        lines.append(f"| {title} | {s['maemi']['top1']['n']} | {', '.join(sizes)} | {cell(s, 'maemi', 'top1')} | "
+                     f"{cell(s, 'maemi', 'few_shot_top1')} | {cell(s, 'cnn', 'top1')} | "
+                     f"{minutes_range(minutes)} ({'/'.join(map(str, threads))} thread) |")
+    return "\n".join(lines + ["", "<!-- labelled:end -->"])
+
+
+def minutes_range(minutes: list[float]) -> str:
+    low, high = round(min(minutes)), round(max(minutes))
+    return f"{low} min" if low == high else f"{low}-{high} min"
+
+
+def replace_block(text: str, begin: str, end: str, block: str, readme: Path) -> str:
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        sys.exit(f"{readme}: expected one {begin} ... {end} section")
+    head, rest = text.split(begin)
+    return head + block + rest.split(end, 1)[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
@@ -92,16 +135,14 @@ def main() -> None:
     from maemi.fileio import atomic_write_text
 
     text = args.readme.read_text(encoding="utf-8")
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        sys.exit(f"{args.readme}: expected one {BEGIN} ... {END} section")
-    head, rest = text.split(BEGIN)
-    updated = head + performance_text() + rest.split(END, 1)[1]
+    updated = replace_block(text, BEGIN, END, performance_text(), args.readme)
+    updated = replace_block(updated, "<!-- labelled:begin -->", "<!-- labelled:end -->", labelled_text(), args.readme)
     if args.check:
-        sys.exit(0 if updated == text else f"{args.readme}: the performance section is out of date; run "
-                                           f"benchmarks/readme_table.py")
+        sys.exit(0 if updated == text else f"{args.readme}: a generated section (performance or labelled) is out "
+                                           f"of date; run benchmarks/readme_table.py")
     if updated != text:
         atomic_write_text(args.readme, updated)
-    print(f"{args.readme}: performance section {'updated' if updated != text else 'already up to date'}")
+    print(f"{args.readme}: generated sections {'updated' if updated != text else 'already up to date'}")
 
 
 if __name__ == "__main__":
