@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -17,9 +19,10 @@ def test_readme_performance_block_is_generated_from_the_committed_results():
                                    f"{result.stderr}"
 
 
-def test_the_check_fails_on_a_hand_edited_block(tmp_path):
+@pytest.mark.parametrize("block", ["performance", "labelled"])
+def test_the_check_fails_on_a_hand_edited_block(tmp_path, block):
     text = (ROOT / "README.md").read_text()
-    begin = text.index("<!-- performance:begin -->")
+    begin = text.index(f"<!-- {block}:begin -->")
     edited = tmp_path / "README.md"
     edited.write_text(text[:begin] + text[begin:].replace("|", "| ", 1))  # one cell of the block touched by hand
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), "--check", "--readme",
