@@ -23,6 +23,9 @@ Table 21 is top-1 classification, Table 22 open-ended VQA scores. Steps:
 
 --quick writes into WORK (default runs/neu-bench-quick), never over the committed results.
 
+No validation side: the `neu` config's settings were chosen on this split's test images. The three-seed protocol with a
+validation side, and the NEU-SDD figure to quote, is benchmarks/lab_folder.py's; choose new settings there.
+
 References: Srinivas et al. 2024 (MAEMI, Tables 21-22); Song & Yan 2013 (NEU surface defect database).
 """
 
