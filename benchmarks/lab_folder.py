@@ -12,6 +12,8 @@ hand-tuning, does it classify as well as a plain supervised CNN trained on the s
 Every row of every seed is kept in benchmarks/results/lab_NAME.json; lab_NAME.md shows each run and the mean and
 standard deviation over seeds. Seeds can run as parallel invocations (`--seeds 1` beside `--seeds 2`, each with
 `--threads 1`): rows are merged under a lock. A rerun reuses finished steps (teach and train resume).
+`--variant NAME` trains one of benchmarks/ablation.py's variants instead of the shipped model (rows `maemi:NAME/seedS`,
+on the seed's same split and records), so the ablation runs on a labelled folder too.
 
     .venv/bin/python benchmarks/lab_folder.py --root ../shared/data/neu-det --name neu --profile neu
     .venv/bin/python benchmarks/nanowire_crops.py --out runs/nanowire-crops
@@ -39,7 +41,8 @@ from maemi.train.config import load_train_config
 from maemi.train.data import ImageCache
 from maemi.train.trainer import image_size_for
 
-from demo_seeds import mean_std  # benchmarks/ (this script's folder is on sys.path)
+from ablation import VARIANTS  # benchmarks/ (this script's folder is on sys.path)
+from demo_seeds import mean_std
 from finetune_memory import machine_info
 from neu import model_params, run_maemi
 from neu_baselines import DEFAULT_CONFIGS, train_and_evaluate
@@ -64,7 +67,7 @@ def split(root: Path, seed_dir: Path, seed: int, group_pattern: str | None) -> t
 
 def maemi_row(root: Path, seed_dir: Path, split_path: Path, seed: int, args: argparse.Namespace) -> dict:
     data = {side: str(seed_dir / f"{side}.jsonl") for side in ("train", "val", "test")}
-    run = seed_dir / "run"
+    run = seed_dir / ("run" if args.variant == "shipped" else f"run-{args.variant}")
     steps = [("teach", ["teach", str(root), "--out", data["train"], "--profile", args.profile, "--split",
                         str(split_path), "--subset", "train", "--few-shot", str(FEW_SHOT_RECORDS), "--shots",
                         str(SHOTS), "--resume", "--quiet"])]
@@ -72,7 +75,7 @@ def maemi_row(root: Path, seed_dir: Path, split_path: Path, seed: int, args: arg
                          str(split_path), "--subset", side, "--resume", "--quiet"]) for side in ("val", "test")]
     steps += [("train", ["train", "--data", data["train"], "--val", data["val"], "--images", str(root), "--out",
                          str(run), "--config", args.config, f"--seed={seed}", "--resume", "--progress=false",
-                         *args.train_arg]),
+                         *VARIANTS[args.variant], *args.train_arg]),
               ("eval", ["eval", str(run), "--data", data["test"], "--shots", str(SHOTS), "--sample",
                         str(GENERATION_SAMPLE), "--quiet"])]
     seconds = {"teach": 0.0, "train": 0.0, "eval": 0.0}
@@ -81,7 +84,7 @@ def maemi_row(root: Path, seed_dir: Path, split_path: Path, seed: int, args: arg
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     run_info = json.loads((run / "run.json").read_text())
     meteor = lambda key: metrics.get(key, {}).get("overall", {}).get("METEOR", {}).get("mean")  # noqa: E731
-    return {"model": "maemi", **model_params(run), "top1": metrics["zero_shot"]["top1"],
+    return {"model": "maemi", "variant": args.variant, **model_params(run), "top1": metrics["zero_shot"]["top1"],
             "macro_f1": metrics["zero_shot"]["macro"]["f1"], "few_shot_top1": metrics["few_shot"]["top1"],
             "few_shot_macro_f1": metrics["few_shot"]["macro"]["f1"], "meteor": meteor("generation"),
             "meteor_shuffled": meteor("generation_shuffled"),
@@ -112,7 +115,7 @@ def cnn_row(root: Path, split_data: dict, seed: int, args: argparse.Namespace) -
 def summary(runs: dict) -> dict:
     """Per model and metric: mean, sample standard deviation and n over the seeds measured."""
     out: dict = {}
-    for model in ROWS:
+    for model in dict.fromkeys(key.split("/")[0] for key in sorted(runs)):  # maemi, maemi:VARIANT, cnn
         rows = [row for key, row in sorted(runs.items()) if key.startswith(model + "/")]
         for metric in ("top1", "macro_f1", "few_shot_top1", "meteor", "meteor_shuffled", "train_seconds"):
             values = [row[metric] for row in rows if row.get(metric) is not None]
@@ -138,7 +141,9 @@ def markdown(results: dict) -> str:
              " and the validation side; the test side read once per row. Written by `benchmarks/lab_folder.py`.", "",
              "| model | seeds | top-1 | macro F1 | few-shot top-1 | METEOR (shuffled images) | training |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for model, title in (("maemi", "MAEMI zero-shot"), ("cnn", "plain CNN (8 conv layers)")):
+    titles = {"maemi": "MAEMI zero-shot", "cnn": "plain CNN (8 conv layers)",
+              **{f"maemi:{v}": f"MAEMI zero-shot, ablation: {v}" for v in VARIANTS}}
+    for model, title in titles.items():
         if model in s:
             meteor = (f"{cell(model, 'meteor')} ({cell(model, 'meteor_shuffled')})"
                       if "meteor" in s[model] else "")
@@ -185,6 +190,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="default: runs/lab-NAME")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="folder of lab_NAME.{json,md}")
     parser.add_argument("--train-arg", action="append", default=[], help="extra `maemi train` setting (repeatable)")
+    parser.add_argument("--variant", default="shipped", choices=sorted(VARIANTS),
+                        help="the MAEMI row's ablation variant (benchmarks/ablation.py)")
     parser.add_argument("--cnn-epochs", type=int, default=0, help="the CNN's planned epochs (0: its default)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for every step (0: torch's default)")
     args = parser.parse_args()
@@ -215,7 +222,8 @@ def main() -> None:
                         "split_sizes": " / ".join(str(len(split_data[side])) for side in ("train", "val", "test")),
                         "row_seconds": round(time.perf_counter() - started, 1), "threads": torch.get_num_threads(),
                         "machine": machine_info(), "command": "python benchmarks/lab_folder.py " + shlex.join(sys.argv[1:])})
-            merge_row(args.out, args.name, f"{model}/seed{seed}", row, header)
+            key = f"maemi:{args.variant}" if model == "maemi" and args.variant != "shipped" else model
+            merge_row(args.out, args.name, f"{key}/seed{seed}", row, header)
             log(f"{model}, seed {seed}: top-1 {row['top1']:.3f}, trained in {row['train_seconds']:.0f} s")
     print(markdown(json.loads((args.out / f"lab_{args.name}.json").read_text())))
 

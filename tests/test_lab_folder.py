@@ -67,6 +67,11 @@ def test_results_merge_seeds_into_mean_and_std_and_refuse_another_split(tmp_path
     with pytest.raises(SystemExit, match="another split"):
         lab_folder.merge_row(tmp_path, "x", "maemi/seed0", row(0.91, "other"), header)
     assert lab_folder.merge_row(tmp_path, "x", "maemi/seed0", row(0.91), header)["runs"]["maemi/seed0"]["top1"] == 0.91
+    # an ablation variant is its own row, never mixed into the shipped model's mean
+    results = lab_folder.merge_row(tmp_path, "x", "maemi:frozen_text/seed0", row(0.5), header)
+    assert results["summary"]["maemi:frozen_text"]["top1"]["mean"] == 0.5
+    assert results["summary"]["maemi"]["top1"]["mean"] == pytest.approx(0.935)
+    assert "| MAEMI zero-shot, ablation: frozen_text | 1 | 0.500 |" in (tmp_path / "lab_x.md").read_text()
 
 
 @pytest.mark.slow  # about a minute: split, teach, a few training steps, eval, one CNN epoch
