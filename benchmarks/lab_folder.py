@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from maemi.data.datasets import scan_dataset
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.train.config import load_train_config
 from maemi.train.data import ImageCache
@@ -95,10 +96,10 @@ def maemi_row(root: Path, seed_dir: Path, split_path: Path, seed: int, args: arg
 
 
 def cnn_row(root: Path, split_data: dict, seed: int, args: argparse.Namespace) -> dict:
-    labels = {rel: rel.split("/", 1)[0] for side in ("train", "test") for rel in split_data[side]}
-    if not all("/" in rel for rel in labels):
-        sys.exit(f"{root}: the CNN row needs class folders (root/<class>/<image>)")
-    size = image_size_for([{"images": [rel]} for rel in split_data["train"]], root, 128, 16)
+    labels = {sample.relpath: sample.label for sample in scan_dataset(root)}
+    vision = load_train_config(args.config).model.vision  # the same input-size rule and bounds as MAEMI's
+    size = image_size_for([{"images": [rel]} for rel in split_data["train"]], root, vision.image_size,
+                          vision.patch_size)
     config = replace(DEFAULT_CONFIGS["cnn"], seed=seed, image_size=size)
     if args.cnn_epochs:
         config = replace(config, epochs=args.cnn_epochs)
