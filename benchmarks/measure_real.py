@@ -288,6 +288,14 @@ def speed(available: dict[str, Method]) -> dict:
 # ---------------------------------------------------------------------------------------------------------- main
 
 
+def write_results(out: Path, results: dict, text: str) -> None:
+    """Print the table and write out.json and out.md, each atomically."""
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out.with_suffix(".json"), results)
+    atomic_write_text(out.with_suffix(".md"), text)
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
@@ -381,11 +389,7 @@ def main() -> None:
         results["methods"][name] = {"name": name, "stem": bench_stem(stem, method, args.overlays, name) if stem else None,
                                     "wires": bench_wires(wires, method, args.overlays, name) if wires else None}
     results["speed"] = speed(available)
-    text = markdown(results)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out.with_suffix(".json"), results)
-    atomic_write_text(args.out.with_suffix(".md"), text)
+    write_results(args.out, results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from skimage.draw import ellipse
 from skimage.segmentation import expand_labels
 from skimage.transform import resize
 
-from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.measure.measurements import noise_sigma
 from maemi.measure.scenes import render_scene
 from maemi.measure.segmenter import WORK_SIDE
@@ -43,7 +42,7 @@ from maemi.measure.segmenter import WORK_SIDE
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from finetune_memory import machine_info  # noqa: E402
-from measure_real import SHARED, STEM, load_grey, stem_cases  # noqa: E402
+from measure_real import SHARED, STEM, load_grey, stem_cases, write_results  # noqa: E402
 
 RING = (2, 5)  # px: the ring an object is seen against
 SIGMAS = (0.75, 1.5, 3.0, 6.0, 12.0)  # band-pass scales for the clutter
@@ -184,11 +183,7 @@ def main() -> None:
     results = {"machine": machine_info(), "shape": args.shape, "seed": args.seed,
                "real": collect(real_items(root)),
                "synthetic": collect(synthetic_items(args.scenes, args.shape, args.seed))}
-    text = markdown(results)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out.with_suffix(".json"), results)
-    atomic_write_text(args.out.with_suffix(".md"), text)
+    write_results(args.out, results, markdown(results))
 
 
 if __name__ == "__main__":
