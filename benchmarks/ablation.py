@@ -81,6 +81,16 @@ def read_row(seed: int, variant: str, work: Path) -> dict:
             "train_seconds": timings.get("seconds", {}).get("train"), "peak_rss_mib": timings.get("peak_rss_mib")}
 
 
+def carried_rows(path: Path, fresh: set[tuple[int, str]]) -> list[dict]:
+    """The rows of an earlier results file that this invocation does not produce, each with the commit it ran at:
+    a seed added later joins the seeds measured before, whose work folders may be gone."""
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    commit = old["machine"].get("commit")
+    return [{"commit": commit, **r} for r in old["rows"] if (r["seed"], r["variant"]) not in fresh]
+
+
 def summary(rows: list[dict]) -> dict:
     out = {}
     for variant in dict.fromkeys(r["variant"] for r in rows):
@@ -95,7 +105,7 @@ def markdown(result: dict) -> str:
     m, s = result["machine"], result["summary"]
     heads = [h for h, _ in COLUMNS.values()] + ["training s", "peak RSS MiB"]
     lines = ["# Ablation on the demo corpus (benchmarks/ablation.py)", "",
-             f"Commit {m.get('commit')}, {m.get('cpu')}. Each variant is the shipped "
+             f"{m.get('cpu')}; the commit of each run is in the per-run table. Each variant is the shipped "
              "`demo` config with the settings below, trained, calibrated and evaluated on the same corpus, split and "
              "teacher records per seed as `maemi demo --seed S`; mean (standard deviation) over the seeds listed.", "",
              "| variant | settings | seeds | " + " | ".join(heads) + " |",
@@ -111,11 +121,12 @@ def markdown(result: dict) -> str:
         lines.append(f"| {variant} | {settings} | {','.join(map(str, v['seeds']))} | "
                      + " | ".join([cell(v[n], 3) for n in COLUMNS] + [cell(v["train_seconds"], 0),
                                                                        cell(v["peak_rss_mib"], 0)]) + " |")
-    lines += ["", "Per run:", "", "| variant | seed | " + " | ".join(heads) + " |", "|---|---:|" + "---:|" * len(heads)]
+    lines += ["", "Per run:", "", "| variant | seed | " + " | ".join(heads) + " | commit |",
+              "|---|---:|" + "---:|" * len(heads) + "---|"]
     for r in result["rows"]:
         values = [f"{r[n]:.3f}" if r[n] is not None else "-" for n in COLUMNS]
         values += [f"{r[n]:.0f}" if r[n] is not None else "-" for n in ("train_seconds", "peak_rss_mib")]
-        lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(values) + " |")
+        lines.append(f"| {r['variant']} | {r['seed']} | " + " | ".join(values) + f" | {r.get('commit', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,14 +149,18 @@ def main() -> None:
         parser.error(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
     import torch
 
-    rows = []
-    for seed in map(int, args.seeds.split(",")):
+    machine = {**machine_info(), "threads": torch.get_num_threads()}
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    rows = carried_rows(args.out.with_suffix(".json"), {(seed, variant) for seed in seeds for variant in variants})
+    for seed in seeds:
         for variant in variants:  # in VARIANTS' order unless told otherwise: shipped first makes the shared files
             if not (variant_dir(args.work, seed, variant) / "run" / "eval" / "metrics.json").is_file():
                 subprocess.run([sys.executable, __file__, "--work", str(args.work), "--child", str(seed), variant],
                                check=True)
-            rows.append(read_row(seed, variant, args.work))
-    result = {"machine": {**machine_info(), "threads": torch.get_num_threads()}, "variants": VARIANTS, "rows": rows,
+            rows.append({**read_row(seed, variant, args.work), "commit": machine.get("commit")})
+    order = list(VARIANTS)
+    rows.sort(key=lambda r: (r["seed"], order.index(r["variant"])))
+    result = {"machine": machine, "variants": VARIANTS, "rows": rows,
               "summary": summary(rows)}
     result["note"] = args.note
     text = markdown(result) + (f"\n{args.note}\n" if args.note else "")
