@@ -14,7 +14,7 @@ Prints a table and writes benchmarks/results/measure_real.{json,md}.
 
 A method is one entry of `methods()`: name -> function(grey float32 [H, W] in [0, 1]) -> label image.
 
-    .venv/bin/python benchmarks/measure_real.py [--methods classical,learned] [--limit N] [--shared DIR]
+    .venv/bin/python benchmarks/measure_real.py [--methods classical,spots,learned] [--limit N] [--shared DIR]
                                                 [--overlays DIR]
 """
 
@@ -37,6 +37,7 @@ from skimage.measure import regionprops_table
 
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.measure.measurements import segment
+from maemi.measure import spots
 from maemi.measure.segmenter import Segmenter
 from maemi.measure.wires import classify_wires
 
@@ -60,6 +61,8 @@ def methods(names: list[str], weights: str | None) -> tuple[dict[str, Method], d
     for name in names:
         if name == "classical":
             available[name] = lambda grey: segment(grey, method="classical").labels
+        elif name == "spots":
+            available[name] = spots.instances
         elif name == "learned":
             try:
                 segmenter = Segmenter.load(weights)
@@ -363,7 +366,8 @@ def markdown(results: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", default="classical,learned", help="comma-separated: classical, learned")
+    parser.add_argument("--methods", default="classical,spots,learned",
+                        help="comma-separated: classical, spots, learned")
     parser.add_argument("--shared", type=Path, default=SHARED, help="the shared folder holding data/")
     parser.add_argument("--limit", type=int, default=None, help="at most N images of each set (quick runs)")
     parser.add_argument("--overlays", type=Path, default=None, help="save PNG overlays (boxes over outlines) here")

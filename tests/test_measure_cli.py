@@ -56,7 +56,7 @@ def test_measure_explicit_scale_wins_and_the_table_is_written(tmp_path):
 def test_measure_segmenter_choice_is_run_and_reported(tmp_path):
     _, plain, _ = _images(tmp_path)
     found = {}
-    for method in ("classical", "learned"):
+    for method in ("classical", "learned", "spots"):
         result = CliRunner().invoke(app, ["measure", str(plain), "--segmenter", method, "--json"])
         assert result.exit_code == 0, result.output
         m = json.loads(result.stdout)[0]["measurements"]

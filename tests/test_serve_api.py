@@ -161,7 +161,7 @@ def test_measure_gives_the_measure_teachers_numbers_and_the_scale(server, images
 
 
 def test_measure_runs_the_segmenter_asked_for(server, images):
-    for method in ("classical", "learned"):
+    for method in ("classical", "learned", "spots"):
         body = post(server, "/v1/measure", images[0], segmenter=method).json()
         assert body["measurements"]["segmenter"] == method
     r = post(server, "/v1/measure", images[0], segmenter="magic")

@@ -488,8 +488,9 @@ def measure(
                                            "segmented, outlined and numbered as in --objects."),
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
                                              "distribution of equivalent diameters (nm when the scale is known)."),
-    segmenter: str = typer.Option("classical", "--segmenter", help="classical (threshold + watershed) or learned "
-                                  "(the U-Net segmenter, see docs/measurement.md): what finds the objects."),
+    segmenter: str = typer.Option("classical", "--segmenter", help="classical (threshold + watershed), learned "
+                                  "(the U-Net segmenter) or spots (bright particles on a support, as in HAADF STEM; "
+                                  "see docs/measurement.md): what finds the objects."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is

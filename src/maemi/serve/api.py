@@ -177,9 +177,9 @@ def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: 
 async def measure_image(request: Request, image: UploadFile = File(...),
                         nm_per_pixel: float | None = Form(None, gt=0, description="The scale, if you know it "
                                                                                   "better than the file does"),
-                        segmenter: Literal["classical", "learned"] = Form(
-                            "classical", description="What finds the objects: threshold + watershed, or the learned "
-                                                     "U-Net (docs/measurement.md)")):
+                        segmenter: Literal["classical", "learned", "spots"] = Form(
+                            "classical", description="What finds the objects: threshold + watershed, the learned "
+                                                     "U-Net, or bright spots on a support (docs/measurement.md)")):
     state, image = request.app.state.maemi, await one_upload(request)
     data, limits = await image.read(), state.config.limits
     return await state.decodes.run(upload_cost(data, image.filename, limits), _measure, data, image.filename, limits,

@@ -1,0 +1,61 @@
+"""The spot detector (maemi.measure.spots): nothing from noise, every particle of a rendered support, honest sizes."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from maemi.measure import spots
+from maemi.measure.measurements import measure
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_blank_and_pure_noise_images_yield_no_spots(seed):
+    rng = np.random.default_rng(seed)
+    assert spots.instances(np.full((300, 400), 0.4, np.float32)).max() == 0
+    gaussian = np.clip(0.5 + 0.05 * rng.standard_normal((480, 640)), 0, 1).astype(np.float32)
+    shot = (rng.poisson(20, (480, 640)) / 40).astype(np.float32)
+    resized = np.clip(0.5 + 0.1 * rng.standard_normal((1400, 1400)), 0, 1).astype(np.float32)  # the resize path
+    assert [int(spots.instances(image).max()) for image in (gaussian, shot, resized)] == [0, 0, 0]
+
+
+def support_scene(seed: int, n: int = 40, shape=(512, 512)):
+    """Bright Gaussian-profile particles (some in touching pairs) on a lumpy support several times their size, with
+    shot-like noise: the image and the particles' centres and diameters (4 standard deviations of the profile)."""
+    rng = np.random.default_rng(seed)
+    support = ndimage.gaussian_filter(rng.standard_normal(shape), 40)
+    support = 0.25 + 0.2 * (support - support.min()) / np.ptp(support)  # thickness varies several-fold
+    image = support.copy()
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    centres, diameters = [], []
+    while len(centres) < n:
+        c, s = rng.uniform(20, shape[0] - 20, 2), rng.uniform(2.0, 4.0)
+        if len(centres) % 5 == 1 and rng.random() < 0.8:  # most fifths touch the previous particle: radii meet
+            angle = rng.uniform(0, 2 * np.pi)
+            c = centres[-1] + (2 * s + diameters[-1] / 2) * np.array([np.cos(angle), np.sin(angle)])
+        inside = 20 < c[0] < shape[0] - 20 and 20 < c[1] < shape[1] - 20
+        if not inside or any(np.hypot(*(c - o)) < 2 * s + do / 2 - 1e-6 for o, do in zip(centres, diameters)):
+            continue  # overlapping blobs are one particle to anyone
+        image += rng.uniform(0.08, 0.2) * np.exp(-((yy - c[0]) ** 2 + (xx - c[1]) ** 2) / (2 * s * s))
+        centres.append(c)
+        diameters.append(4 * s)
+    image += 0.01 * rng.standard_normal(shape)
+    return np.clip(image, 0, 1).astype(np.float32), np.array(centres), np.array(diameters)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_particle_on_a_lumpy_support_is_found_once(seed):
+    image, centres, diameters = support_scene(seed)
+    labels = spots.instances(image)
+    found = ndimage.center_of_mass(labels > 0, labels, range(1, labels.max() + 1))
+    assert abs(labels.max() - len(centres)) <= 2, (labels.max(), len(centres))
+    # one to one: each true particle has a found centre within its radius
+    hits = sum(min(np.hypot(*(np.array(f) - c)) for f in found) < d / 2 for c, d in zip(centres, diameters))
+    assert hits >= len(centres) - 2
+
+
+def test_outline_size_and_the_measure_teacher_path():
+    image, centres, diameters = support_scene(3, n=25)
+    m = measure(image, method="spots")
+    assert m.segmenter == "spots" and abs(m.object_count - len(centres)) <= 2
+    # the outline at a fifth of the height: a Gaussian profile's 4-sigma diameter within a third
+    assert m.diameter_mean_px == pytest.approx(diameters.mean(), rel=0.35)
