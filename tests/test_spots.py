@@ -42,9 +42,12 @@ def support_scene(seed: int, n: int = 40, shape=(512, 512)):
     return np.clip(image, 0, 1).astype(np.float32), np.array(centres), np.array(diameters)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_every_particle_on_a_lumpy_support_is_found_once(seed):
+@pytest.mark.parametrize("seed, bright_field", [(0, False), (1, False), (2, True)])
+def test_every_particle_on_a_lumpy_support_is_found_once(seed, bright_field):
     image, centres, diameters = support_scene(seed)
+    if bright_field:  # the same scene as bright field shows it: dark particles on a brighter support
+        image = 1.0 - image
+    assert spots.dark_particles(image) == bright_field
     labels = spots.instances(image)
     found = ndimage.center_of_mass(labels > 0, labels, range(1, labels.max() + 1))
     assert abs(labels.max() - len(centres)) <= 2, (labels.max(), len(centres))
