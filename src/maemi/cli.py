@@ -489,7 +489,7 @@ def measure(
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
                                              "distribution of equivalent diameters (nm when the scale is known)."),
     segmenter: str = typer.Option("classical", "--segmenter", help="classical (threshold + watershed), learned "
-                                  "(the U-Net segmenter) or spots (bright particles on a support, as in HAADF STEM; "
+                                  "(the U-Net segmenter) or spots (compact particles on a support, as in STEM/TEM; "
                                   "see docs/measurement.md): what finds the objects."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
 ) -> None:

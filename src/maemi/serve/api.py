@@ -179,7 +179,7 @@ async def measure_image(request: Request, image: UploadFile = File(...),
                                                                                   "better than the file does"),
                         segmenter: Literal["classical", "learned", "spots"] = Form(
                             "classical", description="What finds the objects: threshold + watershed, the learned "
-                                                     "U-Net, or bright spots on a support (docs/measurement.md)")):
+                                                     "U-Net, or compact particles on a support (docs/measurement.md)")):
     state, image = request.app.state.maemi, await one_upload(request)
     data, limits = await image.read(), state.config.limits
     return await state.decodes.run(upload_cost(data, image.filename, limits), _measure, data, image.filename, limits,
