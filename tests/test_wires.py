@@ -57,6 +57,23 @@ def test_aligned_rods_are_wires_and_the_rest_parasitic(direction):
     assert "24 nanowires" in result.describe()
 
 
+def test_pieces_of_one_crystal_count_once():
+    labels, truth = _array_image()
+    # a crystal cut in three by dim facets: pieces 2 px apart (half the 6 px rod width is 3), below the grid
+    k = max(truth) + 1
+    for dx in (0, 12, 24):
+        labels[372:387, 100 + dx:110 + dx] = k
+        truth[k] = "parasitic"
+        k += 1
+    result = classify_wires(labels)
+    assert dict(zip(result.ids.tolist(), result.classes)) == truth
+    crystal = dict(zip(result.ids.tolist(), result.crystal.tolist()))
+    assert len({crystal[i] for i in (k - 3, k - 2, k - 1)}) == 1  # one crystal
+    assert all(crystal[i] == -1 for i, c in truth.items() if c == "nanowire")
+    assert result.counts == {"nanowire": 24, "parasitic": 8}  # the 7 separate ones and the cut one
+    assert result.wire_yield == pytest.approx(24 / 32)
+
+
 def test_no_array_is_said_not_guessed():
     rng = np.random.default_rng(0)
     labels = np.zeros((400, 400), int)
