@@ -230,7 +230,8 @@ def bench_wires(cases, method: Method, overlays: Path | None, name: str) -> dict
             "total_error": rel_error(n, n_true),
             "yield": true_yield, "measured_yield": wires.wire_yield,
             "yield_error": abs(wires.wire_yield - true_yield) if wires.wire_yield is not None else None,
-            "matched": len(obj), "precision": len(obj) / n if n else None, "recall": len(obj) / n_true,
+            "matched": len(obj), "precision": len(obj) / len(centroids) if len(centroids) else None,
+            "recall": len(obj) / n_true,
             "class_agreement_matched": agree / len(obj) if len(obj) else None,
         })
         if overlays:
