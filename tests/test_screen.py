@@ -133,6 +133,20 @@ def test_csv_holds_the_same_rows_flat(assistant, folder, tmp_path):
             assert c[f"measurements.{name}"] == ("" if value is None else str(value))
 
 
+def test_the_segmenter_asked_for_measures_the_folder(tiny, folder, tmp_path):
+    out = tmp_path / "spots.jsonl"
+    result = invoke("screen", str(tiny["run"]), str(folder), "--out", str(out), "--measure", "--segmenter", "spots",
+                    "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    measured = [row["measurements"] for row in read_jsonl(out) if row["measurements"]]
+    assert measured and {m["segmenter"] for m in measured} == {"spots"}
+    result = invoke("screen", str(tiny["run"]), str(folder), "--out", str(tmp_path / "x.csv"), "--measure",
+                    "--segmenter", "magic")
+    assert result.exit_code != 0 and "--segmenter must be one of classical, learned, spots" in result.output
+    with pytest.raises(ValueError, match="unknown segmenter"):
+        Assistant.load(tiny["run"], device="cpu", segmenter="magic")
+
+
 def test_an_existing_output_is_never_overwritten(assistant, tiny, folder, tmp_path):
     out = tmp_path / "out.csv"
     out.write_text("precious results\n")

@@ -40,6 +40,7 @@ from maemi.data.images import (ImagePreprocessConfig, ImageReadError, crop_info_
                                to_model_input)
 from maemi.evaluate.calibration import probabilities
 from maemi.evaluate.familiarity import Familiarity, flag
+from maemi.measure.measurements import SEGMENTERS
 from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
 from maemi.teachers.measure import (ImageFacts, MeasuredImage, compare_values, measure_file, measure_pixels,
@@ -172,9 +173,13 @@ class PreparedImage:
 
 
 class Assistant:
-    def __init__(self, model: MAEMI, run: dict, run_dir: Path, batch_size: int = 16, image_cache: int = 1024) -> None:
+    def __init__(self, model: MAEMI, run: dict, run_dir: Path, batch_size: int = 16, image_cache: int = 1024,
+                 segmenter: str = "classical") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if segmenter not in SEGMENTERS:
+            raise ValueError(f"unknown segmenter {segmenter!r}: choose from {', '.join(SEGMENTERS)}")
+        self.segmenter = segmenter  # what finds the objects the answers count (maemi.measure.measurements.segment)
         self.model = model.eval()
         model.text.use_full_rank()  # DyLoRA adapters at full rank for inference
         self.run, self.run_dir, self.batch_size = run, Path(run_dir), batch_size
@@ -188,11 +193,11 @@ class Assistant:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 16,
-             text_path: str | os.PathLike | None = None) -> Assistant:
+             text_path: str | os.PathLike | None = None, segmenter: str = "classical") -> Assistant:
         """The run's best model on `device` ("auto": CUDA when available), ready for inference."""
         run = read_run(run_dir)
         model = MAEMI.from_pretrained(run_dir, text_path=text_path, map_location=resolve_device(device))
-        return cls(model, run, Path(run_dir), batch_size=batch_size)
+        return cls(model, run, Path(run_dir), batch_size=batch_size, segmenter=segmenter)
 
     @property
     def device(self) -> torch.device:
@@ -246,14 +251,16 @@ class Assistant:
         file it was decoded from, for the instrument's scale in its metadata; `metadata`, its metadata.jsonl row)."""
         pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
         name = Path(path).name if path else "the image"
-        facts = _facts_or_reason(lambda: measure_pixels(pixels, Path(path) if path else None, metadata), metadata, name)
+        facts = _facts_or_reason(lambda: measure_pixels(pixels, Path(path) if path else None, metadata,
+                                                        segmenter=self.segmenter), metadata, name)
         # the image statistics only for a calibrated run: nothing else uses them
         statistics = pixel_statistics(pixels) if self.familiarity is not None else None
         return PreparedImage(to_model_input(pixels, self.image_config), facts, statistics)
 
     def _measure_file(self, path: str, mtime_ns: int, size: int) -> ImageFacts | str:
         metadata = metadata_for(path)
-        return _facts_or_reason(lambda: measure_file(Path(path), metadata), metadata, Path(path).name)
+        return _facts_or_reason(lambda: measure_file(Path(path), metadata, segmenter=self.segmenter), metadata,
+                                Path(path).name)
 
     def image_facts(self, image: ImageInput) -> ImageFacts | str:
         """The measurement of an image (the teacher's: maemi.teachers.measure, with the scale of maemi.measure.scale

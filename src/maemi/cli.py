@@ -243,11 +243,20 @@ def train(
         _fail(str(e))
 
 
-def _load_assistant(run: Path, device: str, batch_size: int):
+def _check_segmenter(segmenter: str) -> None:
+    from maemi.measure.measurements import SEGMENTERS, shipped_segmenter
+
+    if segmenter not in SEGMENTERS:
+        _fail(f"--segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}")
+    if segmenter == "learned" and shipped_segmenter() is None:
+        _fail("--segmenter learned: no segmenter weights installed (python -m maemi.measure.train_segmenter)")
+
+
+def _load_assistant(run: Path, device: str, batch_size: int, segmenter: str = "classical"):
     from maemi.assistant import Assistant
 
     try:
-        return Assistant.load(run, device=device, batch_size=batch_size)
+        return Assistant.load(run, device=device, batch_size=batch_size, segmenter=segmenter)
     except (ValueError, OSError) as e:  # RunError, CheckpointError: both name the file
         _fail(str(e))
 
@@ -257,6 +266,8 @@ def _echo_json(rows: list[dict]) -> None:
 
 
 _RUN_HELP = "Run directory written by `maemi train --out`."
+_SEGMENTER_HELP = ("classical (threshold + watershed), learned (the U-Net segmenter) or spots (compact particles on a "
+                   "support, as in STEM/TEM; see docs/measurement.md): what finds the objects.")
 _DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)."
 _VIEWS_HELP = ("Classification averaged over this many flips and quarter turns of each image (test-time augmentation; "
                "4: the quarter turns, 8: with their mirror images), at as many times the cost.")
@@ -439,6 +450,7 @@ def screen(
     out: Path = typer.Option(..., "--out", help="results.csv or results.jsonl: one row per image."),
     caption: bool = typer.Option(False, "--caption", help="Add a caption per image."),
     measure: bool = typer.Option(False, "--measure", help="Add the measure teacher's measurements per image."),
+    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT: keep its rows, screen the images without one."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per forward pass and per fsynced append."),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
@@ -447,7 +459,8 @@ def screen(
     """Screen a whole folder of micrographs in batches (classification, captions, measurements) to CSV/JSONL.
 
     One row per image: path (relative to FOLDER), top1, confidence (its probability), top5, caption (with
-    --caption), measurements (with --measure) and error (why a file could not be read or measured).
+    --caption), measurements (with --measure; objects found by --segmenter) and error (why a file could not be read
+    or measured).
 
     JSONL: top5 is a list of {label, probability}, measurements an object. CSV: top5 is that list as JSON text,
     measurements are flat columns measurements.NAME (object_count, diameter_mean_px, area_fraction, ...).
@@ -458,12 +471,13 @@ def screen(
     from maemi.serve.rows import check_table_path
     from maemi.serve.screen import ScreenConfig, find_images, screen_folder
 
+    _check_segmenter(segmenter)
     try:
         check_table_path(out, resume)
         find_images(folder)
     except (ValueError, FileExistsError) as e:  # DatasetError is a ValueError
         _fail(str(e))
-    assistant = _load_assistant(run, device, batch_size)
+    assistant = _load_assistant(run, device, batch_size, segmenter)
     config = ScreenConfig(batch_size=batch_size, caption=caption, measure=measure)
     try:
         report = screen_folder(assistant, folder, out, config, resume=resume, progress=not quiet)
@@ -488,9 +502,7 @@ def measure(
                                            "segmented, outlined and numbered as in --objects."),
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
                                              "distribution of equivalent diameters (nm when the scale is known)."),
-    segmenter: str = typer.Option("classical", "--segmenter", help="classical (threshold + watershed), learned "
-                                  "(the U-Net segmenter) or spots (compact particles on a support, as in STEM/TEM; "
-                                  "see docs/measurement.md): what finds the objects."),
+    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is
@@ -510,14 +522,11 @@ def measure(
     from maemi.measure.figures import histogram_png, output_names, overlay_image, write_png
     from maemi.measure.objects import measure_objects_file, object_table, table_rows, write_table
     from maemi.serve.rows import RowWriter, check_table_path
-    from maemi.measure.measurements import SEGMENTERS, Measurements, shipped_segmenter
+    from maemi.measure.measurements import Measurements
 
     if nm_per_pixel is not None and nm_per_pixel <= 0:
         _fail("--nm-per-pixel must be positive")
-    if segmenter not in SEGMENTERS:
-        _fail(f"--segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}")
-    if segmenter == "learned" and shipped_segmenter() is None:
-        _fail("--segmenter learned: no segmenter weights installed (python -m maemi.measure.train_segmenter)")
+    _check_segmenter(segmenter)
     if out is not None and objects is not None and out.resolve() == objects.resolve():
         _fail("--out and --objects must be different files")
     for table_path in [p for p in (out, objects) if p is not None]:

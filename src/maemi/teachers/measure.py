@@ -875,17 +875,19 @@ class MeasuredImage:
     colourful: bool
 
 
-def measure_file(path: Path, metadata: dict | None = None, nm_per_pixel: float | None = None) -> MeasuredImage:
+def measure_file(path: Path, metadata: dict | None = None, nm_per_pixel: float | None = None,
+                 segmenter: str = "classical") -> MeasuredImage:
     """Measure one image above its info bar, with its scale from maemi.measure.scale (the explicit `nm_per_pixel`,
-    metadata.jsonl, the instrument's metadata, else the scale bar). Raises ImageReadError, or ValueError for an image
-    too small to measure."""
-    return measure_pixels(load_image(path), path, metadata, nm_per_pixel)
+    metadata.jsonl, the instrument's metadata, else the scale bar), its objects found by `segmenter` (as
+    maemi.measure.measurements.segment takes it). Raises ImageReadError, or ValueError for an image too small to
+    measure."""
+    return measure_pixels(load_image(path), path, metadata, nm_per_pixel, segmenter)
 
 
 def measure_pixels(image: np.ndarray, path: Path | None = None, metadata: dict | None = None,
-                   nm_per_pixel: float | None = None) -> MeasuredImage:
+                   nm_per_pixel: float | None = None, segmenter: str = "classical") -> MeasuredImage:
     """measure_file for an image already decoded (`path`, when known, for the instrument's metadata in the file)."""
-    return measure_segmented(image, path, metadata, nm_per_pixel)[0]
+    return measure_segmented(image, path, metadata, nm_per_pixel, segmenter)[0]
 
 
 def measure_segmented(image: np.ndarray, path: Path | None = None, metadata: dict | None = None,
