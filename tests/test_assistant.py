@@ -338,6 +338,12 @@ def test_cli_ask_caption_classify(tiny):
     assert rows[0]["images"] == [str(train[0])] and rows[0]["question"] == BRIGHT_Q
     # each image's scale, with its source: these tiny images have none, and the reason is given
     assert rows[0]["scales"][0]["nm_per_pixel"] is None and rows[0]["scales"][0]["notes"]
+    assert rows[0]["measurements"][0]["segmenter"] == "classical"
+    result = invoke("ask", run, train[0], "-q", BRIGHT_Q, "--json", "--segmenter", "spots")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["measurements"][0]["segmenter"] == "spots"
+    result = invoke("ask", run, train[0], "-q", BRIGHT_Q, "--segmenter", "magic")
+    assert result.exit_code != 0 and "--segmenter must be one of" in result.output
 
     # the training records have no context: the answer may change with it, so only its plumbing is checked here
     result = invoke("ask", run, train[0], train[2], "--together", "--context", "5 kV", COMPARE_Q, "--json")

@@ -116,11 +116,12 @@ def pixel_statistics(pixels: np.ndarray) -> np.ndarray:
 
 
 def measurement_record(facts: ImageFacts | str) -> dict:
-    """What an answer's numbers come from, per image: the measured values (as answers write them) and the scale with
-    its source; or {"error": why the image could not be measured}."""
+    """What an answer's numbers come from, per image: the measured values (as answers write them), the scale with
+    its source and the segmenter that found the objects; or {"error": why the image could not be measured}."""
     if isinstance(facts, str):
         return {"error": facts}
-    return {"values": dict(facts.values), "scale": facts.scale.to_dict() if facts.scale else None}
+    return {"values": dict(facts.values), "scale": facts.scale.to_dict() if facts.scale else None,
+            "segmenter": facts.m.segmenter}
 
 
 def _facts_or_reason(measure: Callable[[], MeasuredImage], metadata: dict | None = None, name: str = "the image"

@@ -350,6 +350,7 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {images, question, context, answer, "
                                                        "template, numbers, unknown, measurements, scales}: which "
                                                        "measured value each number is, and each image's scale."),
+    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP + " The answers count them."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
@@ -358,7 +359,8 @@ def ask(
     question = question if question is not None else items[-1]
     if not images:
         _fail('no image given: maemi ask RUN IMAGE [IMAGE...] "QUESTION" (or -q QUESTION)')
-    assistant = _load_assistant(run, device, batch_size)
+    _check_segmenter(segmenter)
+    assistant = _load_assistant(run, device, batch_size, segmenter)
     queries = [images] if together else [[image] for image in images]
     try:
         detailed = assistant.ask_detailed(queries, question, context=context, detail=detail)
@@ -388,11 +390,13 @@ def caption(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption, template, numbers, "
                                                        "unknown, measurements}."),
     detail: bool = typer.Option(False, "--detail", help="The long caption (default: one sentence)."),
+    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP + " The captions count them."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
     """Caption micrographs with a trained model (the caption question it was trained on)."""
-    assistant = _load_assistant(run, device, batch_size)
+    _check_segmenter(segmenter)
+    assistant = _load_assistant(run, device, batch_size, segmenter)
     try:
         detailed = assistant.caption_detailed(images, detail=detail)
     except ValueError as e:  # ImageReadError names the file; RunError a run trained without captions
@@ -646,6 +650,8 @@ def serve(
     support: Optional[Path] = typer.Option(None, "--support", help="Labelled images for few-shot (class folders or a "
                                                                    "CSV manifest); default: the run's training "
                                                                    "images."),
+    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP + " Answers and captions count "
+                                  "them; /v1/measure takes its own."),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
     """Serve a trained model: local web page, HTTP API and an OpenAI-compatible endpoint."""
@@ -671,7 +677,8 @@ def serve(
                          support=str(support) if support else None, model_name=model_name(run),
                          allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip())
                          if allowed_hosts else default_allowed_hosts(host))
-    assistant = _load_assistant(run, device, batch_size)
+    _check_segmenter(segmenter)
+    assistant = _load_assistant(run, device, batch_size, segmenter)
     if shots:
         try:
             assistant.support_set(config.support, progress=True)  # embedded once, here, so that errors are clear
