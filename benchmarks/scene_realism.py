@@ -33,11 +33,11 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import ellipse
 from skimage.segmentation import expand_labels
-from skimage.transform import resize
 
 from maemi.measure.measurements import noise_sigma
 from maemi.measure.scenes import render_scene
 from maemi.measure.segmenter import WORK_SIDE
+from maemi.measure.spots import working_image
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -49,16 +49,6 @@ SIGMAS = (0.75, 1.5, 3.0, 6.0, 12.0)  # band-pass scales for the clutter
 OBJECT_QUANTITIES = ("diameter_px", "contrast", "snr_noise", "snr_clutter", "background_level")
 IMAGE_QUANTITIES = ("noise", "objects_per_100px_square", "area_fraction")
 QUANTILES = (0.1, 0.5, 0.9)
-
-
-def working_size(grey: np.ndarray) -> tuple[np.ndarray, float]:
-    """The image as the segmenter sees it, and the factor applied."""
-    h, w = grey.shape
-    factor = min(1.0, WORK_SIDE / max(h, w))
-    if factor == 1.0:
-        return grey, 1.0
-    small = resize(grey, (round(h * factor), round(w * factor)), order=1, anti_aliasing=True, preserve_range=True)
-    return small.astype(np.float32), factor
 
 
 def boxes_as_instances(shape: tuple[int, int], boxes: np.ndarray) -> np.ndarray:
@@ -136,7 +126,7 @@ def collect(items) -> dict:
 
 def real_items(root: Path):
     for path, boxes in stem_cases(root, None):
-        grey, factor = working_size(load_grey(path))
+        grey, factor = working_image(load_grey(path), WORK_SIDE)
         yield grey, boxes_as_instances(grey.shape, boxes * factor)
 
 

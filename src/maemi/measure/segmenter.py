@@ -34,6 +34,8 @@ from skimage.transform import resize
 from torch import nn
 from torch.nn import functional as F
 
+from maemi.measure.spots import working_image
+
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "segmenter.safetensors")
 WORK_SIDE = 1024  # long side the network works at: a 1024x768 image in about a second on two CPU cores
 LARGE_OBJECT_PX = 48  # objects larger than this (median, at the working size) are segmented again at half size
@@ -164,10 +166,8 @@ class Segmenter:
         h, w = grey.shape
         side = min(max(h, w), WORK_SIDE)
         while True:
-            factor = side / max(h, w)
-            work = grey if factor == 1 else resize(grey, (max(round(h * factor), 1), max(round(w * factor), 1)),
-                                                   order=1, anti_aliasing=factor < 1, preserve_range=True)
-            labels = instances_from_maps(*self.maps(work.astype(np.float32)))
+            work, _ = working_image(grey, side)
+            labels = instances_from_maps(*self.maps(work))
             sizes = np.bincount(labels.ravel())[1:]
             large = len(sizes) and np.median(np.sqrt(4 * sizes / np.pi)) > LARGE_OBJECT_PX
             if not large or side // 2 < MIN_WORK_SIDE:
