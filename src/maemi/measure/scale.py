@@ -4,7 +4,8 @@ Sources, highest priority first:
 1. explicit: the user's --nm-per-pixel (or the page's field);
 2. metadata.jsonl: the dataset's own record (maemi synth writes the generator's truth there);
 3. instrument: the pixel size the microscope stored in the file (maemi.measure.instrument);
-4. scale bar: the info bar's bar and label read by OCR (maemi.measure.scalebar).
+4. scale bar: the info bar's bar and label read by OCR (maemi.measure.scalebar), else a bar and label drawn on the
+   micrograph itself (maemi.measure.annotations).
 The highest-priority source that gives a scale wins. When another source also gives one and they disagree by more than
 DISAGREEMENT, the winner is kept and the disagreement is reported in `notes`. The scale bar is read by OCR only when
 no source above it gave a scale, or when check_scale_bar=True (OCR costs ~0.1-0.3 s an image).
@@ -65,10 +66,12 @@ def read_scale(
     check_scale_bar: bool = False,
     read_bar: bool = True,
     label_engine: str = "both",
+    annotations: list | None = None,
 ) -> Scale:
     """The scale of one image. `grey` is the (H, W) image in [0, 1] with its info bar (loaded from `path` when not
     given and the scale bar must be read); `info_bar_top` its first row when already known (else it is found);
-    `label_engine` the reader of the bar's label (maemi.measure.ocr.read_label)."""
+    `label_engine` the reader of the bar's label (maemi.measure.ocr.read_label); `annotations` the scale bars drawn
+    on the image above the info bar when already found (maemi.measure.annotations.find_annotations)."""
     readings: list[tuple[str, float, str]] = []  # (source, nm per pixel, detail), priority order
     notes: list[str] = []
     extras: dict = {}
@@ -95,10 +98,11 @@ def read_scale(
         _set(extras, "wd_mm", instrument.wd_mm)
 
     if read_bar and (not readings or check_scale_bar):
-        bar = _read_bar(path, grey, info_bar_top, label_engine)
+        bar = _read_bar(path, grey, info_bar_top, label_engine, annotations)
         if bar.nm_per_pixel:
+            where = "drawn on the image" if bar.on_image else "in the info bar"
             readings.append(("scale_bar", bar.nm_per_pixel,
-                             f"scale bar of {bar.bar_px} px labelled {bar.label!r} in the info bar"))
+                             f"scale bar of {bar.bar_px} px labelled {bar.label!r} {where}"))
         elif bar.reason:
             notes.append(f"scale bar: {bar.reason}")
         _set(extras, "magnification", bar.magnification, "info bar")
@@ -117,8 +121,10 @@ def read_scale(
                  wd_mm=extras.get("wd_mm"), readings={s: v for s, v, _ in readings}, notes=tuple(notes))
 
 
-def _read_bar(path, grey, info_bar_top, label_engine) -> ScaleBarReading:
+def _read_bar(path, grey, info_bar_top, label_engine, annotations) -> ScaleBarReading:
+    """The info bar's scale bar, else one drawn on the image above it."""
     from maemi.data.images import ImageReadError, find_info_bar, load_grey
+    from maemi.measure.annotations import find_annotations, read_annotation_scale
 
     if grey is None:
         if path is None:
@@ -129,7 +135,13 @@ def _read_bar(path, grey, info_bar_top, label_engine) -> ScaleBarReading:
             return ScaleBarReading(None, reason=f"the image could not be read ({e.reason})")
     if info_bar_top is None:
         info_bar_top = find_info_bar(grey)
-    return read_scale_bar(grey, info_bar_top, label_engine)
+    reading = read_scale_bar(grey, info_bar_top, label_engine)
+    if reading.nm_per_pixel is not None or reading.bar_px is not None:
+        return reading  # the info bar has a scale bar: the one to read
+    micrograph = grey[:info_bar_top] if info_bar_top is not None else grey
+    drawn = read_annotation_scale(micrograph, find_annotations(micrograph) if annotations is None else annotations,
+                                  label_engine)
+    return drawn if drawn.bar_px is not None else reading
 
 
 def _set(extras: dict, key: str, value, source: str | None = None) -> None:

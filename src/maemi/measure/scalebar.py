@@ -56,6 +56,7 @@ class ScaleBarReading:
     text: str = ""  # everything OCR read in the band
     reason: str | None = None  # why nm_per_pixel is None
     words: tuple[Word, ...] = field(default=(), repr=False)
+    on_image: bool = False  # drawn on the micrograph itself (maemi.measure.annotations), not in an info bar
 
 
 def read_scale_bar(grey: np.ndarray, bar_top: int | None, label_engine: str = "both") -> ScaleBarReading:

@@ -25,6 +25,7 @@ from skimage.color import rgb2gray
 
 from maemi.data.datasets import file_sha256
 from maemi.data.images import ImageReadError, find_info_bar, load_image
+from maemi.measure.annotations import find_annotations, without_annotations
 from maemi.measure.scale import Scale, read_scale
 from maemi.measure.slots import fill, indexed, slot
 from maemi.measure.measurements import Measurements, Segmentation, measure_segmentation, segment
@@ -898,9 +899,10 @@ def measure_segmented(image: np.ndarray, path: Path | None = None, metadata: dic
     takes it."""
     metadata = metadata or {}
     grey, bar, colourful, whole = split_for_measuring(image, metadata.get("info_bar_height_px"))
+    annotations = find_annotations(grey)  # a scale bar drawn on the micrograph: read, then left out of the objects
     scale = read_scale(path, whole, explicit_nm_per_pixel=nm_per_pixel, metadata=metadata,
-                       info_bar_top=whole.shape[0] - bar)
-    seg = segment(grey, segmenter)
+                       info_bar_top=whole.shape[0] - bar, annotations=annotations)
+    seg = segment(without_annotations(grey, annotations), segmenter)
     return MeasuredImage(measure_segmentation(seg, scale.nm_per_pixel), scale, bar, colourful), seg, whole
 
 
