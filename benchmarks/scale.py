@@ -6,18 +6,24 @@
    right on >= 95%.
 2. The synthetic corpus (the demo's generator: `maemi synth --per-class 20 --seed 0`, 200 images) with its metadata hidden:
    nm per pixel from the info bar alone (read_scale, scale bar only), within 2% of the generator's truth on >= 98%.
+4. Scale bars drawn on the micrograph (no info bar): synthetic micrographs with a bar and label burnt into a corner
+   (random font, size, ink, backdrop, corner, JPEG): is the bar found, is the scale within 2%, and do the objects
+   leave it out; and on real micrographs that carry none (../shared/data), how often a bar is wrongly found.
 3. Instrument metadata: TIFFs written here with documented tag contents (Zeiss, including a file whose "Pixel Size"
    differs from its "Image Pixel Size"; FEI/Thermo Fisher; Tescan; ImageJ; OME-TIFF; a 72-dpi TIFF that must give no
    scale) and Hitachi/JEOL sidecar files: the pixel size must be exact.
    Gatan DM3 and DM4 files are written byte by byte (tests/gatan_dm.py): no package on the registries we reach ships
    a DM3/DM4 test file (RosettaSciIO fetches its test data from the network; ncempy ships none).
 
-    .venv/bin/python benchmarks/scale.py [--engines both,tesseract,learned] [--synthetic-per-class 20]
+    .venv/bin/python benchmarks/scale.py [--engines both,tesseract,learned] [--synthetic-per-class 20] [--skip ...]
+
+A skipped section keeps its rows from the previous results file, marked with the commit that measured them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -201,6 +207,92 @@ def bench_metadata() -> dict:
     return {"cases": rows, "all_exact": all(r["exact"] for r in rows)}
 
 
+# ------------------------------------------------------------------------------------------------ 4. drawn bars
+
+DRAWN_CLASSES = ("Particles", "Powder", "Porous_Sponge", "Nanowires", "Fibres", "Films_Coated_Surface", "Biological",
+                 "Tips", "Patterned_surface", "MEMS_devices_and_electrodes")
+DRAWN_FONTS = ("default", "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "STIXGeneral.ttf")
+
+
+def drawn_case(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, str, int, tuple, tuple]:
+    """(image with a drawn bar as float grey, the same without it, label text, bar px, bar box, covered box)."""
+    import io
+
+    from maemi.data.synth import make_micrograph
+    from maemi.measure.label_render import draw_scale_bar, has_glyph, installed, sample_label
+
+    rng = np.random.default_rng([seed, index])
+    name = DRAWN_CLASSES[index % len(DRAWN_CLASSES)]
+    image, truth = make_micrograph(name, seed, index, width=768, height=576)
+    clean = image[: image.shape[0] - truth["info_bar_height_px"]]
+    text = sample_label(rng)[1]
+    fonts = [f for f, _ in installed(tuple((f, 1.0) for f in DRAWN_FONTS)) if "µ" not in text or has_glyph(f, "µ")]
+    ink = 255 if rng.random() < 0.7 else 0
+    drawn, bar, covered = draw_scale_bar(
+        clean, text, int(rng.integers(50, 251)), font_name=str(rng.choice(fonts)), text_px=int(rng.integers(12, 31)),
+        thickness=int(rng.integers(2, 11)), ink=ink, backdrop=(255 - ink) if rng.random() < 0.5 else None,
+        corner=str(rng.choice(["top left", "top right", "bottom left", "bottom right"])),
+        label_above=bool(rng.random() < 0.5), margin=int(rng.integers(8, 41)))
+    if rng.random() < 0.4:  # saved as JPEG, as published figures often are
+        buffer = io.BytesIO()
+        Image.fromarray(drawn).save(buffer, format="JPEG", quality=int(rng.integers(70, 96)))
+        drawn = np.asarray(Image.open(buffer))
+    return drawn.astype(np.float32) / 255, clean.astype(np.float32) / 255, text, bar[2] - bar[0], bar, covered
+
+
+def bench_drawn(n: int, seed: int, engine: str, shared: Path) -> dict:
+    from maemi.measure.annotations import find_annotations, without_annotations
+    from maemi.measure.measurements import object_shapes, segment
+
+    found = right = wrong = unknown = 0
+    errors_before, errors_after, failures = [], [], []
+    start = time.perf_counter()
+    for i in range(n):
+        grey, clean, text, bar_px, bar, covered = drawn_case(seed, i)
+        truth = parse_length(text)[0] / bar_px
+        annotations = find_annotations(grey)
+        found += any(a.bar[0] < bar[2] and bar[0] < a.bar[2] and a.bar[1] < bar[3] and bar[1] < a.bar[3]
+                     for a in annotations)
+        scale = read_scale(None, grey, label_engine=engine, annotations=annotations)
+        if scale.nm_per_pixel is None:
+            unknown += 1
+            failures.append({"case": i, "label": text, "why": "; ".join(scale.notes)})
+        elif abs(scale.nm_per_pixel / truth - 1) <= 0.02:
+            right += 1
+        else:
+            wrong += 1
+            failures.append({"case": i, "label": text, "why": scale.describe()})
+        # the objects an expert would count: the clean image's, less those the annotation covers
+        centres = object_shapes(segment(clean).labels).centroids
+        left, top, right_, bottom = covered
+        hidden = (centres[:, 0] >= top) & (centres[:, 0] < bottom) & (centres[:, 1] >= left) & (centres[:, 1] < right_)
+        expected = max(int((~hidden).sum()), 1)
+        errors_before.append(abs(segment(grey).labels.max() - expected) / expected)
+        errors_after.append(abs(segment(without_annotations(grey, annotations)).labels.max() - expected) / expected)
+    seconds = time.perf_counter() - start
+    return {"engine": engine, "images": n, "seed": seed, "bar_found": found / n, "within_2pct": right / n,
+            "wrong": wrong / n, "unknown": unknown / n, "count_error_median_drawn": float(np.median(errors_before)),
+            "count_error_median_left_out": float(np.median(errors_after)),
+            "count_error_mean_drawn": float(np.mean(errors_before)),
+            "count_error_mean_left_out": float(np.mean(errors_after)), "s_per_image": seconds / n,
+            "false_bars": bench_false_bars(shared), "failures": failures}
+
+
+def bench_false_bars(shared: Path) -> dict:
+    """On real micrographs that carry no drawn scale bar: how many are said to have one."""
+    from maemi.measure.annotations import find_annotations
+
+    sets = {"STEM particles": sorted((shared / "stem-particles" / "dataset" / "images").glob("*.jpg")),
+            "SEM nanowire tiles": sorted((shared / "sem-nanowires" / "tiles").glob("*.png")),
+            "NEU-SDD": sorted((shared / "neu-det").glob("*/*.jpg"))}
+    out = {}
+    for name, paths in sets.items():
+        if paths:
+            hits = [p.name for p in paths if find_annotations(load_crop(p))]
+            out[name] = {"images": len(paths), "with_a_bar": len(hits), "files": hits[:10]}
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 
 
@@ -246,6 +338,24 @@ def markdown(results: dict) -> str:
             lines.append(f"| {r['case']} | {r['expected_nm_per_pixel']} | {got} | {r['source']} | "
                          f"{'yes' if r['exact'] else 'NO'} |")
         lines.append("")
+    drawn = results.get("drawn")
+    if drawn:
+        lines += [f"## 4. Scale bars drawn on the micrograph ({drawn['images']} synthetic micrographs of the corpus's "
+                  "classes, info bar cropped, each with a bar and label burnt into a corner: random font, 12-30 px "
+                  "text, 50-250 px bar, white or black ink, on a box or not, 40% saved as JPEG)", "",
+                  "| label engine | bar found | scale within 2% | wrong | unknown (said why) | s per image |",
+                  "|---|---|---|---|---|---|",
+                  f"| {drawn['engine']} | {drawn['bar_found']:.1%} | {drawn['within_2pct']:.1%} | {drawn['wrong']:.1%} | "
+                  f"{drawn['unknown']:.1%} | {drawn['s_per_image']:.2f} |", "",
+                  "Object counts (classical), against the clean image's objects outside what the annotation covers: "
+                  f"median / mean error {drawn['count_error_median_drawn']:.1%} / {drawn['count_error_mean_drawn']:.1%} "
+                  f"when the annotation is measured as objects, {drawn['count_error_median_left_out']:.1%} / "
+                  f"{drawn['count_error_mean_left_out']:.1%} when it is left out.", "",
+                  "Real micrographs without a drawn bar, said to have one: " + "; ".join(
+                      f"{name} {v['with_a_bar']} of {v['images']}" for name, v in drawn["false_bars"].items()) + ".",
+                  ""]
+    for section, commit in results.get("carried", {}).items():
+        lines.append(f"Section {section}: carried from the results of commit {commit} (not rerun).")
     return "\n".join(lines)
 
 
@@ -257,14 +367,22 @@ def main() -> None:
     parser.add_argument("--scalebars", type=Path, default=SCALEBARS)
     parser.add_argument("--synthetic-per-class", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip", default="", help="sections to skip, comma-separated: labels,synthetic,metadata")
+    parser.add_argument("--drawn", type=int, default=120, help="synthetic micrographs with a drawn scale bar")
+    parser.add_argument("--skip", default="", help="sections to skip, comma-separated: labels,synthetic,metadata,"
+                                                   "drawn (each keeps its rows from the previous results file)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "scale")
     args = parser.parse_args()
     if not tesseract_available():
         sys.exit("tesseract is not installed (apt-get install tesseract-ocr; make test installs it)")
     skip = set(filter(None, args.skip.split(",")))
     engines = args.engines.split(",")
-    results = {"machine": machine_info(), "targets": TARGETS}
+    results = {"machine": machine_info(), "targets": TARGETS, "carried": {}}
+    previous_path = args.out.with_suffix(".json")
+    previous = json.loads(previous_path.read_text()) if previous_path.is_file() else {}
+    for section in ("labels", "synthetic", "metadata", "drawn"):
+        if section in skip and section in previous:
+            results[section] = previous[section]
+            results["carried"][section] = previous.get("carried", {}).get(section) or previous["machine"].get("commit")
     if "labels" not in skip:
         if not args.scalebars.is_dir():
             sys.exit(f"{args.scalebars}: not found (pass --scalebars or --skip labels)")
@@ -273,6 +391,8 @@ def main() -> None:
         results["synthetic"] = [bench_synthetic(args.synthetic_per_class, args.seed, e) for e in engines]
     if "metadata" not in skip:
         results["metadata"] = bench_metadata()
+    if "drawn" not in skip:
+        results["drawn"] = bench_drawn(args.drawn, args.seed, engines[0], args.scalebars.parents[1])
     text = markdown(results)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -425,3 +425,32 @@ def render_clean(text_pieces: list[tuple[str, int]], font_name: str, height: int
                      np.float32) / 255
     img = 0.9 - 0.8 * cov
     return img if dark_on_light else 1.0 - img
+
+
+def draw_scale_bar(image: np.ndarray, text: str, bar_px: int, *, font_name: str = "DejaVuSans.ttf",
+                   text_px: int = 22, thickness: int = 6, ink: int = 255, backdrop: int | None = None,
+                   corner: str = "bottom right", label_above: bool = True, margin: int = 30
+                   ) -> tuple[np.ndarray, tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """A scale bar and its label burnt into a corner of a uint8 grey micrograph, as microscope software and figure
+    makers draw them: (the image, the bar's box, the box the whole annotation covers), boxes as (left, top, right,
+    bottom) exclusive. The label is centred on the bar, above or below it, on a box of `backdrop` when given."""
+    im = Image.fromarray(np.asarray(image, np.uint8))
+    draw = ImageDraw.Draw(im)
+    font = load_font(font_name, text_px)
+    left_, top_, right_, bottom_ = draw.textbbox((0, 0), text, font=font)
+    text_w, text_h = right_ - left_, bottom_ - top_
+    gap = max(2, text_px // 4)
+    width = max(bar_px, text_w)
+    height = text_h + gap + thickness
+    x = margin if "left" in corner else image.shape[1] - margin - width
+    y = margin if "top" in corner else image.shape[0] - margin - height
+    bar_x = x + (width - bar_px) // 2
+    text_y = y if label_above else y + thickness + gap
+    bar_y = y + text_h + gap if label_above else y
+    pad = max(4, text_px // 3)
+    covered = (x - pad, y - pad, x + width + pad, y + height + pad)
+    if backdrop is not None:
+        draw.rectangle([covered[0], covered[1], covered[2] - 1, covered[3] - 1], fill=backdrop)
+    draw.text((x + (width - text_w) / 2 - left_, text_y - top_), text, fill=ink, font=font)
+    draw.rectangle([bar_x, bar_y, bar_x + bar_px - 1, bar_y + thickness - 1], fill=ink)
+    return np.asarray(im), (bar_x, bar_y, bar_x + bar_px, bar_y + thickness), covered
