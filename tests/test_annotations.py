@@ -78,5 +78,6 @@ def test_the_scale_is_read_from_a_drawn_bar_and_the_measurement_uses_it(tmp_path
     assert "drawn on the image" in scale.detail
     measured = measure_file(path)
     assert measured.scale.nm_per_pixel == pytest.approx(200 / 120)
+    assert len(measured.left_out) == 1  # and says what it left out
     clean = segment(particles(3).astype(np.float32) / 255).labels.max()
     assert measured.m.object_count <= clean  # no bar or glyph among the objects

@@ -548,7 +548,7 @@ def measure(
     rows, object_rows = [], []
     for image, name in zip(images, output_names(images)):
         row = {"path": str(image), "nm_per_pixel": None, "scale_source": None, "scale_detail": None, "scale_notes": [],
-               "magnification": None, "info_bar_px": None, "measurements": None, "error": None}
+               "magnification": None, "info_bar_px": None, "left_out": [], "measurements": None, "error": None}
         rows.append(row)
         try:
             result = measure_objects_file(image, nm_per_pixel=nm_per_pixel, segmenter=segmenter)
@@ -558,7 +558,8 @@ def measure(
         measured, scale = result.measured, result.measured.scale
         row.update(nm_per_pixel=scale.nm_per_pixel, scale_source=scale.source, scale_detail=scale.detail or None,
                    scale_notes=list(scale.notes), magnification=scale.magnification,
-                   info_bar_px=measured.info_bar_px, measurements=dataclasses.asdict(measured.m))
+                   info_bar_px=measured.info_bar_px, left_out=[list(box) for box in measured.left_out],
+                   measurements=dataclasses.asdict(measured.m))
         labels = result.segmentation.labels
         if objects is not None or histogram is not None:
             table = table_rows(str(image), object_table(labels), scale.nm_per_pixel, scale.source)
@@ -610,6 +611,8 @@ def _print_measurement(row: dict) -> None:
         typer.echo(f"    note: {note}")
     if row["magnification"]:
         typer.echo(f"  magnification: {row['magnification']:g} x")
+    for left, top, right, bottom in row["left_out"]:
+        typer.echo(f"  left out: a scale bar and label drawn on the image, x {left}-{right}, y {top}-{bottom} px")
     unit = "nm" if nm else "px"
     for key, value in m.items():
         if key == "nm_per_pixel" or value is None:

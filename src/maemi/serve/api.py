@@ -79,6 +79,8 @@ class ScaleResponse(BaseModel):
 
 class MeasureResponse(BaseModel):
     info_bar_px: int = Field(description="Rows of instrument info bar found at the bottom and left out")
+    left_out: list[list[int]] = Field(description="Boxes (left, top, right, bottom, px) of scale bars and labels "
+                                                  "drawn on the image, left out of the objects")
     scale: ScaleResponse
     measurements: dict[str, float | int | str | None] = Field(
         description="maemi.measure.measurements.Measurements: sizes (*_px) in pixels; times nm_per_pixel (when "
@@ -164,7 +166,7 @@ def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: 
         except ValueError as e:  # too small, or no finite pixels
             raise UploadError(422, f"upload {upload_name(name)}: {e}") from None
     scale = measured.scale
-    return MeasureResponse(info_bar_px=measured.info_bar_px,
+    return MeasureResponse(info_bar_px=measured.info_bar_px, left_out=[list(box) for box in measured.left_out],
                            scale=ScaleResponse(nm_per_pixel=scale.nm_per_pixel, source=scale.source,
                                                detail=scale.detail, magnification=scale.magnification,
                                                notes=list(scale.notes)),

@@ -874,6 +874,10 @@ class MeasuredImage:
     scale: Scale
     info_bar_px: int
     colourful: bool
+    # boxes (left, top, right, bottom) of scale bars and labels drawn on the image, left out of the objects
+    left_out: tuple[tuple[int, int, int, int], ...] = ()
+    # boxes (left, top, right, bottom) of scale bars and labels drawn on the image, left out of the objects
+    left_out: tuple[tuple[int, int, int, int], ...] = ()
 
 
 def measure_file(path: Path, metadata: dict | None = None, nm_per_pixel: float | None = None,
@@ -903,7 +907,8 @@ def measure_segmented(image: np.ndarray, path: Path | None = None, metadata: dic
     scale = read_scale(path, whole, explicit_nm_per_pixel=nm_per_pixel, metadata=metadata,
                        info_bar_top=whole.shape[0] - bar, annotations=annotations)
     seg = segment(without_annotations(grey, annotations), segmenter)
-    return MeasuredImage(measure_segmentation(seg, scale.nm_per_pixel), scale, bar, colourful), seg, whole
+    return (MeasuredImage(measure_segmentation(seg, scale.nm_per_pixel), scale, bar, colourful,
+                          tuple(a.box for a in annotations)), seg, whole)
 
 
 def _measure_file(path: Path, metadata: dict | None) -> tuple[MeasuredImage, str]:
