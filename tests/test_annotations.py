@@ -81,3 +81,15 @@ def test_the_scale_is_read_from_a_drawn_bar_and_the_measurement_uses_it(tmp_path
     assert len(measured.left_out) == 1  # and says what it left out
     clean = segment(particles(3).astype(np.float32) / 255).labels.max()
     assert measured.m.object_count <= clean  # no bar or glyph among the objects
+
+
+def test_the_overlay_dims_what_was_left_out():
+    from maemi.measure.figures import INFO_BAR_DIM, overlay_image
+
+    image, _, _ = draw_scale_bar(particles(4), "500 nm", 100, backdrop=0)
+    grey = image.astype(np.float32) / 255
+    found = find_annotations(grey)
+    labels = segment(without_annotations(grey, found)).labels
+    left, top, right, bottom = found[0].box
+    picture = np.asarray(overlay_image(grey, labels, left_out=(found[0].box,)), np.float32)[..., 0] / 255
+    assert picture[top:bottom, left:right] == pytest.approx(grey[top:bottom, left:right] * INFO_BAR_DIM, abs=1 / 255)

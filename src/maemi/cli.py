@@ -565,7 +565,7 @@ def measure(
             table = table_rows(str(image), object_table(labels), scale.nm_per_pixel, scale.source)
             object_rows.extend(table)
         if overlay is not None:
-            write_png(overlay / f"{name}.overlay.png", overlay_image(result.whole, labels))
+            write_png(overlay / f"{name}.overlay.png", overlay_image(result.whole, labels, left_out=measured.left_out))
         if histogram is not None:
             unit = "nm" if scale.known else "px"
             diameters = [r[f"equivalent_diameter_{unit}"] for r in table]

@@ -21,10 +21,12 @@ TINT = 0.25  # how much of its colour an object's inside takes: enough to tell n
 INFO_BAR_DIM = 0.5  # the info bar is shown dimmed: it was not measured
 
 
-def overlay_image(whole: np.ndarray, labels: np.ndarray, numbers: bool = True) -> Image.Image:
+def overlay_image(whole: np.ndarray, labels: np.ndarray, numbers: bool = True,
+                  left_out: tuple[tuple[int, int, int, int], ...] = ()) -> Image.Image:
     """The whole grey image ([H, W] in [0, 1], info bar included) with each object of `labels` (the segmentation of
     the top labels.shape[0] rows) outlined and tinted in its own colour and numbered with its object_id; the info bar
-    below is dimmed. Background pixels keep their grey value."""
+    below and the `left_out` boxes (left, top, right, bottom: drawn scale bars) are dimmed. Background pixels keep
+    their grey value."""
     top = labels.shape[0]
     rgb = np.repeat(whole[..., None], 3, axis=2).astype(np.float32)  # [H, W, 3]
     colours = label2rgb(labels, bg_label=0)  # [top, W, 3]: one colour per object, cycling through a fixed palette
@@ -34,6 +36,8 @@ def overlay_image(whole: np.ndarray, labels: np.ndarray, numbers: bool = True) -
     outline = find_boundaries(labels, mode="inner")  # on the object's own pixels, so touching objects keep both
     measured[outline] = colours[outline]
     rgb[top:] *= INFO_BAR_DIM
+    for left, top_, right, bottom in left_out:
+        rgb[top_:bottom, left:right] *= INFO_BAR_DIM
     picture = Image.fromarray(np.round(rgb * 255).astype(np.uint8), "RGB")
     if numbers and inside.any():
         _number(picture, labels)

@@ -166,13 +166,14 @@ def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: 
         except ValueError as e:  # too small, or no finite pixels
             raise UploadError(422, f"upload {upload_name(name)}: {e}") from None
     scale = measured.scale
+    overlay = overlay_image(whole, seg.labels, numbers=False, left_out=measured.left_out)
     return MeasureResponse(info_bar_px=measured.info_bar_px, left_out=[list(box) for box in measured.left_out],
                            scale=ScaleResponse(nm_per_pixel=scale.nm_per_pixel, source=scale.source,
                                                detail=scale.detail, magnification=scale.magnification,
                                                notes=list(scale.notes)),
                            measurements=dataclasses.asdict(measured.m),
                            values=ImageFacts.unlabelled(measured).values,
-                           overlay=png_data_url(overlay_image(whole, seg.labels, numbers=False), PREVIEW_MAX_SIDE))
+                           overlay=png_data_url(overlay, PREVIEW_MAX_SIDE))
 
 
 @router.post("/measure", response_model=MeasureResponse, summary="What the measure teacher measures on the image")
