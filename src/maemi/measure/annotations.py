@@ -7,7 +7,9 @@ as objects and skew the sizes. Here ink is what sits at the very end of the grey
 scale, and micrograph detail there rarely forms a solid rectangle); the bar is found as in an info bar
 (maemi.measure.scalebar.find_bars) and kept only with a run of ink glyphs next to it (scalebar.text_lines): a line
 with no label is left to the measurement. The label's length, read by OCR (maemi.measure.ocr.read_label), over the
-bar's length in pixels is the scale.
+bar's length in pixels is the scale. By hand, on scalebar.py's parts: imagedataextractor (Mukaddem, Beard & Cole
+2020), whose bar-then-label approach this follows, pins matplotlib 2.2.4 and pytesseract 0.3.3 and pulls in
+chemdataextractor, which do not install beside this stack.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from scipy import ndimage
 from skimage.filters import apply_hysteresis_threshold
 
 from maemi.measure.ocr import read_label, tesseract_available, tesseract_line
-from maemi.measure.scalebar import ScaleBarReading, _distance, find_bars, text_lines
+from maemi.measure.scalebar import ScaleBarReading, find_bars, label_gap, text_lines
 
 INK_LEVEL = 0.04  # ink: grey within this of 0 (dark ink) or 1 (bright ink)
 TEXT_EDGE_LEVEL = 0.6  # a glyph's anti-aliased edge: this much ink, connected to full ink
@@ -32,6 +34,7 @@ SURROUND_PX, SURROUND_MAX_LEVEL = 3, 0.75  # the rows around a bar are not ink: 
 TEXT_INK = (0.08, 0.7)  # the share of a label's box its glyphs cover: text is neither a speck nor solid
 BACKDROP_MAX_FRACTION = 0.1  # a box of the other ink behind the annotation is left out too, if it is this small
 MARGIN_PX = 2  # left out around the ink: its anti-aliased edge
+FILL_RING_PX = 4  # a left-out box is filled with the median of a ring this wide around it
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,13 @@ def _label_of(level: np.ndarray, ink: np.ndarray, bar: tuple[int, int, int, int]
     region[max(top - y0 - 1, 0):bottom - y0 + 1, max(left - x0 - 1, 0):right - x0 + 1] = False
     runs = [(l + x0, t + y0, r + x0, b + y0) for l, t, r, b in text_lines(region)
             if MIN_LABEL_HEIGHT_PX <= b - t <= min(length, MAX_TEXT_HEIGHT * h)]
-    near = [box for box in runs if _distance(bar, box) <= LABEL_REACH * (box[3] - box[1])]
+    near = [box for box in runs if label_gap(bar, box) <= LABEL_REACH * (box[3] - box[1])]
     if not near:
         return None
-    label = min(near, key=lambda box: _distance(bar, box))
-    for box in sorted(runs, key=lambda box: _distance(label, box)):
+    label = min(near, key=lambda box: label_gap(bar, box))
+    for box in sorted(runs, key=lambda box: label_gap(label, box)):
         same_line = min(box[3], label[3]) - max(box[1], label[1]) > 0.5 * min(box[3] - box[1], label[3] - label[1])
-        if same_line and _distance(label, box) <= 2 * 2 * (label[3] - label[1]):  # _distance halves horizontal gaps
+        if same_line and label_gap(label, box) <= 2 * 2 * (label[3] - label[1]):  # label_gap halves horizontal gaps
             label = _union(label, box)
     height = label[3] - label[1]
     if not height <= label[2] - label[0] <= 2 * length:  # text is wider than tall ("1 µm"), about as wide as its bar
@@ -147,7 +150,7 @@ def without_annotations(grey: np.ndarray, annotations: list[Annotation]) -> np.n
     h, w = out.shape
     for a in annotations:
         left, top, right, bottom = a.box
-        r = 4
+        r = FILL_RING_PX
         outer = out[max(top - r, 0):min(bottom + r, h), max(left - r, 0):min(right + r, w)]
         inner = np.zeros(outer.shape, bool)
         inner[top - max(top - r, 0):bottom - max(top - r, 0), left - max(left - r, 0):right - max(left - r, 0)] = True

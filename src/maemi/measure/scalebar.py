@@ -84,7 +84,7 @@ def read_scale_bar(grey: np.ndarray, bar_top: int | None, label_engine: str = "b
         return ScaleBarReading(None, magnification=magnification, text=text, words=tuple(words),
                                reason="no scale bar (a line much longer than it is thick) in the info bar")
     # The label is one of the runs of text nearest a bar (above, below or beside it) that reads as a length.
-    near = sorted(lines, key=lambda box: min(_distance(b, box) for b in bars))[:LABEL_LINES_TRIED]
+    near = sorted(lines, key=lambda box: min(label_gap(b, box) for b in bars))[:LABEL_LINES_TRIED]
     misread = None
     for box in near:
         if _names_a_field(free[box].text):
@@ -95,7 +95,7 @@ def read_scale_bar(grey: np.ndarray, bar_top: int | None, label_engine: str = "b
         if label.nm is None:
             misread = misread or f"the scale bar's label: {label.reason}"
             continue
-        bar = min(bars, key=lambda b: _distance(b, box))
+        bar = min(bars, key=lambda b: label_gap(b, box))
         length = bar[2] - bar[0]
         return ScaleBarReading(label.nm / length, bar_px=length, bar_box=_to_image(bar, bar_top), label=label.text,
                                label_nm=label.nm, magnification=magnification, text=text, words=tuple(words))
@@ -152,7 +152,7 @@ def _to_image(box: tuple[int, int, int, int], bar_top: int) -> tuple[int, int, i
     return int(left), int(top + bar_top), int(right), int(bottom + bar_top)
 
 
-def _distance(bar: tuple[int, int, int, int], label: tuple[int, int, int, int]) -> float:
+def label_gap(bar: tuple[int, int, int, int], label: tuple[int, int, int, int]) -> float:
     """Gap between the boxes (0 when they overlap in both axes), with horizontal gaps weighted less: a label beside
     a bar is common, far above or below it is not."""
     dx = max(label[0] - bar[2], bar[0] - label[2], 0)
