@@ -876,8 +876,6 @@ class MeasuredImage:
     colourful: bool
     # boxes (left, top, right, bottom) of scale bars and labels drawn on the image, left out of the objects
     left_out: tuple[tuple[int, int, int, int], ...] = ()
-    # boxes (left, top, right, bottom) of scale bars and labels drawn on the image, left out of the objects
-    left_out: tuple[tuple[int, int, int, int], ...] = ()
 
 
 def measure_file(path: Path, metadata: dict | None = None, nm_per_pixel: float | None = None,
