@@ -109,7 +109,7 @@ def machine_info(device: str = "cpu") -> dict:
     # The same "model name" covers CPU generations that differ in speed here: one with native bf16 (AVX512-BF16/AMX)
     # ran the NEU config's bf16-autocast training 1.4x as fast as one without, which trains in float32 (23.3 against
     # 33.5 min, README); the demo's batches of 8 took about as long on both.
-    from maemi.train.config import cpu_has_native_bf16
+    from maemi.cpu import cpu_has_native_bf16
 
     return {"cpu": cpu, "cpu_family_model": f"{cpuinfo.get('cpu family', '?')}/{cpuinfo.get('model', '?')}",
             "native_bf16": cpu_has_native_bf16(), "cpu_count": os.cpu_count(), "memory_gib": round(mem_total / GIB, 1),

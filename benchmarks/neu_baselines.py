@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from maemi.evaluate.classification import classification_metrics
 from maemi.seeds import derived_seed
-from maemi.train.config import AugmentConfig, cpu_has_native_bf16
+from maemi.cpu import cpu_has_native_bf16
+from maemi.train.config import AugmentConfig
 from maemi.train.data import ImageCache, augment_image, chunks, seeded_generator
 
 BASELINES = ("cnn", "resnet", "vit")

@@ -34,6 +34,7 @@ from skimage.transform import resize
 from torch import nn
 from torch.nn import functional as F
 
+from maemi.cpu import cpu_has_native_bf16
 from maemi.measure.spots import working_image
 
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "segmenter.safetensors")
@@ -126,10 +127,14 @@ def instances_from_maps(foreground: np.ndarray, centre: np.ndarray, min_object_p
 class Segmenter:
     """A trained U-Net and its config; `instances(grey)` is the whole inference."""
 
-    def __init__(self, model: UNet, cfg: SegmenterConfig, metadata: dict[str, str] | None = None):
-        self.model, self.cfg = model.eval(), cfg
+    def __init__(self, model: UNet, cfg: SegmenterConfig, metadata: dict[str, str] | None = None,
+                 bf16: bool | None = None):
+        # channels-last convolutions, in bfloat16 where the CPU has it natively: 3.2x faster than float32 on a
+        # 1024x768 image here (one thread, AVX512-BF16), and the maps' 1/2 thresholds do not need more bits
+        self.model, self.cfg = model.eval().to(memory_format=torch.channels_last), cfg
         self.metadata = metadata or {}
         self.multiple = 2 ** (len(cfg.channels) - 1)
+        self.bf16 = cpu_has_native_bf16() if bf16 is None else bf16
 
     @classmethod
     def load(cls, path: str | None = None) -> "Segmenter":
@@ -158,7 +163,10 @@ class Segmenter:
         m = self.multiple
         ph, pw = -h % m, -w % m
         x = np.pad(normalise(grey), ((0, ph), (0, pw)), mode="reflect")
-        out = torch.sigmoid(self.model(torch.from_numpy(x)[None, None]))[0, :, :h, :w].numpy()
+        x = torch.from_numpy(x)[None, None].contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(x)
+        out = torch.sigmoid(logits.float())[0, :, :h, :w].numpy()
         return out[0], out[1]
 
     def instances(self, grey: np.ndarray) -> np.ndarray:

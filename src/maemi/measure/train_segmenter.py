@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
 
+from maemi.cpu import cpu_has_native_bf16
 from maemi.measure.scenes import render_scene, scene_batch
 from maemi.measure.segmenter import Segmenter, SegmenterConfig, UNet, core_target, instances_from_maps, normalise
 
@@ -41,6 +42,10 @@ class TrainConfig:
     val_size: int = 48
     log_every: int = 100
     inside_weight: float = 4.0  # centreness loss weight inside objects, relative to the background
+    # autocast to bfloat16 with channels-last convolutions where the CPU has native bf16 (None: when it does): a step
+    # of 8 x 160 px takes 0.18 s instead of 0.39 s on one thread here, so the same minutes see twice the scenes
+    bf16: bool | None = None
+    threads: int = 1  # for the U-Net; the scenes are rendered by one worker process beside it, on the other core
 
 
 def _example(seed: int, step: int, i: int, crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -92,10 +97,10 @@ def _match_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple[in
 
 
 @torch.no_grad()
-def evaluate(model: UNet, sc: SegmenterConfig, scenes) -> dict[str, float]:
+def evaluate(model: UNet, sc: SegmenterConfig, scenes, bf16: bool = False) -> dict[str, float]:
     """Instance F1 at IoU 0.5 and the median relative count error over synthetic validation scenes."""
     model.eval()
-    seg = Segmenter(model, sc)
+    seg = Segmenter(model, sc, bf16=bf16)
     tp = n_pred = n_true = 0
     count_errors = []
     for scene in scenes:
@@ -114,8 +119,9 @@ def validation_scenes(n: int, crop: int):
 
 def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     torch.manual_seed(tc.seed)
-    torch.set_num_threads(2)
-    model = UNet(sc)
+    torch.set_num_threads(tc.threads)
+    bf16 = cpu_has_native_bf16() if tc.bf16 is None else tc.bf16
+    model = UNet(sc).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, tc.steps) / tc.steps)))
@@ -124,7 +130,9 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     loader = torch.utils.data.DataLoader(SceneStream(tc), batch_size=None, num_workers=1, prefetch_factor=4)
     t0, running = time.time(), 0.0
     for step, (x, fg, centre) in enumerate(loader):
-        logits = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x.contiguous(memory_format=torch.channels_last))
+        logits = logits.float()  # the losses in float32
         loss_fg = F.binary_cross_entropy_with_logits(logits[:, :1], fg) + soft_dice_loss(logits[:, :1], fg)
         weight = 1.0 + (tc.inside_weight - 1.0) * fg
         loss_centre = (F.binary_cross_entropy_with_logits(logits[:, 1:], centre, weight=weight)
@@ -139,10 +147,10 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
         if (step + 1) % tc.log_every == 0:
             msg = f"step {step + 1}/{tc.steps} loss {running / tc.log_every:.4f} {time.time() - t0:.0f}s"
             if (step + 1) % (tc.log_every * 10) == 0:
-                msg += " val f1 {f1:.3f} count error {count_error_median:.3f}".format(**evaluate(model, sc, val))
+                msg += " val f1 {f1:.3f} count error {count_error_median:.3f}".format(**evaluate(model, sc, val, bf16))
             print(msg, flush=True)
             running = 0.0
-    result = evaluate(model, sc, val)
+    result = evaluate(model, sc, val, bf16)
     seconds = time.time() - t0
     print("final synthetic val: f1 {f1:.3f} median count error {count_error_median:.3f}".format(**result)
           + f"; train {seconds:.0f}s", flush=True)
@@ -151,7 +159,7 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     # float16 on disk halves the file; Segmenter.load reads it back as float32
     state = {k: v.half().detach().contiguous() for k, v in model.state_dict().items()}
     meta = Segmenter.config_metadata(sc)
-    meta.update(steps=str(tc.steps), seed=str(tc.seed), batch=str(tc.batch), crop=str(tc.crop),
+    meta.update(steps=str(tc.steps), seed=str(tc.seed), batch=str(tc.batch), crop=str(tc.crop), bf16=str(bf16),
                 val_f1=f"{result['f1']:.4f}", val_count_error=f"{result['count_error_median']:.4f}",
                 train_seconds=f"{seconds:.0f}")
     tmp = out + ".tmp"

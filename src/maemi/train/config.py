@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import torch
 
+from maemi.cpu import cpu_has_native_bf16
 from maemi.model.config import MAEMIConfig, dataclass_in
 
 
@@ -164,14 +165,6 @@ class TrainConfig:
         if device.type == "cuda":
             return torch.cuda.is_bf16_supported()
         return device.type == "cpu" and cpu_has_native_bf16()
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (without it, bf16 autocast on CPU is emulated and slower)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private helper: absent from some builds
-        return False
 
 
 # ------------------------------------------------------------------------------------------------ loading
