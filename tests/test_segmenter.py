@@ -9,7 +9,7 @@ from skimage.draw import disk
 
 from maemi.measure.measurements import segment
 from maemi.measure.segmenter import (DEFAULT_WEIGHTS, Segmenter, SegmenterConfig, UNet, centreness,
-                                     instances_from_maps)
+                                     instances_from_maps, local_contrast, network_input)
 
 
 def two_touching_disks(shape=(64, 96)) -> np.ndarray:
@@ -59,6 +59,27 @@ def test_weights_round_trip_through_safetensors(tmp_path):
     a, b = Segmenter(model, cfg).maps(image), loaded.maps(image)
     assert a[0].shape == (30, 41)
     np.testing.assert_allclose(a[0], b[0], atol=1e-6)
+
+
+def test_local_contrast_sees_a_particle_alike_on_dark_and_bright_support():
+    """The second input channel: a particle of the same contrast reads the same on a dark and on a bright stretch of
+    support, with the support's brightness gone; a flat image is all zeros, and the network reads both channels."""
+    shape = (96, 192)
+    ramp = np.tile(np.linspace(0.1, 0.9, shape[1], dtype=np.float32), (shape[0], 1))
+    bumps = np.zeros(shape, np.float32)
+    for cx in (40, 152):  # one on the dark side, one on the bright side
+        bumps[disk((48, cx), 5, shape=shape)] = 0.05
+    noise = np.random.default_rng(0).normal(0, 0.005, shape).astype(np.float32)
+    lc = local_contrast(ramp + bumps + noise)
+    assert lc[48, 40] > 3 and lc[48, 152] > 3  # each stands out of its own surroundings
+    assert lc[48, 40] == pytest.approx(lc[48, 152], rel=0.25)
+    assert abs(float(np.median(lc))) < 0.5  # the ramp itself is gone
+    assert (local_contrast(np.full(shape, 0.4, np.float32)) == 0).all()
+    x = network_input(ramp, SegmenterConfig(in_channels=2))
+    assert x.shape == (2, *shape)
+    cfg = SegmenterConfig(channels=(4, 8), in_channels=2)
+    labels = Segmenter(UNet(cfg), cfg).instances(ramp + bumps)
+    assert labels.shape == shape
 
 
 def test_missing_weights_name_the_file(tmp_path):

@@ -25,7 +25,8 @@ from torch.nn import functional as F
 
 from maemi.cpu import cpu_has_native_bf16
 from maemi.measure.scenes import render_scene, scene_batch
-from maemi.measure.segmenter import Segmenter, SegmenterConfig, UNet, core_target, instances_from_maps, normalise
+from maemi.measure.segmenter import (Segmenter, SegmenterConfig, UNet, core_target, instances_from_maps,
+                                     network_input)
 
 VAL_SEED = 777_001  # validation scenes never share a stream with training
 
@@ -48,7 +49,7 @@ class TrainConfig:
     threads: int = 1  # for the U-Net; the scenes are rendered by one worker process beside it, on the other core
 
 
-def _example(seed: int, step: int, i: int, crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _example(seed: int, step: int, i: int, crop: int, sc: SegmenterConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scene = render_scene(seed * 1_000_003 + step * 97 + i, None, (crop, crop))  # kinds in KIND_SHARES odds
     rng = np.random.default_rng([seed, step, i])
     k, flip = int(rng.integers(4)), bool(rng.integers(2))  # the physics has no preferred frame
@@ -58,7 +59,7 @@ def _example(seed: int, step: int, i: int, crop: int) -> tuple[np.ndarray, np.nd
     inst = np.ascontiguousarray(inst)
     # the core (centreness above one half) as a hard target: learnt faster than the soft centreness, and it is
     # all the seeds need
-    return normalise(np.ascontiguousarray(image)), (inst > 0).astype(np.float32), core_target(inst)
+    return network_input(np.ascontiguousarray(image), sc), (inst > 0).astype(np.float32)[None], core_target(inst)[None]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -71,14 +72,14 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 class SceneStream(torch.utils.data.IterableDataset):
     """Batches rendered from (seed, step), for steps start..steps-1."""
 
-    def __init__(self, tc: TrainConfig, start: int = 0):
-        self.tc, self.start = tc, start
+    def __init__(self, tc: TrainConfig, sc: SegmenterConfig, start: int = 0):
+        self.tc, self.sc, self.start = tc, sc, start
 
     def __iter__(self):
         tc = self.tc
         for step in range(self.start, tc.steps):
-            parts = [_example(tc.seed, step, i, tc.crop) for i in range(tc.batch)]
-            yield tuple(torch.from_numpy(np.stack(p))[:, None] for p in zip(*parts))
+            parts = [_example(tc.seed, step, i, tc.crop, self.sc) for i in range(tc.batch)]
+            yield tuple(torch.from_numpy(np.stack(p)) for p in zip(*parts))  # each [B, C, H, W]
 
 
 def _match_f1(pred: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> tuple[int, int, int]:
@@ -127,7 +128,7 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
         opt, lambda s: min(1.0, (s + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, tc.steps) / tc.steps)))
     val = validation_scenes(tc.val_size, tc.crop)
     # one worker renders while the main process trains: on two cores, rendering and the U-Net overlap
-    loader = torch.utils.data.DataLoader(SceneStream(tc), batch_size=None, num_workers=1, prefetch_factor=4)
+    loader = torch.utils.data.DataLoader(SceneStream(tc, sc), batch_size=None, num_workers=1, prefetch_factor=4)
     t0, running = time.time(), 0.0
     for step, (x, fg, centre) in enumerate(loader):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -177,9 +178,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=TrainConfig.batch)
     ap.add_argument("--crop", type=int, default=TrainConfig.crop)
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
+    ap.add_argument("--in-channels", type=int, choices=(1, 2), default=SegmenterConfig.in_channels,
+                    help="2: the image and its local contrast (segmenter.local_contrast)")
+    ap.add_argument("--no-bf16", action="store_true", help="train in float32 even where the CPU has native bf16")
     args = ap.parse_args()
-    tc = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, crop=args.crop, lr=args.lr)
-    train(args.out, tc, SegmenterConfig())
+    tc = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, crop=args.crop, lr=args.lr,
+                     bf16=False if args.no_bf16 else None)
+    train(args.out, tc, SegmenterConfig(in_channels=args.in_channels))
 
 
 if __name__ == "__main__":
