@@ -49,7 +49,7 @@ MIN_OBJECT_PX = 6  # at the working size: below this an "object" is a noise spec
 @dataclass
 class SegmenterConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64, 96)  # per U-Net level; each halves the resolution (receptive field ~140 px)
-    in_channels: int = 1  # 1: the normalised image; 2: and its local contrast (local_contrast)
+    in_channels: int = 2  # 1: the normalised image; 2: and its local contrast (local_contrast)
     out_channels: int = 2  # foreground logit, core logit
 
 

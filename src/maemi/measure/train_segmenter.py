@@ -33,7 +33,7 @@ VAL_SEED = 777_001  # validation scenes never share a stream with training
 
 @dataclass
 class TrainConfig:
-    steps: int = 4400
+    steps: int = 6000
     batch: int = 8
     crop: int = 160  # more, smaller scenes learn faster than fewer large ones in the same time
     lr: float = 1e-2
