@@ -233,8 +233,8 @@ def segment(grey: np.ndarray, method: str = "classical") -> Segmentation:
 
     method: "classical" (threshold and distance-transform watershed, below; the default: counts within 10% of the
     built-in corpus's truth) or "learned" (maemi.measure.segmenter, trained on hard synthetic cases: closer to the
-    experts on real STEM images, see benchmarks/results/measure_real.md, but it still merges clean touching particles
-    that the classical one splits, so it is not yet the default) or "spots" (maemi.measure.spots: compact particles
+    experts on real STEM images, see benchmarks/results/measure_real.md, but behind the classical one on real nanowire
+    tiles, so it is not the default) or "spots" (maemi.measure.spots: compact particles
     on a support, bright in dark field and dark in bright field: the closest to the experts on real STEM and TEM
     images, but it finds only particles a few to ~35 px across at the working size, not fibres, wires or large
     grains). Segmentation.method says which ran.

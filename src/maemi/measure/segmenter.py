@@ -1,6 +1,7 @@
 """Learned instance segmentation of micrographs: a small U-Net, then a seeded watershed.
 
-The network (Ronneberger et al., U-Net, MICCAI 2015) predicts two maps from a grey image: the probability that a pixel
+The network (Ronneberger et al., U-Net, MICCAI 2015) reads a grey image and its local contrast (local_contrast) and
+predicts two maps: the probability that a pixel
 belongs to an object, and the probability that it belongs to an object's core, where its "centreness" (the distance to
 its own object's border over that object's largest distance: 1 on the ridge, 0 at the edge) is above one half. Centreness is the distance-map idea of StarDist (Schmidt et al.,
 MICCAI 2018) and Cellpose (Stringer et al., Nat. Methods 2021) in its simplest form: where two particles touch, the
