@@ -151,8 +151,9 @@ class Segmenter:
 
     def __init__(self, model: UNet, cfg: SegmenterConfig, metadata: dict[str, str] | None = None,
                  bf16: bool | None = None):
-        # channels-last convolutions, in bfloat16 where the CPU has it natively: 3.2x faster than float32 on a
-        # 1024x768 image here (one thread, AVX512-BF16), and the maps' 1/2 thresholds do not need more bits
+        # channels-last convolutions, in bfloat16 where the CPU has it natively: the network's pass over a 1024x768
+        # image 3.2x faster than in float32 here (one thread, AVX512-BF16; 0.30 s instead of 0.52 s for the whole
+        # segmentation), and the maps' 1/2 thresholds do not need more bits (counts move by at most 2%)
         self.model, self.cfg = model.eval().to(memory_format=torch.channels_last), cfg
         self.metadata = metadata or {}
         self.multiple = 2 ** (len(cfg.channels) - 1)

@@ -49,7 +49,9 @@ class TrainConfig:
     threads: int = 1  # for the U-Net; the scenes are rendered by one worker process beside it, on the other core
 
 
-def _example(seed: int, step: int, i: int, crop: int, sc: SegmenterConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _example(seed: int, step: int, i: int, crop: int,
+             sc: SegmenterConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(network input [C, H, W], foreground [1, H, W], core [1, H, W]) of one rotated or flipped training scene."""
     scene = render_scene(seed * 1_000_003 + step * 97 + i, None, (crop, crop))  # kinds in KIND_SHARES odds
     rng = np.random.default_rng([seed, step, i])
     k, flip = int(rng.integers(4)), bool(rng.integers(2))  # the physics has no preferred frame
@@ -59,7 +61,8 @@ def _example(seed: int, step: int, i: int, crop: int, sc: SegmenterConfig) -> tu
     inst = np.ascontiguousarray(inst)
     # the core (centreness above one half) as a hard target: learnt faster than the soft centreness, and it is
     # all the seeds need
-    return network_input(np.ascontiguousarray(image), sc), (inst > 0).astype(np.float32)[None], core_target(inst)[None]
+    foreground = (inst > 0).astype(np.float32)[None]
+    return network_input(np.ascontiguousarray(image), sc), foreground, core_target(inst)[None]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
