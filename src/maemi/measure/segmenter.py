@@ -94,22 +94,21 @@ def normalise(grey: np.ndarray) -> np.ndarray:
 LOCAL_SIGMA = 16.0  # px at the working size: the support's structure beyond a particle's scale
 
 
-def local_contrast(grey: np.ndarray) -> np.ndarray:
+def local_contrast(grey: np.ndarray, normalised: np.ndarray | None = None) -> np.ndarray:
     """The image less its Gaussian local mean, over the local RMS of that difference (both at LOCAL_SIGMA): a particle
     stands out of its own surroundings whatever the support's brightness or the image's range, which differ most
-    between synthetic scenes and real micrographs. The spread never falls below a thousandth of the image's range, so
-    a flat image stays 0."""
-    grey = grey.astype(np.float32)
-    detail = grey - ndimage.gaussian_filter(grey, LOCAL_SIGMA)
+    between synthetic scenes and real micrographs. Computed on normalise(grey) (pass it when already made), so the
+    spread's floor, a thousandth, is of the image's range and a flat image stays 0."""
+    x = normalise(grey) if normalised is None else normalised
+    detail = x - ndimage.gaussian_filter(x, LOCAL_SIGMA)
     spread = np.sqrt(ndimage.gaussian_filter(detail * detail, LOCAL_SIGMA))
-    lo, hi = np.percentile(grey, [0.5, 99.5])
-    return (detail / np.maximum(spread, 1e-3 * max(float(hi - lo), 1e-3))).astype(np.float32)
+    return (detail / np.maximum(spread, 1e-3)).astype(np.float32)
 
 
 def network_input(grey: np.ndarray, cfg: SegmenterConfig) -> np.ndarray:
     """[in_channels, H, W] float32: what the U-Net reads, the same in training and inference."""
-    channels = [normalise(grey)] + ([local_contrast(grey)] if cfg.in_channels == 2 else [])
-    return np.stack(channels)
+    x = normalise(grey)
+    return np.stack([x] + ([local_contrast(grey, x)] if cfg.in_channels == 2 else []))
 
 
 def centreness(instances: np.ndarray) -> np.ndarray:
