@@ -3,6 +3,8 @@ and an image without such an array says so instead of guessing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from skimage.draw import disk, polygon
@@ -102,3 +104,32 @@ def test_too_few_rods_and_an_empty_image():
 def test_axial_mean_wraps():
     assert axial_difference(axial_mean(np.array([179.0, 1.0]), np.ones(2)), 0) < 1e-9
     assert axial_difference(170, 10) == 20
+
+
+def test_a_few_aligned_fragments_of_a_large_support_are_not_an_array():
+    """Rods of one direction and size that cover a sliver of what was segmented are fragments that line up by
+    chance (a lumpy support cut in pieces), not an array: the same 24 rods do make an array on their own."""
+    labels, _ = _array_image()
+    assert classify_wires(labels).array_found
+    support = np.zeros((1400, 1400), int)
+    support[:400, :520] = labels
+    support[450:1400, 20:1380] = labels.max() + 1  # a support region 70 times the rods' area
+    result = classify_wires(support)
+    assert not result.array_found and "fragments, not an array" in result.note
+
+
+STEM = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "stem-particles" / "dataset" / "images"
+
+
+def test_real_stem_particle_images_are_not_called_nanowire_arrays():
+    """Before the area check, measure() reported 12-44 upright nanowires on 5 of the 33 real STEM images."""
+    from PIL import Image
+
+    from maemi.measure.measurements import measure
+
+    paths = [STEM / name for name in ("Pd_silica2.jpg", "PtC1.jpg")]
+    if not all(p.exists() for p in paths):
+        pytest.skip("../shared/data/stem-particles is not here")
+    for path in paths:
+        m = measure(np.asarray(Image.open(path).convert("L"), np.float32) / 255)
+        assert m.object_count > 0 and m.nanowire_count is None and m.parasitic_count is None, path.name
