@@ -26,6 +26,7 @@ def test_fill_replaces_known_slots_and_says_unknown_for_the_rest():
 
 def test_numbers_are_read_as_answers_write_them():
     assert numbers("1,234 objects, 24.5 nm, 0.526, 12.3% and EHT5 -3") == [1234, 24.5, 0.526, 12.3, -3]
+    assert numbers("No 3D rendering, no 2.5D stack; 24.") == [24]  # a dimension is a word, not a quantity
 
 
 def test_a_remote_answer_gets_slots_only_where_a_measurement_backs_its_number():

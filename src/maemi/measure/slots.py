@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 SLOT_RE = re.compile(r"\{([a-z][a-z0-9_]*(?:#[1-9])?)\}")
 UNKNOWN = "unknown"
 BARE_NUMBER_SLOTS = ("object_count", "fibre_count", "nanowire_count", "parasitic_count", "magnification")  # stated without a unit
-# A number as answers write it: 1,234 / 24.5 / 0.526 / 12.3% (the sign and the thousands separator included).
-NUMBER_RE = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.])-?\d+(?:\.\d+)?")
+# A number as answers write it: 1,234 / 24.5 / 0.526 / 12.3% (the sign and the thousands separator included); not the
+# dimension of "3D rendering" or "2.5D packaging", which is a word, not a quantity.
+_NOT_A_DIMENSION = r"(?!\.?\d|D\b)"
+NUMBER_RE = re.compile(r"(?<![\w.])-?\d{1,3}(?:,\d{3})+(?:\.\d+)?" + _NOT_A_DIMENSION
+                       + r"|(?<![\w.])-?\d+(?:\.\d+)?" + _NOT_A_DIMENSION)
 
 
 def slot(name: str, index: int | None = None) -> str:
