@@ -32,10 +32,9 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
-from skimage.measure import regionprops_table
 
 from maemi.fileio import atomic_write_json, atomic_write_text
+from maemi.measure.boxes import annotated_images, match, objects
 from maemi.measure.measurements import segment
 from maemi.measure import spots
 from maemi.measure.segmenter import Segmenter
@@ -90,34 +89,6 @@ def load_grey(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0  # RGB files too: luminance
 
 
-def objects(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centroids [N, 2] (row, column) and equivalent diameters [N] of the labelled objects."""
-    t = regionprops_table(labels, properties=("centroid", "equivalent_diameter_area"))
-    return np.stack([t["centroid-0"], t["centroid-1"]], axis=1), t["equivalent_diameter_area"]
-
-
-def match(centroids: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One-to-one matching of objects to boxes [M, 4] (left, top, width, height): a pair is allowed when the object's
-    centroid lies in the box; among those, the Hungarian algorithm minimises the total distance to the box centres
-    (relative to the box size). Returns the matched object and box indices."""
-    if len(centroids) == 0 or len(boxes) == 0:
-        return np.zeros(0, int), np.zeros(0, int)
-    y, x = centroids[:, 0:1], centroids[:, 1:2]  # [N, 1]
-    left, top, w, h = boxes.T  # [M] each
-    inside = (x >= left) & (x <= left + w) & (y >= top) & (y <= top + h)  # [N, M]
-    candidates = np.flatnonzero(inside.any(axis=1))
-    boxes_hit = np.flatnonzero(inside.any(axis=0))
-    if len(candidates) == 0:
-        return np.zeros(0, int), np.zeros(0, int)
-    sub = inside[np.ix_(candidates, boxes_hit)]
-    dx = (x[candidates] - (left + w / 2)[boxes_hit]) / w[boxes_hit]
-    dy = (y[candidates] - (top + h / 2)[boxes_hit]) / h[boxes_hit]
-    cost = np.where(sub, np.hypot(dx, dy), 1e6)
-    rows, cols = linear_sum_assignment(cost)
-    ok = sub[rows, cols]
-    return candidates[rows[ok]], boxes_hit[cols[ok]]
-
-
 def rel_error(measured: float, truth: float) -> float:
     return abs(measured - truth) / truth if truth > 0 else float(measured != truth)
 
@@ -137,15 +108,7 @@ def summary(errors: list[float | None], within: float) -> dict:
 
 def stem_cases(root: Path, limit: int | None) -> list[tuple[Path, np.ndarray]]:
     """(image, boxes [M, 4] left, top, width, height in pixels) for each labelled image."""
-    cases = []
-    for image in sorted((root / "images").glob("*.jpg"))[:limit]:
-        with Image.open(image) as im:
-            width, height = im.size
-        rows = [line.split() for line in (root / "labels" / f"{image.stem}.txt").read_text().splitlines()]
-        yolo = np.array([[float(v) for v in r[1:5]] for r in rows if len(r) >= 5]).reshape(-1, 4)
-        cx, cy, w, h = yolo[:, 0] * width, yolo[:, 1] * height, yolo[:, 2] * width, yolo[:, 3] * height
-        cases.append((image, np.stack([cx - w / 2, cy - h / 2, w, h], axis=1)))
-    return cases
+    return annotated_images(root)[:limit]
 
 
 def bench_stem(cases, method: Method, overlays: Path | None, name: str) -> dict:

@@ -6,6 +6,13 @@
 Scenes are rendered on the fly by maemi.measure.scenes, in a worker process beside the training loop, from
 (seed, step): a run is deterministic for a seed and thread count. Settings are judged on a fixed synthetic validation
 set rendered from a separate seed; the real micrographs in benchmarks/measure_real.py are never trained on.
+
+    ... --select-on FOLDER   (images/ and labels/ with experts' boxes, YOLO layout: maemi.measure.boxes)
+
+keeps the checkpoint that detects the boxed objects best (F1 of objects matched to boxes, scored every
+--select-every steps) instead of the last one: synthetic validation scenes do not rank models as real images do
+(benchmarks/results/segmenter_runs.md), a few annotated images of a lab's own kind do. They choose a checkpoint;
+nothing is trained on them.
 Loss: binary cross-entropy plus soft Dice on the foreground and on the core (maemi.measure.segmenter), the core's
 cross-entropy weighted up inside objects, where the seeds come from. The runs so far: benchmarks/results/segmenter_runs.md.
 """
@@ -13,6 +20,7 @@ cross-entropy weighted up inside objects, where the seeds come from. The runs so
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import time
@@ -24,9 +32,12 @@ from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from maemi.cpu import cpu_has_native_bf16
+from maemi.data.images import load_grey
+from maemi.measure.boxes import annotated_images, score_against_boxes
 from maemi.measure.scenes import render_scene, scene_batch
-from maemi.measure.segmenter import (Segmenter, SegmenterConfig, UNet, core_target, instances_from_maps,
+from maemi.measure.segmenter import (WORK_SIDE, Segmenter, SegmenterConfig, UNet, core_target, instances_from_maps,
                                      network_input)
+from maemi.measure.spots import working_image
 
 VAL_SEED = 777_001  # validation scenes never share a stream with training
 
@@ -47,6 +58,9 @@ class TrainConfig:
     # of 8 x 160 px takes 0.18 s instead of 0.39 s on one thread here, so the same minutes see twice the scenes
     bf16: bool | None = None
     threads: int = 1  # for the U-Net; the scenes are rendered by one worker process beside it, on the other core
+    select_on: str | None = None  # a folder of annotated real images that chooses the checkpoint (module docstring)
+    select_every: int = 500
+    select_from: int = 1000  # the first checkpoint scored: earlier ones have not learnt the synthetic scenes yet
 
 
 def _example(seed: int, step: int, i: int, crop: int,
@@ -121,6 +135,29 @@ def validation_scenes(n: int, crop: int):
     return scene_batch(VAL_SEED, n, (crop, crop))
 
 
+def selection_images(folder: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(grey image at the working size, its boxes at that size) of each annotated image of `folder`: reduced once
+    here, as Segmenter.instances would on every call."""
+    cases = []
+    for path, boxes in annotated_images(folder):
+        work, factor = working_image(load_grey(path), WORK_SIDE)
+        cases.append((work, boxes * factor))
+    return cases
+
+
+@torch.no_grad()
+def score_on_boxes(model: UNet, sc: SegmenterConfig, cases, bf16: bool = False) -> dict[str, float]:
+    """Detection F1 of the objects found against the experts' boxes (pooled over the images) and the median
+    relative count error."""
+    model.eval()
+    seg = Segmenter(model, sc, bf16=bf16)
+    scores = [score_against_boxes(seg.instances(image), boxes) for image, boxes in cases]
+    model.train()
+    matched, found, boxed = (sum(getattr(s, k) for s in scores) for k in ("matched", "measured", "boxes"))
+    return {"f1": 2 * matched / max(found + boxed, 1),
+            "count_error_median": float(np.median([s.count_error for s in scores]))}
+
+
 def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     torch.manual_seed(tc.seed)
     torch.set_num_threads(tc.threads)
@@ -130,6 +167,8 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, tc.steps) / tc.steps)))
     val = validation_scenes(tc.val_size, tc.crop)
+    select = selection_images(tc.select_on) if tc.select_on else None
+    best = None  # (score dict, step, state) of the checkpoint the annotated images prefer
     # one worker renders while the main process trains: on two cores, rendering and the U-Net overlap
     loader = torch.utils.data.DataLoader(SceneStream(tc, sc), batch_size=None, num_workers=1, prefetch_factor=4)
     t0, running = time.time(), 0.0
@@ -154,6 +193,15 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
                 msg += " val f1 {f1:.3f} count error {count_error_median:.3f}".format(**evaluate(model, sc, val, bf16))
             print(msg, flush=True)
             running = 0.0
+        if select and (step + 1) >= tc.select_from and ((step + 1) % tc.select_every == 0 or step + 1 == tc.steps):
+            scored = score_on_boxes(model, sc, select, bf16)
+            print(f"step {step + 1}: annotated images f1 {scored['f1']:.3f} count error "
+                  f"{scored['count_error_median']:.3f}", flush=True)
+            if best is None or scored["f1"] > best[0]["f1"]:
+                best = (scored, step + 1, copy.deepcopy(model.state_dict()))
+    if best is not None:
+        model.load_state_dict(best[2])
+        print(f"kept step {best[1]}: annotated images f1 {best[0]['f1']:.3f}", flush=True)
     result = evaluate(model, sc, val, bf16)
     seconds = time.time() - t0
     print("final synthetic val: f1 {f1:.3f} median count error {count_error_median:.3f}".format(**result)
@@ -166,6 +214,10 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     meta.update(steps=str(tc.steps), seed=str(tc.seed), batch=str(tc.batch), crop=str(tc.crop), bf16=str(bf16),
                 val_f1=f"{result['f1']:.4f}", val_count_error=f"{result['count_error_median']:.4f}",
                 train_seconds=f"{seconds:.0f}")
+    if best is not None:
+        meta.update(selected_step=str(best[1]), selected_on=os.path.basename(os.path.normpath(tc.select_on)),
+                    selected_images=str(len(select)), selected_f1=f"{best[0]['f1']:.4f}",
+                    selected_count_error=f"{best[0]['count_error_median']:.4f}")
     tmp = out + ".tmp"
     save_file(state, tmp, metadata=meta)
     os.replace(tmp, out)
@@ -184,9 +236,12 @@ def main() -> None:
     ap.add_argument("--in-channels", type=int, choices=(1, 2), default=SegmenterConfig.in_channels,
                     help="2: the image and its local contrast (segmenter.local_contrast)")
     ap.add_argument("--no-bf16", action="store_true", help="train in float32 even where the CPU has native bf16")
+    ap.add_argument("--select-on", help="folder of annotated real images (images/, labels/ YOLO boxes) that choose "
+                                        "the checkpoint; see the module docstring")
+    ap.add_argument("--select-every", type=int, default=TrainConfig.select_every)
     args = ap.parse_args()
     tc = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, crop=args.crop, lr=args.lr,
-                     bf16=False if args.no_bf16 else None)
+                     bf16=False if args.no_bf16 else None, select_on=args.select_on, select_every=args.select_every)
     train(args.out, tc, SegmenterConfig(in_channels=args.in_channels))
 
 
