@@ -1,8 +1,8 @@
 """Benchmark: counting and sizing objects on real, expert-labelled micrographs, segmentation methods side by side.
 Prints a table and writes benchmarks/results/measure_real.{json,md}.
 
-1. STEM nanoparticles (../shared/data/stem-particles: 33 images, 5,321 hand-drawn boxes). Per image: the count error
-   |n_measured - n_boxes| / n_boxes; the mean size error |mean equivalent diameter - mean box diameter| / mean box
+1. STEM nanoparticles (../shared/data/stem-particles: 33 images, 5,341 hand-drawn boxes; its SOURCE.md says 5,321).
+   Per image: the count error |n_measured - n_boxes| / n_boxes; the mean size error |mean equivalent diameter - mean box diameter| / mean box
    diameter, a box's diameter being that of the ellipse inscribed in it, sqrt(w h); and, to diagnose, detection
    precision and recall (an object matches a box its centroid lies in, one to one by the Hungarian algorithm).
    Targets: median count error <= 10%, >= 75% of images within 20%; mean size within 15% on >= 75%.

@@ -17,8 +17,8 @@ runs on both, at the segmenter's working size (long side at most segmenter.WORK_
   on thin support or on a bright clump;
 - per image: noise (pixel noise over the range), objects per 100 x 100 px, and the share of the field they cover.
 
-Real: ../shared/data/stem-particles (33 HAADF/BF STEM images, 5,321 boxes). Synthetic: scenes of kind
-stem_particles, every drawn object (hidden or not).
+Real: ../shared/data/stem-particles (33 HAADF/BF STEM images, 5,341 boxes; the dataset's SOURCE.md says 5,321).
+Synthetic: scenes of kind stem_particles, every drawn object (hidden or not).
 
     .venv/bin/python benchmarks/scene_realism.py [--scenes 120] [--shape 256] [--shared DIR]
 """
