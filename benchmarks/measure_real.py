@@ -4,7 +4,8 @@ Prints a table and writes benchmarks/results/measure_real.{json,md}.
 1. STEM nanoparticles (../shared/data/stem-particles: 33 images, 5,341 hand-drawn boxes; its SOURCE.md says 5,321).
    Per image: the count error |n_measured - n_boxes| / n_boxes; the mean size error |mean equivalent diameter - mean
    box diameter| / mean box diameter, a box's diameter being that of the ellipse inscribed in it, sqrt(w h); and, to
-   diagnose, detection precision and recall (an object matches a box its centroid lies in, one to one by the Hungarian algorithm).
+   diagnose, detection precision and recall (an object matches a box its centroid lies in, one to one by the
+   Hungarian algorithm).
    Targets: median count error <= 10%, >= 75% of images within 20%; mean size within 15% on >= 75%.
 2. SEM nanowire arrays (../shared/data/sem-nanowires: the 31 tiles of tiles/boxes.csv, classes nw, parasitic,
    nanospade). Objects are classed by maemi.measure.wires (the array's own rods are nanowires, the rest parasitic);
