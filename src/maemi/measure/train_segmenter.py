@@ -7,14 +7,15 @@ Scenes are rendered on the fly by maemi.measure.scenes, in a worker process besi
 (seed, step): a run is deterministic for a seed and thread count. Settings are judged on a fixed synthetic validation
 set rendered from a separate seed; the real micrographs in benchmarks/measure_real.py are never trained on.
 
+Loss: binary cross-entropy plus soft Dice on the foreground and on the core (maemi.measure.segmenter), the core's
+cross-entropy weighted up inside objects, where the seeds come from. The runs so far: benchmarks/results/segmenter_runs.md.
+
     ... --select-on FOLDER   (images/ and labels/ with experts' boxes, YOLO layout: maemi.measure.boxes)
 
 keeps the checkpoint that detects the boxed objects best (F1 of objects matched to boxes, scored every
 --select-every steps) instead of the last one: synthetic validation scenes do not rank models as real images do
-(benchmarks/results/segmenter_runs.md), a few annotated images of a lab's own kind do. They choose a checkpoint;
-nothing is trained on them.
-Loss: binary cross-entropy plus soft Dice on the foreground and on the core (maemi.measure.segmenter), the core's
-cross-entropy weighted up inside objects, where the seeds come from. The runs so far: benchmarks/results/segmenter_runs.md.
+(benchmarks/results/segmenter_runs.md); a few annotated images of a lab's own kind are the closer judge (run 15
+there: it narrowed the spread between seeds on real STEM counts, not every row). They choose; nothing is trained on them.
 """
 
 from __future__ import annotations
