@@ -35,8 +35,8 @@ import numpy as np
 from PIL import Image
 
 from maemi.fileio import atomic_write_json, atomic_write_text
-from maemi.measure.boxes import annotated_images, match, objects
-from maemi.measure.measurements import segment
+from maemi.measure.boxes import annotated_images, match
+from maemi.measure.measurements import object_shapes, segment
 from maemi.measure import spots
 from maemi.measure.segmenter import Segmenter
 from maemi.measure.wires import classify_wires
@@ -121,7 +121,8 @@ def bench_stem(cases, method: Method, overlays: Path | None, name: str) -> dict:
         labels = method(grey)
         seconds += time.perf_counter() - start
         megapixels += grey.size / 1e6
-        centroids, diameters = objects(labels)
+        shapes = object_shapes(labels)
+        centroids, diameters = shapes.centroids, shapes.diameters
         box_diameter = np.sqrt(boxes[:, 2] * boxes[:, 3])  # the inscribed ellipse's equivalent diameter
         obj, box = match(centroids, boxes)
         n, n_true = len(diameters), len(boxes)
@@ -181,7 +182,7 @@ def bench_wires(cases, method: Method, overlays: Path | None, name: str) -> dict
         parasitic = wires.counts.get("parasitic") if wires.array_found else None
         n = sum(wires.counts.values())  # the pieces of one parasitic crystal count once
         true_yield = truth["nw"] / n_true
-        centroids, _ = objects(labels)
+        centroids = object_shapes(labels).centroids
         obj, box = match(centroids, boxes)
         agree = sum((wires.classes[o] == "nanowire") == (classes[b] == "nw") for o, b in zip(obj, box))
         rows.append({

@@ -1,11 +1,8 @@
 """maemi.measure.fibres: fibres counted through crossings and sized on the skeleton, on masks drawn with known truth."""
 
 import math
-from pathlib import Path
-
 import numpy as np
 import pytest
-from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
@@ -143,10 +140,7 @@ def test_a_mat_of_crossing_curved_fibres_is_counted_within_fifteen_percent():
     assert abs(counted - drawn) <= 0.15 * drawn
 
 
-STEM = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "stem-particles" / "dataset" / "images"
-
-
-def test_measure_reports_fibres_for_a_mat_and_not_for_a_lumpy_support():
+def test_measure_reports_fibres_for_a_mat_and_not_for_a_lumpy_support(stem_greys):
     """measure() states fibre_count only where the traced network is long fibres of even width: the synthetic Fibres
     class, not the lumpy supports of real STEM images, whose segmented foreground is slender by area too (before the
     length and width checks, 28 of 33 real STEM images were reported as mats of 40 to 7,491 fibres)."""
@@ -155,10 +149,6 @@ def test_measure_reports_fibres_for_a_mat_and_not_for_a_lumpy_support():
 
     image, record = make_micrograph("Fibres", seed=0, index=0, width=512, height=384)
     assert measure(image[: image.shape[0] - record["info_bar_height_px"]]).fibre_count == record["object_count"]
-    paths = [STEM / name for name in ("Pd1.jpg", "PtW2.jpg", "Cu_silica1.jpg")]
-    if not all(p.exists() for p in paths):
-        pytest.skip("../shared/data/stem-particles is not here")
-    for path in paths:
-        grey = np.asarray(Image.open(path).convert("L"), np.float32) / 255
+    for name, grey in stem_greys("Pd1.jpg", "PtW2.jpg", "Cu_silica1.jpg"):
         m = measure(grey)
-        assert m.object_count > 0 and m.fibre_count is None, path.name
+        assert m.object_count > 0 and m.fibre_count is None, name

@@ -3,8 +3,6 @@ and an image without such an array says so instead of guessing."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from skimage.draw import disk, polygon
@@ -118,18 +116,10 @@ def test_a_few_aligned_fragments_of_a_large_support_are_not_an_array():
     assert not result.array_found and "fragments, not an array" in result.note
 
 
-STEM = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "stem-particles" / "dataset" / "images"
-
-
-def test_real_stem_particle_images_are_not_called_nanowire_arrays():
+def test_real_stem_particle_images_are_not_called_nanowire_arrays(stem_greys):
     """Before the area check, measure() reported 12-44 upright nanowires on 5 of the 33 real STEM images."""
-    from PIL import Image
-
     from maemi.measure.measurements import measure
 
-    paths = [STEM / name for name in ("Pd_silica2.jpg", "PtC1.jpg")]
-    if not all(p.exists() for p in paths):
-        pytest.skip("../shared/data/stem-particles is not here")
-    for path in paths:
-        m = measure(np.asarray(Image.open(path).convert("L"), np.float32) / 255)
-        assert m.object_count > 0 and m.nanowire_count is None and m.parasitic_count is None, path.name
+    for name, grey in stem_greys("Pd_silica2.jpg", "PtC1.jpg"):
+        m = measure(grey)
+        assert m.object_count > 0 and m.nanowire_count is None and m.parasitic_count is None, name

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
-from skimage.measure import regionprops_table
+
+from maemi.measure.measurements import object_shapes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 
@@ -75,12 +76,6 @@ def match(centroids: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndar
     return candidates[rows[ok]], boxes_hit[cols[ok]]
 
 
-def objects(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centroids [N, 2] (row, column) and equivalent diameters [N] of the labelled objects."""
-    t = regionprops_table(labels, properties=("centroid", "equivalent_diameter_area"))
-    return np.stack([t["centroid-0"], t["centroid-1"]], axis=1), t["equivalent_diameter_area"]
-
-
 @dataclass
 class BoxScore:
     measured: int  # objects found
@@ -93,6 +88,6 @@ class BoxScore:
 
 
 def score_against_boxes(labels: np.ndarray, boxes: np.ndarray) -> BoxScore:
-    centroids, _ = objects(labels)
+    centroids = object_shapes(labels).centroids
     obj, _ = match(centroids, boxes)
     return BoxScore(len(centroids), len(boxes), len(obj))
