@@ -130,6 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from maemi.assistant import Assistant
+    from maemi.cpu import training_attention
     from maemi.fileio import atomic_write_json, atomic_write_text
     from maemi.model import MAEMI, AnswerVocab, GenerationConfig
     from maemi.model.generate import generate_ids
@@ -182,7 +183,7 @@ def main() -> None:
         def forward_backward(indices: list[int]) -> None:
             sample_dylora_rank_(model.text.model, rank_generator)
             for micro in chunks(indices, config.micro_batch):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                with training_attention(device, bf16), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     loss = model(dataset.batch(micro, epoch=0))
                 (loss * len(micro) / len(indices)).backward()
 

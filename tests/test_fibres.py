@@ -152,3 +152,13 @@ def test_measure_reports_fibres_for_a_mat_and_not_for_a_lumpy_support(stem_greys
     for name, grey in stem_greys("Pd1.jpg", "PtW2.jpg", "Cu_silica1.jpg"):
         m = measure(grey)
         assert m.object_count > 0 and m.fibre_count is None, name
+
+
+def test_junction_radii_equal_ndimage_maximum() -> None:
+    from maemi.measure.fibres import _node_radii
+
+    rng = np.random.default_rng(0)
+    distance = rng.random((40, 50)).astype(np.float32) * 5
+    nodes, n = ndimage.label(rng.random((40, 50)) > 0.8)
+    expected = np.asarray(ndimage.maximum(distance, nodes, np.arange(1, n + 1)), float)
+    assert n > 10 and np.array_equal(_node_radii(distance, nodes, n), expected)

@@ -459,3 +459,18 @@ def test_image_size_from_images_takes_the_images_side_never_upsampling(tiny, tmp
     assert result["steps"] == 1
     assert MAEMI.from_pretrained(tmp_path / "run").config.vision.image_size == 40
     assert json.loads((tmp_path / "run" / "run.json").read_text())["image_size"] == 40
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_training_attention_avoids_the_bf16_flash_kernel_on_cpu(bf16: bool) -> None:
+    # The CPU flash kernel is 2x slower than math in bf16 at the demo's sizes (maemi.cpu.training_attention); in fp32
+    # torch's own choice (flash) stands.
+    from torch.profiler import ProfilerActivity, profile
+
+    from maemi.cpu import training_attention
+
+    q = torch.randn(2, 4, 16, 8, dtype=torch.bfloat16 if bf16 else torch.float32)
+    with training_attention(torch.device("cpu"), bf16), profile(activities=[ProfilerActivity.CPU]) as prof:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    ops = {event.key for event in prof.key_averages()}
+    assert ("aten::_scaled_dot_product_flash_attention_for_cpu" in ops) is not bf16

@@ -157,13 +157,22 @@ def _graph(skel: np.ndarray) -> tuple[list[_Segment], np.ndarray, int]:
     return segments, nodes, n_nodes
 
 
+def _node_radii(distance: np.ndarray, nodes: np.ndarray, n_nodes: int) -> np.ndarray:
+    """The largest distance-transform value in each junction zone (labels 1..n_nodes of `nodes`). Taken over the
+    zones' own pixels: ndimage.maximum over the whole image sorts every pixel, a fifth of a teacher's time."""
+    on = nodes > 0
+    radius = np.zeros(n_nodes)
+    np.maximum.at(radius, nodes[on] - 1, distance[on])
+    return radius
+
+
 def _prune(skel: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """Remove spurs shorter than SPUR_RADII junction radii, keeping at least two arms at every junction."""
     for _ in range(PRUNE_PASSES):
         segments, nodes, n_nodes = _graph(skel)
         if n_nodes == 0:
             break
-        radius = np.asarray(ndimage.maximum(distance, nodes, np.arange(1, n_nodes + 1)), float).reshape(-1)
+        radius = _node_radii(distance, nodes, n_nodes)
         arms: dict[int, list[tuple[float, int, bool]]] = {}
         for k, seg in enumerate(segments):
             for node in seg.ends:
@@ -326,8 +335,7 @@ def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float |
     mask, distance, skel = _skeleton(np.asarray(mask, bool), distance)
     skel = _prune(skel, distance)
     segments, nodes, n_nodes = _graph(skel)
-    radius = (np.asarray(ndimage.maximum(distance, nodes, np.arange(1, n_nodes + 1)), float).reshape(-1)
-              if n_nodes else np.zeros(0))
+    radius = _node_radii(distance, nodes, n_nodes)
     seg_radius = np.array([_local_radius(s, distance) for s in segments])
 
     bridge, root = _crossings(segments, radius, seg_radius, n_nodes)

@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from maemi.cpu import training_attention
 from maemi.data.images import ImageReadError, read_image_info
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.model import MAEMI, AnswerVocab
@@ -243,8 +244,9 @@ def train(config: TrainConfig, data: str | os.PathLike, val: str | os.PathLike |
     """Train (or resume, or fine-tune from `init`) and return a summary. Under torchrun, call it in every process."""
     env, device = init_distributed(config.device)
     try:
-        return _train(copy.deepcopy(config), Path(data), Path(val) if val else None, Path(images_root), Path(out),
-                      resume, Path(init) if init else None, env, device, log or tqdm.write)
+        with training_attention(device, config.use_bf16(device)):
+            return _train(copy.deepcopy(config), Path(data), Path(val) if val else None, Path(images_root), Path(out),
+                          resume, Path(init) if init else None, env, device, log or tqdm.write)
     finally:
         shutdown(env)
 
