@@ -298,11 +298,13 @@ def test_training_learns_and_writes_the_run_folder(tiny, trained_run):
     adapters = [m for m in model.text.model.modules() if hasattr(m, "lora_B")]
     assert adapters and all(m.rank == model.config.text.lora.r_max for m in adapters)
     # ... and it is the best one: its validation loss is the one run.json reports
+    from maemi.cpu import training_attention
     from maemi.teachers.records import read_records
 
     val_set = InstructionDataset(read_records(tiny.val), ImageCache(tiny.images, 32), model.processor)
-    config, cpu = load_train_config(tiny.config), torch.device("cpu")  # batched and cast as the run validated
-    loss = validation_loss(model, val_set, config, DistributedEnv(), cpu, config.use_bf16(cpu))
+    config, cpu = load_train_config(tiny.config), torch.device("cpu")  # batched, cast and attended as the run validated
+    with training_attention(cpu, config.use_bf16(cpu)):
+        loss = validation_loss(model, val_set, config, DistributedEnv(), cpu, config.use_bf16(cpu))
     assert loss == pytest.approx(info["best"]["val_loss"], rel=1e-6)
 
 
@@ -474,3 +476,13 @@ def test_training_attention_avoids_the_bf16_flash_kernel_on_cpu(bf16: bool) -> N
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     ops = {event.key for event in prof.key_averages()}
     assert ("aten::_scaled_dot_product_flash_attention_for_cpu" in ops) is not bf16
+
+
+def test_validation_records_evenly_spaced() -> None:
+    from maemi.train.trainer import evenly_spaced
+
+    records = [{"id": i} for i in range(10)]
+    assert [r["id"] for r in evenly_spaced(records, 4)] == [0, 2, 5, 7]
+    assert evenly_spaced(records, 0) == records and evenly_spaced(records, 50) == records
+    with pytest.raises(ConfigError, match="val_loss_records"):
+        load_train_config(None, ["--val_loss_records=-1"])

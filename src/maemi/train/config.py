@@ -74,6 +74,9 @@ class TrainConfig:
     micro_batch: int = 32  # samples per forward pass; gradients accumulate up to batch_size
     epochs: int = 50
     early_stopping_patience: int = 10  # validations without improvement before stopping (the paper gives none)
+    # The validation loss over at most this many validation records, evenly spaced through the file (which holds
+    # each image's questions together); 0: all. The warm start still uses every validation image.
+    val_loss_records: int = 0
     # "plateau": the paper's, lr * lr_factor after lr_patience epochs without improvement. "cosine": linear warm-up
     # over warmup_steps, then cosine decay to zero at the last step (LLaVA, nanoGPT): what a run of one or two epochs
     # needs, since a plateau schedule never acts before the end of it.
@@ -129,9 +132,10 @@ class TrainConfig:
         if self.lr <= 0 or not 0 < self.lr_factor < 1:
             raise ConfigError(f"need lr > 0 and 0 < lr_factor < 1, got lr={self.lr}, lr_factor={self.lr_factor}")
         if min(self.max_steps, self.warmstart_epochs, self.checkpoint_every_steps, self.num_threads,
-               self.early_stopping_patience, self.lr_patience, self.warmup_steps) < 0 or self.grad_clip < 0:
+               self.early_stopping_patience, self.lr_patience, self.warmup_steps, self.val_loss_records) < 0 \
+                or self.grad_clip < 0:
             raise ConfigError("max_steps, warmstart_epochs, checkpoint_every_steps, num_threads, patience settings, "
-                              "warmup_steps and grad_clip must not be negative")
+                              "warmup_steps, val_loss_records and grad_clip must not be negative")
         if self.lr_schedule not in ("plateau", "cosine"):
             raise ConfigError(f"lr_schedule must be plateau or cosine, got {self.lr_schedule!r}")
         if self.loss_average not in ("sample", "token"):

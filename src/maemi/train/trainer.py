@@ -223,6 +223,13 @@ def prepare_out_dir(out: Path, resume: bool) -> Path | None:
 # ------------------------------------------------------------------------------------------------ training
 
 
+def evenly_spaced(records: Sequence[dict], limit: int) -> list[dict]:
+    """At most `limit` of `records` (0: all), spread evenly through them, in their order."""
+    if not limit or len(records) <= limit:
+        return list(records)
+    return [records[i * len(records) // limit] for i in range(limit)]
+
+
 def image_size_for(records: Sequence[dict], images_root: Path, largest: int, multiple: int) -> int:
     """The training images' median shorter side rounded up to a multiple of `multiple`, at most `largest` (which is
     returned when no image can be read: those are reported when the dataset loads them)."""
@@ -294,7 +301,8 @@ def _train(config: TrainConfig, data: Path, val: Path | None, images_root: Path,
         train_records = few_shot_demos_by_vision(train_records, model.vision, cache, device, config.micro_batch, out,
                                                  resuming=checkpoint is not None, write=env.is_main, log=say)
     train_set = InstructionDataset(train_records, cache, model.processor, config.augment, config.seed, say, "train")
-    val_set = InstructionDataset(val_records, cache, model.processor, None, config.seed, say, "val")
+    val_set = InstructionDataset(evenly_spaced(val_records, config.val_loss_records), cache, model.processor, None,
+                                 config.seed, say, "val")
     if not len(train_set):
         raise TrainingDataError(f"{data}: no usable training examples (see the skipped ones above)")
     has_val = len(val_set) > 0
