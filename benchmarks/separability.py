@@ -1,8 +1,8 @@
 """Exploration: does Otsu's separability predict when the classical count cannot be trusted?
 
 Otsu (1979) scores a threshold by eta = between-class variance / total variance of the grey levels (1: two clean
-phases). Here eta is taken on what the classical segmentation thresholds (maemi.measure.measurements: Gaussian 1 px,
-background flattened), for each real STEM image and nanowire tile, beside the classical count error that
+phases). Here eta is taken on what the classical segmentation thresholds (Segmentation.flat of measurements.segment:
+smoothed, background flattened), for each real STEM image and nanowire tile, beside the classical count error that
 benchmarks/measure_real.py recorded (results/measure_real.json, its boxes as truth), and for one synthetic corpus
 (`maemi synth --seed 7`, a dev corpus no demo split contains) per class. Nothing is chosen or shipped from it yet.
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from maemi.data.synth import synthesize
 from maemi.fileio import atomic_write_json, atomic_write_text
-from maemi.measure.measurements import _as_grey, _background  # the classical pipeline's own flattening
+from maemi.measure.measurements import segment
+from maemi.teachers.measure import split_for_measuring
 
 from measure_real import SHARED, STEM, WIRES, load_grey  # benchmarks/ is on sys.path
 
@@ -31,8 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 def separability(grey: np.ndarray) -> float:
     """Otsu's eta of the flattened image the classical segmentation thresholds."""
-    smooth = ndimage.gaussian_filter(_as_grey(grey), 1.0)
-    flat = smooth - _background(smooth)
+    flat = segment(grey).flat
     low = flat <= threshold_otsu(flat)
     w0 = low.mean()
     between = w0 * (1 - w0) * (flat[low].mean() - flat[~low].mean()) ** 2
@@ -53,9 +52,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         synthesize(Path(tmp), per_class=10, seed=7)
         for path in sorted(Path(tmp).glob("*/*.png")):
-            grey = load_grey(path)
+            above_bar = split_for_measuring(load_grey(path))[0]  # what the teacher measures
             rows.append({"set": "synthetic", "image": f"{path.parent.name}/{path.name}", "class": path.parent.name,
-                         "eta": separability(grey[: int(grey.shape[0] * 0.9)])})  # about the part above the info bar
+                         "eta": separability(above_bar)})
     lines = ["# Otsu's separability against the classical count error (benchmarks/separability.py)", "",
              "| images | n | eta min / median / max | classical count error, median | within 20% |",
              "|---|---:|---|---:|---:|"]

@@ -1,6 +1,7 @@
 """maemi.measure.fibres: fibres counted through crossings and sized on the skeleton, on masks drawn with known truth."""
 
 import math
+
 import numpy as np
 import pytest
 from scipy import ndimage
