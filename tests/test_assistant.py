@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from maemi.assistant import DIHEDRAL_VIEWS, Assistant, RunError, dihedral_view, question_prompt
+from maemi.assistant import (DIHEDRAL_VIEWS, Assistant, RunError, dihedral_view, measurement_record, objects_caveat,
+                             question_prompt)
 from maemi.teachers.records import few_shot_prompt
 from maemi.cli import app
 from maemi.data.datasets import scan_dataset
@@ -378,3 +379,18 @@ def test_cli_errors_exit_1_with_the_cause(tiny, tmp_path):
     assert result.exit_code == 1 and "no image" in result.stderr
     result = invoke("caption", tmp_path, tiny["images"] / tiny["train"][0])
     assert result.exit_code == 1 and "run.json" in result.stderr
+
+
+def test_counts_and_sizes_where_one_threshold_cannot_split_the_image_carry_a_caveat(tiny, assistant):
+    """A field of grain has no phases to separate (its separability is noise's), the stripes two clean ones: answers
+    that quote the grain's objects say they are uncertain; its grey level, or the stripes' objects, need no caveat."""
+    by_label = {rel.split("/")[0]: path for rel, path in zip(tiny["test"], paths(tiny, tiny["test"]))}
+    grain, stripes = (measurement_record(assistant.image_facts(by_label[k])) for k in ("bright", "striped"))
+    assert grain["objects_uncertain"] and grain["separability"] < 0.7
+    assert not stripes["objects_uncertain"] and stripes["separability"] >= 0.7
+    caveat = objects_caveat({"object_count": "2"}, [grain])
+    assert caveat.startswith("(Uncertain: the objects of this image") and not any(ch.isdigit() for ch in caveat)
+    assert objects_caveat({"brightness_mean": "0.85"}, [grain]) is None
+    assert objects_caveat({"object_count": "2"}, [stripes]) is None
+    assert "of image 2 " in objects_caveat({"object_count#1": "2", "diameter_mean#2": "3 px"}, [stripes, grain])
+    assert objects_caveat({"object_count#1": "2"}, [stripes, grain]) is None

@@ -64,4 +64,4 @@ def test_measure_segmenter_choice_is_run_and_reported(tmp_path):
         found[method] = m["object_count"]
     assert found["learned"] > 0
     result = CliRunner().invoke(app, ["measure", str(plain), "--segmenter", "magic"])
-    assert result.exit_code != 0 and "--segmenter must be one of classical, learned" in result.output
+    assert result.exit_code != 0 and "--segmenter must be one of auto, classical, learned" in result.output

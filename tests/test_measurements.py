@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-
 import numpy as np
 import pytest
+from PIL import Image
 
 from maemi.data.synth import make_micrograph
-from maemi.measure.measurements import Measurements, measure
+from maemi.measure.boxes import annotated_images
+from maemi.measure.measurements import (MIXTURE_SPREAD, SEPARABLE_ETA, Measurements, measure, segment, separability,
+                                        size_spread)
+
+from conftest import STEM_IMAGES
 
 W, H = 768, 576  # large enough for realistic object sizes, small enough to be quick
 
@@ -121,3 +125,63 @@ def test_round_particles_get_no_wire_or_fibre_counts():
     grey, _ = _micrograph("Particles", 0)
     m = measure(grey, method="classical")
     assert m.fibre_count is m.nanowire_count is None
+
+
+def test_separability_is_otsus_eta_with_its_textbook_values():
+    """eta: 2/pi for one Gaussian phase (noise), 3/4 for a uniform spread, 1 for two clean phases, 0 for a blank."""
+    rng = np.random.default_rng(0)
+    assert separability(rng.normal(0, 1, (256, 256))) == pytest.approx(2 / np.pi, abs=0.01)
+    assert separability(rng.random((256, 256))) == pytest.approx(0.75, abs=0.01)
+    two_phases = (rng.random((256, 256)) < 0.3) + rng.normal(0, 0.02, (256, 256))
+    assert separability(two_phases) > 0.98
+    assert separability(np.zeros((32, 32))) == 0.0
+    assert SEPARABLE_ETA > 2 / np.pi  # pure noise is never "separable"
+
+
+@pytest.mark.parametrize("name", ["Particles", "Powder", "Nanowires", "Fibres"])
+def test_auto_keeps_the_threshold_where_it_separates_the_image(name):
+    grey, _ = _micrograph(name, 0)
+    auto, classical = segment(grey, "auto"), segment(grey, "classical")
+    assert auto.method == "classical" and np.array_equal(auto.labels, classical.labels)
+    m = measure(grey)
+    assert m.segmenter == "classical" and m.separability >= SEPARABLE_ETA and not m.objects_uncertain
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_textured_field_without_objects_is_flagged_and_auto_counts_no_more_than_the_threshold(seed):
+    """A coated film has no countable objects; one threshold cuts its texture into dozens of pieces. Its
+    separability says so (the answers then call counts uncertain), and auto counts spots there only when the pieces
+    are a mixture of large regions and specks, which never counts more."""
+    grey, truth = _micrograph("Films_Coated_Surface", seed)
+    assert truth["object_count"] is None
+    classical = measure(grey, method="classical")
+    auto = measure(grey)
+    assert classical.objects_uncertain and auto.objects_uncertain
+    assert auto.object_count <= classical.object_count
+    if auto.segmenter == "spots":
+        assert size_spread(segment(grey, "classical").labels) > MIXTURE_SPREAD
+
+
+def test_size_spread_tells_like_objects_from_a_mixture():
+    labels = np.zeros((200, 200), np.int32)
+    for i in range(5):  # five like disks: spread 1
+        labels[10 + 30 * i: 20 + 30 * i, 10:20] = i + 1
+    assert size_spread(labels) == pytest.approx(1.0)
+    labels[100:200, 100:200] = 6  # one region a hundred pixels across among them
+    assert size_spread(labels) > MIXTURE_SPREAD
+    assert size_spread(np.zeros((8, 8), np.int32)) == 0.0
+
+
+@pytest.mark.skipif(not STEM_IMAGES.is_dir(), reason="needs ../shared/data/stem-particles")
+def test_auto_counts_real_stem_particles_closer_to_the_experts_than_the_threshold():
+    """On the even-numbered half of the real STEM images (where the levels were chosen), auto's median count error
+    is at most half the classical one's, and every image is flagged: none is separable by one threshold."""
+    cases = annotated_images(STEM_IMAGES.parent)[::2]
+    errors = {"auto": [], "classical": []}
+    for path, boxes in cases:
+        grey = np.asarray(Image.open(path).convert("L"), np.float32) / 255
+        for method in errors:
+            m = measure(grey, method=method)
+            errors[method].append(abs(m.object_count - len(boxes)) / len(boxes))
+            assert m.objects_uncertain == (m.separability < SEPARABLE_ETA)
+    assert np.median(errors["auto"]) <= 0.5 * np.median(errors["classical"])

@@ -142,7 +142,7 @@ def test_the_segmenter_asked_for_measures_the_folder(tiny, folder, tmp_path):
     assert measured and {m["segmenter"] for m in measured} == {"spots"}
     result = invoke("screen", str(tiny["run"]), str(folder), "--out", str(tmp_path / "x.csv"), "--measure",
                     "--segmenter", "magic")
-    assert result.exit_code != 0 and "--segmenter must be one of classical, learned, spots" in result.output
+    assert result.exit_code != 0 and "--segmenter must be one of auto, classical, learned, spots" in result.output
     with pytest.raises(ValueError, match="unknown segmenter"):
         Assistant.load(tiny["run"], device="cpu", segmenter="magic")
 

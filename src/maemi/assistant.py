@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -40,11 +40,11 @@ from maemi.data.images import (ImagePreprocessConfig, ImageReadError, crop_info_
                                to_model_input)
 from maemi.evaluate.calibration import probabilities
 from maemi.evaluate.familiarity import Familiarity, flag
-from maemi.measure.measurements import SEGMENTERS
+from maemi.measure.measurements import DEFAULT_SEGMENTER, SEGMENTERS
 from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
-from maemi.teachers.measure import (ImageFacts, MeasuredImage, compare_values, measure_file, measure_pixels,
-                                    measured_context)
+from maemi.teachers.measure import (OBJECT_SLOTS, ImageFacts, MeasuredImage, compare_values, measure_file,
+                                    measure_pixels, measured_context)
 from maemi.teachers.records import asked, demonstration_labels, few_shot_prompt, read_records, with_measured
 from maemi.teachers.sampling import few_shot_demos, image_statistics
 
@@ -121,7 +121,20 @@ def measurement_record(facts: ImageFacts | str) -> dict:
     if isinstance(facts, str):
         return {"error": facts}
     return {"values": dict(facts.values), "scale": facts.scale.to_dict() if facts.scale else None,
-            "segmenter": facts.m.segmenter}
+            "segmenter": facts.m.segmenter, "separability": round(facts.m.separability, 3),
+            "objects_uncertain": facts.m.objects_uncertain}
+
+
+def objects_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
+    """What an answer must add when it quotes a count or size of objects that its image does not separate from the
+    background (Measurements.objects_uncertain): such numbers may be far off, and the reader is told so."""
+    uncertain = {i + 1 for i, m in enumerate(per_image) if m.get("objects_uncertain")}
+    quoted = {int(name.partition("#")[2] or 1) for name in used if name.partition("#")[0] in OBJECT_SLOTS}
+    if not uncertain & quoted:
+        return None
+    where = "this image" if len(per_image) == 1 else "image " + ", ".join(str(i) for i in sorted(uncertain & quoted))
+    return (f"(Uncertain: the objects of {where} do not stand apart from the background by grey level, so their "
+            f"counts and sizes may be far off.)")
 
 
 def _facts_or_reason(measure: Callable[[], MeasuredImage], metadata: dict | None = None, name: str = "the image"
@@ -175,7 +188,7 @@ class PreparedImage:
 
 class Assistant:
     def __init__(self, model: MAEMI, run: dict, run_dir: Path, batch_size: int = 16, image_cache: int = 1024,
-                 segmenter: str = "classical") -> None:
+                 segmenter: str = DEFAULT_SEGMENTER) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if segmenter not in SEGMENTERS:
@@ -194,7 +207,7 @@ class Assistant:
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 16,
-             text_path: str | os.PathLike | None = None, segmenter: str = "classical") -> Assistant:
+             text_path: str | os.PathLike | None = None, segmenter: str = DEFAULT_SEGMENTER) -> Assistant:
         """The run's best model on `device` ("auto": CUDA when available), ready for inference."""
         run = read_run(run_dir)
         model = MAEMI.from_pretrained(run_dir, text_path=text_path, map_location=resolve_device(device))
@@ -312,6 +325,9 @@ class Assistant:
                     text += f" (Not measured: {'; '.join(errors)}.)"
                 elif filled.missing:  # say why a number is "unknown" rather than leave the reader to guess
                     text += f" (Unknown: no {', '.join(s.replace('_', ' ') for s in filled.missing)} on this image.)"
+                caveat = None if errors else objects_caveat(filled.used, per_image)
+                if caveat:
+                    text += " " + caveat
                 answers.append(Answer(text, template, filled.used, filled.missing, per_image))
             bar.update(len(chunk))
         bar.close()

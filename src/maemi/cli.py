@@ -252,7 +252,7 @@ def _check_segmenter(segmenter: str) -> None:
         _fail("--segmenter learned: no segmenter weights installed (python -m maemi.measure.train_segmenter)")
 
 
-def _load_assistant(run: Path, device: str, batch_size: int, segmenter: str = "classical"):
+def _load_assistant(run: Path, device: str, batch_size: int, segmenter: str = "auto"):
     from maemi.assistant import Assistant
 
     try:
@@ -266,8 +266,9 @@ def _echo_json(rows: list[dict]) -> None:
 
 
 _RUN_HELP = "Run directory written by `maemi train --out`."
-_SEGMENTER_HELP = ("classical (threshold + watershed), learned (the U-Net segmenter) or spots (compact particles on a "
-                   "support, as in STEM/TEM; see docs/measurement.md): what finds the objects.")
+_SEGMENTER_HELP = ("auto (classical, or spots where one threshold cannot separate the image), classical (threshold + "
+                   "watershed), learned (the U-Net segmenter) or spots (compact particles on a support, as in STEM/TEM; "
+                   "see docs/measurement.md): what finds the objects.")
 _DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when available)."
 _VIEWS_HELP = ("Classification averaged over this many flips and quarter turns of each image (test-time augmentation; "
                "4: the quarter turns, 8: with their mirror images), at as many times the cost.")
@@ -350,7 +351,7 @@ def ask(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {images, question, context, answer, "
                                                        "template, numbers, unknown, measurements, scales}: which "
                                                        "measured value each number is, and each image's scale."),
-    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP + " The answers count them."),
+    segmenter: str = typer.Option("auto", "--segmenter", help=_SEGMENTER_HELP + " The answers count them."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
@@ -390,7 +391,7 @@ def caption(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of {image, caption, template, numbers, "
                                                        "unknown, measurements}."),
     detail: bool = typer.Option(False, "--detail", help="The long caption (default: one sentence)."),
-    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP + " The captions count them."),
+    segmenter: str = typer.Option("auto", "--segmenter", help=_SEGMENTER_HELP + " The captions count them."),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:
@@ -454,7 +455,7 @@ def screen(
     out: Path = typer.Option(..., "--out", help="results.csv or results.jsonl: one row per image."),
     caption: bool = typer.Option(False, "--caption", help="Add a caption per image."),
     measure: bool = typer.Option(False, "--measure", help="Add the measure teacher's measurements per image."),
-    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP),
+    segmenter: str = typer.Option("auto", "--segmenter", help=_SEGMENTER_HELP),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT: keep its rows, screen the images without one."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per forward pass and per fsynced append."),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
@@ -506,7 +507,7 @@ def measure(
                                            "segmented, outlined and numbered as in --objects."),
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
                                              "distribution of equivalent diameters (nm when the scale is known)."),
-    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP),
+    segmenter: str = typer.Option("auto", "--segmenter", help=_SEGMENTER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is
@@ -653,7 +654,7 @@ def serve(
     support: Optional[Path] = typer.Option(None, "--support", help="Labelled images for few-shot (class folders or a "
                                                                    "CSV manifest); default: the run's training "
                                                                    "images."),
-    segmenter: str = typer.Option("classical", "--segmenter", help=_SEGMENTER_HELP + " Answers and captions count "
+    segmenter: str = typer.Option("auto", "--segmenter", help=_SEGMENTER_HELP + " Answers and captions count "
                                   "them; /v1/measure takes its own."),
     device: str = typer.Option("auto", "--device", help=_DEVICE_HELP),
 ) -> None:

@@ -25,7 +25,7 @@ from maemi.data.images import load_image
 from maemi.fileio import atomic_write_text
 from maemi.serve.rows import table_format
 from maemi.teachers.measure import MeasuredImage, measure_segmented
-from maemi.measure.measurements import Segmentation, object_shapes
+from maemi.measure.measurements import DEFAULT_SEGMENTER, Segmentation, object_shapes
 
 LENGTHS = ("equivalent_diameter", "feret_max", "feret_min", "centroid_x", "centroid_y")  # px columns with a nm twin
 COLUMNS = ["path", "object_id", "nm_per_pixel", "scale_source", "area_px", "area_nm2",
@@ -124,7 +124,8 @@ class MeasuredObjects:
     segmentation: Segmentation  # of the measured part
 
 
-def measure_objects_file(path: Path, nm_per_pixel: float | None = None, segmenter: str = "classical") -> MeasuredObjects:
+def measure_objects_file(path: Path, nm_per_pixel: float | None = None, segmenter: str = DEFAULT_SEGMENTER
+                         ) -> MeasuredObjects:
     """measure_file (with the metadata.jsonl row of the file when one lists it, as the assistant measures), keeping
     the segmentation for the object table and the overlay, so that they come from the same one as the
     Measurements. Raises ImageReadError, or ValueError for an image too small to measure."""

@@ -82,7 +82,7 @@ class MeasureResponse(BaseModel):
     left_out: list[list[int]] = Field(description="Boxes (left, top, right, bottom, px) of scale bars and labels "
                                                   "drawn on the image, left out of the objects")
     scale: ScaleResponse
-    measurements: dict[str, float | int | str | None] = Field(
+    measurements: dict[str, bool | float | int | str | None] = Field(
         description="maemi.measure.measurements.Measurements: sizes (*_px) in pixels; times nm_per_pixel (when "
                     "known) in nm")
     values: dict[str, str] = Field(description="The same measurements as answers quote them (unit and rounding), by "
@@ -180,9 +180,11 @@ def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: 
 async def measure_image(request: Request, image: UploadFile = File(...),
                         nm_per_pixel: float | None = Form(None, gt=0, description="The scale, if you know it "
                                                                                   "better than the file does"),
-                        segmenter: Literal["classical", "learned", "spots"] = Form(
-                            "classical", description="What finds the objects: threshold + watershed, the learned "
-                                                     "U-Net, or compact particles on a support (docs/measurement.md)")):
+                        segmenter: Literal["auto", "classical", "learned", "spots"] = Form(
+                            "auto", description="What finds the objects: auto (threshold + watershed, or spots where "
+                                                "one threshold cannot separate the image), threshold + watershed, the "
+                                                "learned U-Net, or compact particles on a support "
+                                                "(docs/measurement.md)")):
     state, image = request.app.state.maemi, await one_upload(request)
     data, limits = await image.read(), state.config.limits
     return await state.decodes.run(upload_cost(data, image.filename, limits), _measure, data, image.filename, limits,

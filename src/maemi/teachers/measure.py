@@ -28,7 +28,7 @@ from maemi.data.images import ImageReadError, find_info_bar, load_image
 from maemi.measure.annotations import find_annotations, without_annotations
 from maemi.measure.scale import Scale, read_scale
 from maemi.measure.slots import fill, indexed, slot
-from maemi.measure.measurements import Measurements, Segmentation, measure_segmentation, segment
+from maemi.measure.measurements import DEFAULT_SEGMENTER, Measurements, Segmentation, measure_segmentation, segment
 from maemi.teachers.questions import Profile, Question, TeacherReply, get_profile
 
 # Every adjective the teacher uses comes from one of these cut-offs.
@@ -106,6 +106,15 @@ def _objects_phrase(n: int) -> str:
 
 def _pct(fraction: float) -> str:
     return f"{fraction * 100:.1f}%"
+
+
+# The slot values that come from the segmented objects (their count, sizes, coverage and arrangement), as opposed to
+# the field, the scale and the image's texture: what Measurements.objects_uncertain puts in doubt.
+OBJECT_SLOTS = frozenset({
+    "object_count", "objects", "diameter_mean", "diameter_std", "diameter_min", "diameter_max", "width_mean",
+    "length_mean", "area_fraction", "background_fraction", "circularity_mean", "aspect_ratio_mean",
+    "size_heterogeneity", "size_cv", "outlier_ratio", "nn_distance_mean", "clark_evans_r", "nn_ratio", "fibre_count",
+    "fibre_diameter", "nanowire_count", "parasitic_count", "wire_yield"})
 
 
 @dataclass
@@ -879,7 +888,7 @@ class MeasuredImage:
 
 
 def measure_file(path: Path, metadata: dict | None = None, nm_per_pixel: float | None = None,
-                 segmenter: str = "classical") -> MeasuredImage:
+                 segmenter: str = DEFAULT_SEGMENTER) -> MeasuredImage:
     """Measure one image above its info bar, with its scale from maemi.measure.scale (the explicit `nm_per_pixel`,
     metadata.jsonl, the instrument's metadata, else the scale bar), its objects found by `segmenter` (as
     maemi.measure.measurements.segment takes it). Raises ImageReadError, or ValueError for an image too small to
@@ -888,13 +897,13 @@ def measure_file(path: Path, metadata: dict | None = None, nm_per_pixel: float |
 
 
 def measure_pixels(image: np.ndarray, path: Path | None = None, metadata: dict | None = None,
-                   nm_per_pixel: float | None = None, segmenter: str = "classical") -> MeasuredImage:
+                   nm_per_pixel: float | None = None, segmenter: str = DEFAULT_SEGMENTER) -> MeasuredImage:
     """measure_file for an image already decoded (`path`, when known, for the instrument's metadata in the file)."""
     return measure_segmented(image, path, metadata, nm_per_pixel, segmenter)[0]
 
 
 def measure_segmented(image: np.ndarray, path: Path | None = None, metadata: dict | None = None,
-                      nm_per_pixel: float | None = None, segmenter: str = "classical"
+                      nm_per_pixel: float | None = None, segmenter: str = DEFAULT_SEGMENTER
                       ) -> tuple[MeasuredImage, Segmentation, np.ndarray]:
     """measure_pixels, with the segmentation the measurements come from and the whole grey image (info bar
     included): what the object table and the overlay are drawn from. `segmenter` as maemi.measure.measurements.segment
