@@ -11,9 +11,9 @@ Prints a table and writes benchmarks/results/measure_real.{json,md}.
    nanospade). Objects are classed by maemi.measure.wires (the array's own rods are nanowires, the rest parasitic);
    per tile the nw count, the parasitic count, the total and the yield nw / all. Targets: nw and parasitic counts,
    median error <= 10%.
-   Per method as segment() runs it; "auto" is the default (classical, or spots where the image's separability is
-   below SEPARABLE_ETA and the classical objects are a mixture: see measurements.segment). The share of images below
-   SEPARABLE_ETA, whose answers say that counts and sizes are uncertain, is reported too.
+   Per method as segment() runs it; "auto" is the default (classical, or spots where the image's phase separation
+   is below SEPARATION_MIN and the classical objects are a mixture: see measurements.segment). The share of images
+   below SEPARATION_MIN, whose answers say that counts and sizes are uncertain, is reported too.
 3. Time per megapixel of each method, in the same run. The learned method should beat the classical one on both sets.
 
 A method is one entry of `methods()`: name -> function(grey float32 [H, W] in [0, 1]) -> label image.
@@ -39,7 +39,7 @@ from PIL import Image
 
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.measure.boxes import annotated_images, match
-from maemi.measure.measurements import SEPARABLE_ETA, object_shapes, segment
+from maemi.measure.measurements import SEPARATION_MIN, object_shapes, segment
 from maemi.measure import spots
 from maemi.measure.segmenter import Segmenter
 from maemi.measure.wires import classify_wires
@@ -328,11 +328,11 @@ def markdown(results: dict) -> str:
                   f"{weights.get('batch')} scenes of {weights.get('crop')} px in {weights.get('train_seconds')} s "
                   f"(target <= 1200 s on this 2-core CPU); synthetic validation F1 {weights.get('val_f1')}, "
                   f"median count error {weights.get('val_count_error')}."]
-    eta = results.get("separability")
-    if eta:
-        below = {kind: [v < results["separable_eta"] for k, v in eta.items() if k.startswith(kind + "/")]
+    separation = results.get("phase_separation")
+    if separation:
+        below = {kind: [v < results["separation_min"] for k, v in separation.items() if k.startswith(kind + "/")]
                  for kind in ("stem", "wires")}
-        lines += ["", f"Images whose separability is below {results['separable_eta']} (their answers say counts and "
+        lines += ["", f"Images whose phase separation is below {results['separation_min']} (their answers say counts and "
                   f"sizes are uncertain; auto counts spots there when the classical objects are a mixture): STEM "
                   f"{sum(below['stem'])}/{len(below['stem'])}, nanowire tiles {sum(below['wires'])}/"
                   f"{len(below['wires'])}."]
@@ -370,9 +370,10 @@ def main() -> None:
         results["methods"][name] = {"name": name, "stem": bench_stem(stem, method, args.overlays, name) if stem else None,
                                     "wires": bench_wires(wires, method, args.overlays, name) if wires else None}
     results["speed"] = speed(available)
-    results["separability"] = {f"{kind}/{case[0].name}": segment(load_grey(case[0]), "classical").separability
-                               for kind, cases in (("stem", stem), ("wires", wires)) for case in cases}
-    results["separable_eta"] = SEPARABLE_ETA
+    results["phase_separation"] = {
+        f"{kind}/{case[0].name}": segment(load_grey(case[0]), "classical").phase_separation
+        for kind, cases in (("stem", stem), ("wires", wires)) for case in cases}
+    results["separation_min"] = SEPARATION_MIN
     write_results(args.out, results, markdown(results))
 
 

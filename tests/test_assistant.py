@@ -23,6 +23,7 @@ from maemi.model import MAEMI, AnswerVocab
 from maemi.model.lora import dylora_modules, sample_dylora_rank_
 from maemi.teachers.pipeline import TeachConfig, _few_shot_records
 from maemi.teachers.questions import get_profile
+from maemi.measure.measurements import SEPARATION_MIN
 from maemi.measure.slots import fill
 from maemi.teachers.measure import MeasureTeacher, measured_context
 from maemi.teachers.records import make_record
@@ -382,12 +383,12 @@ def test_cli_errors_exit_1_with_the_cause(tiny, tmp_path):
 
 
 def test_counts_and_sizes_where_one_threshold_cannot_split_the_image_carry_a_caveat(tiny, assistant):
-    """A field of grain has no phases to separate (its separability is noise's), the stripes two clean ones: answers
+    """A field of grain has no phases to separate (they lie apart as noise's do), the stripes two clean ones: answers
     that quote the grain's objects say they are uncertain; its grey level, or the stripes' objects, need no caveat."""
     by_label = {rel.split("/")[0]: path for rel, path in zip(tiny["test"], paths(tiny, tiny["test"]))}
     grain, stripes = (measurement_record(assistant.image_facts(by_label[k])) for k in ("bright", "striped"))
-    assert grain["objects_uncertain"] and grain["separability"] < 0.7
-    assert not stripes["objects_uncertain"] and stripes["separability"] >= 0.7
+    assert grain["objects_uncertain"] and grain["phase_separation"] < 3
+    assert not stripes["objects_uncertain"] and stripes["phase_separation"] >= SEPARATION_MIN
     caveat = objects_caveat({"object_count": "2"}, [grain])
     assert caveat.startswith("(Uncertain: the objects of this image") and not any(ch.isdigit() for ch in caveat)
     assert objects_caveat({"brightness_mean": "0.85"}, [grain]) is None

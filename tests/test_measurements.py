@@ -10,8 +10,8 @@ from PIL import Image
 
 from maemi.data.synth import make_micrograph
 from maemi.measure.boxes import annotated_images
-from maemi.measure.measurements import (MIXTURE_SPREAD, SEPARABLE_ETA, Measurements, measure, segment, separability,
-                                        size_spread)
+from maemi.measure.measurements import (MIXTURE_SPREAD, SEPARATION_MIN, Measurements, measure, phase_separation,
+                                        segment, size_spread)
 
 from conftest import STEM_IMAGES
 
@@ -127,15 +127,19 @@ def test_round_particles_get_no_wire_or_fibre_counts():
     assert m.fibre_count is m.nanowire_count is None
 
 
-def test_separability_is_otsus_eta_with_its_textbook_values():
-    """eta: 2/pi for one Gaussian phase (noise), 3/4 for a uniform spread, 1 for two clean phases, 0 for a blank."""
+def test_phase_separation_has_its_textbook_values_and_ignores_how_much_the_objects_cover():
+    """One Gaussian phase split at its mean: halves 2 sqrt(2/pi) apart, each sqrt(1 - 2/pi) wide (2.65); a uniform
+    spread: sqrt 12 = 3.46; two phases 1 apart under noise of 0.05: 20, whether they cover 30% or 1% of the image."""
     rng = np.random.default_rng(0)
-    assert separability(rng.normal(0, 1, (256, 256))) == pytest.approx(2 / np.pi, abs=0.01)
-    assert separability(rng.random((256, 256))) == pytest.approx(0.75, abs=0.01)
-    two_phases = (rng.random((256, 256)) < 0.3) + rng.normal(0, 0.02, (256, 256))
-    assert separability(two_phases) > 0.98
-    assert separability(np.zeros((32, 32))) == 0.0
-    assert SEPARABLE_ETA > 2 / np.pi  # pure noise is never "separable"
+    noise = 2 * np.sqrt(2 / np.pi) / np.sqrt(1 - 2 / np.pi)
+    assert phase_separation(rng.normal(0, 1, (256, 256))) == pytest.approx(noise, abs=0.03)
+    assert phase_separation(rng.random((256, 256))) == pytest.approx(np.sqrt(12), abs=0.03)
+    for share in (0.3, 0.01):
+        two_phases = (rng.random((256, 256)) < share) + rng.normal(0, 0.05, (256, 256))
+        assert phase_separation(two_phases) == pytest.approx(20, rel=0.05)
+    assert phase_separation(np.zeros((32, 32))) == 0.0
+    assert phase_separation(np.eye(32)) == 100.0  # noiseless: capped, not infinite
+    assert SEPARATION_MIN > noise  # pure noise never passes
 
 
 @pytest.mark.parametrize("name", ["Particles", "Powder", "Nanowires", "Fibres"])
@@ -144,13 +148,13 @@ def test_auto_keeps_the_threshold_where_it_separates_the_image(name):
     auto, classical = segment(grey, "auto"), segment(grey, "classical")
     assert auto.method == "classical" and np.array_equal(auto.labels, classical.labels)
     m = measure(grey)
-    assert m.segmenter == "classical" and m.separability >= SEPARABLE_ETA and not m.objects_uncertain
+    assert m.segmenter == "classical" and m.phase_separation >= SEPARATION_MIN and not m.objects_uncertain
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_a_textured_field_without_objects_is_flagged_and_auto_counts_no_more_than_the_threshold(seed):
     """A coated film has no countable objects; one threshold cuts its texture into dozens of pieces. Its
-    separability says so (the answers then call counts uncertain), and auto counts spots there only when the pieces
+    phase separation says so (the answers then call counts uncertain), and auto counts spots there only when the pieces
     are a mixture of large regions and specks, which never counts more."""
     grey, truth = _micrograph("Films_Coated_Surface", seed)
     assert truth["object_count"] is None
@@ -183,5 +187,5 @@ def test_auto_counts_real_stem_particles_closer_to_the_experts_than_the_threshol
         for method in errors:
             m = measure(grey, method=method)
             errors[method].append(abs(m.object_count - len(boxes)) / len(boxes))
-            assert m.objects_uncertain == (m.separability < SEPARABLE_ETA)
+            assert m.objects_uncertain == (m.phase_separation < SEPARATION_MIN)
     assert np.median(errors["auto"]) <= 0.5 * np.median(errors["classical"])

@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from maemi.assistant import Assistant
+from maemi.assistant import Assistant, measurement_record
 from serve_process import maemi_serve
 from test_assistant import BRIGHT_Q, GREY_Q, tiny  # noqa: F401  (a fixture: the tiny trained run)
 from tiny_text_models import one_thread  # noqa: F401
@@ -91,6 +91,9 @@ def test_page_shows_caption_classes_measurements_and_answers_a_question(browser,
     table = wait_for(browser, lambda d: "object count" in d.find_element(By.ID, "measurements").text and
                      d.find_element(By.ID, "measurements"), "the measurements")
     assert "info bar px" in table.text
+    # this field's grain is not two phases: the panel says its counts and sizes are uncertain
+    assert measurement_record(assistant.image_facts(image))["objects_uncertain"]
+    assert browser.find_element(By.ID, "objects-caveat").is_displayed()
     assert browser.execute_script("return document.getElementById('preview').naturalWidth") == 40
     # what was counted: the outline overlay replaces the preview while the box is ticked
     original = browser.execute_script("return document.getElementById('preview').src")

@@ -121,7 +121,7 @@ def measurement_record(facts: ImageFacts | str) -> dict:
     if isinstance(facts, str):
         return {"error": facts}
     return {"values": dict(facts.values), "scale": facts.scale.to_dict() if facts.scale else None,
-            "segmenter": facts.m.segmenter, "separability": round(facts.m.separability, 3),
+            "segmenter": facts.m.segmenter, "phase_separation": round(facts.m.phase_separation, 2),
             "objects_uncertain": facts.m.objects_uncertain}
 
 
