@@ -383,15 +383,31 @@ def test_cli_errors_exit_1_with_the_cause(tiny, tmp_path):
 
 
 def test_counts_and_sizes_where_one_threshold_cannot_split_the_image_carry_a_caveat(tiny, assistant):
-    """A field of grain has no phases to separate (they lie apart as noise's do), the stripes two clean ones: answers
-    that quote the grain's objects say they are uncertain; its grey level, or the stripes' objects, need no caveat."""
-    by_label = {rel.split("/")[0]: path for rel, path in zip(tiny["test"], paths(tiny, tiny["test"]))}
-    grain, stripes = (measurement_record(assistant.image_facts(by_label[k])) for k in ("bright", "striped"))
+    """A field of grain has no phases to separate (they lie apart as noise's do), bright squares on a dark ground two
+    clean ones: answers that quote the grain's objects say they are uncertain; its grey level, or the squares'
+    objects, need no caveat."""
+    grain = measurement_record(assistant.image_facts(paths(tiny, [tiny["test"][0]])[0]))  # "bright": even grain
+    squares = np.full((64, 64), 0.2) + np.random.default_rng(0).normal(0, 0.02, (64, 64))
+    for top, left in ((8, 8), (8, 40), (40, 24)):
+        squares[top:top + 12, left:left + 12] += 0.6
+    squares = measurement_record(assistant.image_facts(np.clip(squares, 0, 1).astype(np.float32)))
     assert grain["objects_uncertain"] and grain["phase_separation"] < 3
-    assert not stripes["objects_uncertain"] and stripes["phase_separation"] >= SEPARATION_MIN
+    assert not squares["objects_uncertain"] and squares["phase_separation"] >= SEPARATION_MIN
+    assert squares["values"]["object_count"] == "3"
     caveat = objects_caveat({"object_count": "2"}, [grain])
     assert caveat.startswith("(Uncertain: the objects of this image") and not any(ch.isdigit() for ch in caveat)
     assert objects_caveat({"brightness_mean": "0.85"}, [grain]) is None
-    assert objects_caveat({"object_count": "2"}, [stripes]) is None
-    assert "of image 2 " in objects_caveat({"object_count#1": "2", "diameter_mean#2": "3 px"}, [stripes, grain])
-    assert objects_caveat({"object_count#1": "2"}, [stripes, grain]) is None
+    assert objects_caveat({"object_count": "3"}, [squares]) is None
+    assert "of image 2 " in objects_caveat({"object_count#1": "3", "diameter_mean#2": "3 px"}, [squares, grain])
+    assert objects_caveat({"object_count#1": "3"}, [squares, grain]) is None
+
+
+def test_measuring_ahead_in_worker_processes_gives_the_same_facts(tiny, assistant, tmp_path):
+    fresh = Assistant.load(tiny["run"], device="cpu")
+    images = paths(tiny, tiny["test"])
+    fresh.measure_ahead(images + [tmp_path / "missing.png"])  # a missing file is left for image_facts to report
+    assert sorted(key[0] for key in fresh._measured_ahead) == sorted(str(p) for p in images)
+    for image in images:
+        assert measurement_record(fresh.image_facts(image)) == measurement_record(assistant.image_facts(image))
+    assert not fresh._measured_ahead  # handed to the cache on first use
+    assert "could not be measured" in fresh.image_facts(tmp_path / "missing.png")

@@ -65,3 +65,20 @@ def test_measure_segmenter_choice_is_run_and_reported(tmp_path):
     assert found["learned"] > 0
     result = CliRunner().invoke(app, ["measure", str(plain), "--segmenter", "magic"])
     assert result.exit_code != 0 and "--segmenter must be one of auto, classical, learned" in result.output
+
+
+def test_measure_says_when_the_objects_do_not_stand_apart(tmp_path):
+    """A coated film: one threshold cuts its texture into pieces; the printout says counts and sizes are uncertain,
+    the JSON says why (phase_separation) and which segmenter auto chose. Separated particles get no such note."""
+    image, record = make_micrograph("Films_Coated_Surface", 0, 0, width=512, height=384)
+    Image.fromarray(image[: -record["info_bar_height_px"]]).save(tmp_path / "film.png")
+    _, plain, _ = _images(tmp_path)
+    printed = CliRunner().invoke(app, ["measure", str(tmp_path / "film.png"), str(plain)])
+    assert printed.exit_code == 0, printed.output
+    film_part, particles_part = printed.stdout.split(str(plain))
+    assert "note: one threshold does not separate the objects" in film_part
+    assert "note: one threshold" not in particles_part
+    rows = json.loads(CliRunner().invoke(app, ["measure", str(tmp_path / "film.png"), str(plain), "--json"]).stdout)
+    film, particles = (r["measurements"] for r in rows)
+    assert film["objects_uncertain"] and film["phase_separation"] < 4.5
+    assert not particles["objects_uncertain"] and particles["segmenter"] == "classical"

@@ -44,7 +44,7 @@ from maemi.measure.measurements import DEFAULT_SEGMENTER, SEGMENTERS
 from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
 from maemi.teachers.measure import (OBJECT_SLOTS, ImageFacts, MeasuredImage, compare_values, measure_file,
-                                    measure_pixels, measured_context)
+                                    measure_in_parallel, measure_pixels, measured_context)
 from maemi.teachers.records import asked, demonstration_labels, few_shot_prompt, read_records, with_measured
 from maemi.teachers.sampling import few_shot_demos, image_statistics
 
@@ -202,6 +202,7 @@ class Assistant:
         # Keyed by (path, mtime, size) so a file rewritten in place is read again (a long-lived server).
         self._cached_file = functools.lru_cache(maxsize=image_cache)(self._read_file)
         self._cached_facts = functools.lru_cache(maxsize=image_cache)(self._measure_file)
+        self._measured_ahead: dict[tuple[str, int, int], ImageFacts] = {}  # measure_ahead, until first asked for
         self._cached_statistics = functools.lru_cache(maxsize=image_cache)(
             lambda path, mtime_ns, size: pixel_statistics(load_grey(path)))
 
@@ -271,7 +272,27 @@ class Assistant:
         statistics = pixel_statistics(pixels) if self.familiarity is not None else None
         return PreparedImage(to_model_input(pixels, self.image_config), facts, statistics)
 
+    def measure_ahead(self, images: Sequence[str | os.PathLike]) -> None:
+        """Measure many image files at once, a process per CPU core, for the answers about them to come (maemi eval:
+        the test images). A file that cannot be measured is left to image_facts, which says why."""
+        todo = {}
+        for image in images:
+            try:
+                stat = Path(image).stat()
+            except OSError:
+                continue
+            todo.setdefault((str(image), stat.st_mtime_ns, stat.st_size), metadata_for(image))
+        todo = {key: metadata for key, metadata in todo.items() if key not in self._measured_ahead}
+        keys = list(todo)
+        measured = measure_in_parallel([(Path(k[0]), todo[k]) for k in keys], segmenter=self.segmenter)
+        for key, (_, result) in zip(keys, measured):
+            if result is not None:
+                self._measured_ahead[key] = ImageFacts.unlabelled(result[0], todo[key])
+
     def _measure_file(self, path: str, mtime_ns: int, size: int) -> ImageFacts | str:
+        ahead = self._measured_ahead.pop((path, mtime_ns, size), None)
+        if ahead is not None:
+            return ahead
         metadata = metadata_for(path)
         return _facts_or_reason(lambda: measure_file(Path(path), metadata, segmenter=self.segmenter), metadata,
                                 Path(path).name)

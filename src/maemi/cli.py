@@ -601,6 +601,8 @@ def measure(
 
 
 def _print_measurement(row: dict) -> None:
+    from maemi.measure.measurements import SEPARATION_MIN
+
     if row["error"]:
         typer.echo(f"{row['path']}: error: {row['error']}")
         return
@@ -623,6 +625,9 @@ def _print_measurement(row: dict) -> None:
         elif isinstance(value, float):
             value = f"{value:.4g}"
         typer.echo(f"  {key.replace('_', ' ')}: {value}")
+    if m["objects_uncertain"]:
+        typer.echo(f"  note: one threshold does not separate the objects from the background here (phase separation "
+                   f"{m['phase_separation']:.2f} < {SEPARATION_MIN}): counts and sizes may be far off")
 
 
 @app.command()

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maemi.assistant import Assistant
+from maemi.assistant import Assistant, objects_caveat
 from maemi.evaluate.calibration import expected_calibration_error, probabilities, reliability_png
 from maemi.evaluate.classification import classification_metrics
 from maemi.evaluate.metrics import generation_metrics
@@ -97,16 +97,29 @@ def _fits(assistant: Assistant, n_images: int, prompt: str) -> str | None:
     return None
 
 
+def as_the_assistant_says_it(record: dict, assistant: Assistant, root: Path) -> str:
+    """The teacher's answer, with the caveat the assistant adds where it quotes a count or size of objects that its
+    image does not separate from the background (assistant.objects_caveat): the same rule on both sides, so that a
+    right answer with its caveat scores as right. The caveat has no numbers."""
+    turn = record["conversations"][1]
+    if not assistant.measured_answers or not turn.get("slots"):
+        return turn["value"]
+    caveat = objects_caveat(turn["slots"], assistant.measure_item([root / p for p in record["images"]])[2])
+    return f"{turn['value']} {caveat}" if caveat else turn["value"]
+
+
 def evaluate_generation(assistant: Assistant, records: list[dict], root: Path, seed: int, progress: bool
                         ) -> tuple[dict, list[dict]]:
     """Metrics sections "generation" and "generation_shuffled", and one answer row per record."""
     images = [tuple(rec["images"]) for rec in records]
     prompts = [rec["conversations"][0]["value"] for rec in records]
-    references = [rec["conversations"][1]["value"] for rec in records]
     shuffled = shuffled_image_lists(images, seed)
     control = [i for i, other in enumerate(shuffled) if other is not None]
     items = [([root / p for p in imgs], prompt) for imgs, prompt in zip(images, prompts)]
     items += [([root / p for p in shuffled[i]], prompts[i]) for i in control]
+    if assistant.measured_answers:
+        assistant.measure_ahead(sorted({path for paths, _ in items for path in paths}))
+    references = [as_the_assistant_says_it(rec, assistant, root) for rec in records]
     detailed = assistant.answer_detailed(items, progress=progress)
     answers = [a.text for a in detailed]
     real, control_answers = answers[: len(records)], answers[len(records):]

@@ -14,6 +14,7 @@ import multiprocessing
 import os
 import random
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -922,11 +923,28 @@ def _measure_file(path: Path, metadata: dict | None) -> tuple[MeasuredImage, str
     return measure_file(path, metadata), file_sha256(path)
 
 
-def _measure_or_none(item: tuple[Path, dict | None]) -> tuple[MeasuredImage, str] | None:
+def _measure_or_none(item: tuple[Path, dict | None, str]) -> tuple[MeasuredImage, str] | None:
+    path, metadata, segmenter = item
     try:
-        return _measure_file(*item)
-    except ImageReadError:
+        return measure_file(path, metadata, segmenter=segmenter), file_sha256(path)
+    except (ImageReadError, ValueError):  # left for the caller to measure again and report
         return None
+
+
+def measure_in_parallel(items: list[tuple[Path, dict | None]], workers: int | None = None,
+                        segmenter: str = DEFAULT_SEGMENTER) -> Iterator[tuple[Path, tuple[MeasuredImage, str] | None]]:
+    """(path, (the measured image, its sha256) or None where it could not be measured) for each (path, metadata), in
+    `workers` processes (default: one per CPU core): measuring is pure per image. Nothing when one worker would do:
+    the caller measures as it goes."""
+    workers = min(os.cpu_count() or 1, len(items)) if workers is None else workers
+    if workers <= 1 or len(items) < 2:
+        return
+    # spawned, not forked: a child forked from a process whose PyTorch already ran its OpenMP threads hangs at the
+    # segmenter's first parallel region. One thread per worker process, as many workers as cores.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        todo = [(Path(path), metadata, segmenter) for path, metadata in items]
+        yield from zip((path for path, _, _ in todo), pool.map(_measure_or_none, todo, chunksize=4))
 
 
 class MeasureTeacher:
@@ -954,17 +972,10 @@ class MeasureTeacher:
         """Measure many images ahead of answering, in `workers` processes (default: one per CPU core): measuring is
         the teacher's whole cost and is pure per image. Unreadable images are left for answer() to report."""
         todo = [(Path(path), metadata) for path, metadata in items if str(path) not in self._cache]
-        workers = min(os.cpu_count() or 1, len(todo)) if workers is None else workers
-        if workers <= 1 or len(todo) < 2:
-            return
-        # spawned, not forked: a child forked from a process whose PyTorch already ran its OpenMP threads hangs at the
-        # segmenter's first parallel region. One thread per worker process, as many workers as cores.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            for (path, _), result in zip(todo, pool.map(_measure_or_none, todo, chunksize=4)):
-                if result is not None:
-                    with self._lock:
-                        self._cache[str(path)] = result
+        for path, result in measure_in_parallel(todo, workers):
+            if result is not None:
+                with self._lock:
+                    self._cache[str(path)] = result
 
     def facts(self, path: Path, label: str | None, metadata: dict | None) -> tuple[ImageFacts, str]:
         measured, sha = self.measure_image(Path(path), metadata)
