@@ -411,3 +411,19 @@ def test_measuring_ahead_in_worker_processes_gives_the_same_facts(tiny, assistan
         assert measurement_record(fresh.image_facts(image)) == measurement_record(assistant.image_facts(image))
     assert not fresh._measured_ahead  # handed to the cache on first use
     assert "could not be measured" in fresh.image_facts(tmp_path / "missing.png")
+
+
+def test_the_eval_reference_carries_the_caveat_the_assistant_adds(tiny, assistant):
+    """maemi eval scores an answer against the teacher's with the same caveat rule on both sides."""
+    from maemi.evaluate.evaluate import as_the_assistant_says_it
+
+    def record(value: str, template: str, slots: dict) -> dict:
+        return {"images": [tiny["test"][0]], "conversations": [  # the "bright" grain: objects uncertain
+            {"from": "human", "value": "<image>\nQ"}, {"from": "gpt", "value": value, "template": template,
+                                                        "slots": slots}]}
+
+    counted = as_the_assistant_says_it(record("2 objects.", "{objects}.", {"objects": "2 objects"}), assistant,
+                                       tiny["images"])
+    assert counted == "2 objects. " + objects_caveat({"objects": "2 objects"}, [{"objects_uncertain": True}])
+    grey = record("Mean grey level 0.85.", "Mean grey level {brightness_mean}.", {"brightness_mean": "0.85"})
+    assert as_the_assistant_says_it(grey, assistant, tiny["images"]) == "Mean grey level 0.85."
