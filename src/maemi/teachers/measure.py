@@ -919,14 +919,14 @@ def measure_segmented(image: np.ndarray, path: Path | None = None, metadata: dic
                           tuple(a.box for a in annotations)), seg, whole)
 
 
-def _measure_file(path: Path, metadata: dict | None) -> tuple[MeasuredImage, str]:
-    return measure_file(path, metadata), file_sha256(path)
+def _measure_file(path: Path, metadata: dict | None, segmenter: str = DEFAULT_SEGMENTER
+                  ) -> tuple[MeasuredImage, str]:
+    return measure_file(path, metadata, segmenter=segmenter), file_sha256(path)
 
 
 def _measure_or_none(item: tuple[Path, dict | None, str]) -> tuple[MeasuredImage, str] | None:
-    path, metadata, segmenter = item
     try:
-        return measure_file(path, metadata, segmenter=segmenter), file_sha256(path)
+        return _measure_file(*item)
     except (ImageReadError, ValueError):  # left for the caller to measure again and report
         return None
 
