@@ -14,7 +14,7 @@ from maemi.data.datasets import Sample, scan_dataset
 from maemi.data.synth import synthesize
 from maemi.measure.ocr import tesseract_available
 from maemi.measure.slots import fill
-from maemi.teachers.measure import ANSWERERS, THRESHOLDS, ImageFacts, MeasureTeacher
+from maemi.teachers.measure import ANSWERERS, DESCRIPTORS, THRESHOLDS, ImageFacts, MeasureTeacher
 from maemi.teachers.questions import PROFILES, check_reply, get_profile
 
 COUNTABLE = ["Particles", "Powder", "Nanowires", "Fibres"]
@@ -184,3 +184,24 @@ def test_comparisons_agree_with_the_measurements(samples, sem_teacher):
     assert claims
     for k, prop in claims:
         assert values[prop][int(k) - 1] == max(values[prop]), (prop, text)
+
+
+def test_descriptive_words_are_slots_filled_from_the_measurement(samples, sem_teacher):
+    """"Widely varied in size", "clustered", "round": every word an answer uses to describe the measured numbers is
+    a slot like the numbers, so a student that writes the slot cannot contradict the measurement."""
+    pick = lambda options: options[0]  # noqa: E731
+    for sample in samples.values():
+        measured, _ = sem_teacher.measure_image(sample.path, sample.metadata)
+        facts = ImageFacts(measured.m, sample.label, sample.metadata, measured.info_bar_px, False, "sem")
+        words = {name: facts.values[name] for name in DESCRIPTORS}
+        assert words == {name: getattr(facts, name) for name in DESCRIPTORS}
+        stand_ins = {**facts.values, **{name: f"<{name}>" for name in DESCRIPTORS}}
+        seen = set()
+        for key, answerer in ANSWERERS.items():
+            for template in answerer(facts, pick):
+                text = fill(template, stand_ins).text
+                seen |= {name for name in DESCRIPTORS if f"<{name}>" in text}
+                text = re.sub(r"\([^)]*for a random pattern[^)]*\)", "", text)  # what the ratio means, not a claim
+                for name, word in words.items():
+                    assert not re.search(rf"\b{re.escape(word)}\b", text), (key, name, word, text)
+        assert seen == set(DESCRIPTORS)  # every descriptor is quoted somewhere

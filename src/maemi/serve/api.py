@@ -28,15 +28,16 @@ PREVIEW_MAX_SIDE = 1024
 
 
 class NumberSource(BaseModel):
-    slot: str = Field(description="The measured value (maemi.measure.slots), e.g. object_count, diameter_mean; "
-                                  "'#2' for the second image of a comparison")
+    slot: str = Field(description="The measured value (maemi.measure.slots), e.g. object_count, diameter_mean, or the "
+                                  "word that describes one, e.g. uniformity; '#2' for the second image of a comparison")
     value: str = Field(description="As written in the answer, with its unit")
 
 
 class Provenance(BaseModel):
     template: str | None = Field(None, description="The answer as the model wrote it, {slot} where a measured value "
                                                    "goes")
-    numbers: list[NumberSource] = Field([], description="Which measured value each number of the answer is")
+    numbers: list[NumberSource] = Field([], description="Which measured value each number (and each descriptive "
+                                                        "word such as 'widely varied in size') of the answer is")
     unknown: list[str] = Field([], description="Slots no measurement could fill: the answer says 'unknown' there")
     measurements: list[dict] = Field([], description="Per image: the measured values and the scale, or the error")
     warning: str | None = Field(None, description="Set when an image is unlike the run's training images (the answer "
@@ -86,7 +87,8 @@ class MeasureResponse(BaseModel):
         description="maemi.measure.measurements.Measurements: sizes (*_px) in pixels; times nm_per_pixel (when "
                     "known) in nm")
     values: dict[str, str] = Field(description="The same measurements as answers quote them (unit and rounding), by "
-                                               "slot name: an answer's numbers (/v1/ask 'numbers') are these")
+                                               "slot name, with the words that describe them (shape, uniformity, ...): an answer's "
+                                               "numbers (/v1/ask 'numbers') are these")
     overlay: str = Field(description=f"PNG data URL (longer side at most {PREVIEW_MAX_SIDE} px): the image with the "
                                      "outline of each object that was counted")
 

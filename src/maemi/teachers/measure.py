@@ -115,7 +115,11 @@ OBJECT_SLOTS = frozenset({
     "object_count", "objects", "diameter_mean", "diameter_std", "diameter_min", "diameter_max", "width_mean",
     "length_mean", "area_fraction", "background_fraction", "circularity_mean", "aspect_ratio_mean",
     "size_heterogeneity", "size_cv", "outlier_ratio", "nn_distance_mean", "clark_evans_r", "nn_ratio", "fibre_count",
-    "fibre_diameter", "nanowire_count", "parasitic_count", "wire_yield"})
+    "fibre_diameter", "nanowire_count", "parasitic_count", "wire_yield", "shape", "arrangement", "contact",
+    "uniformity", "coverage"})
+# The words that describe the measured numbers (ImageFacts properties, from THRESHOLDS): slots like the numbers, so
+# that an answer's "widely varied in size" is the measurement's word and not the decoder's guess.
+DESCRIPTORS = ("shape", "arrangement", "contact", "uniformity", "coverage", "roughness", "brightness", "contrast")
 
 
 @dataclass
@@ -205,6 +209,7 @@ class ImageFacts:
         for key in INSTRUMENT_FIELDS:
             if md.get(key) is not None:
                 v[key] = str(md[key])
+        v.update({name: getattr(self, name) for name in DESCRIPTORS})
         return v
 
     # ---------------------------------------------------------------- words from thresholds
@@ -380,11 +385,11 @@ def _material(f: ImageFacts, pick) -> tuple[str, str]:
     else:
         short = f"Judging by shape alone (no label is given), it shows {f.noun}."
     if f.countable:
-        detail = (f"The segmentation finds {f.s('objects')}, {f.shape} (mean circularity "
+        detail = (f"The segmentation finds {f.s('objects')}, {f.s('shape')} (mean circularity "
                   f"{f.s('circularity_mean')}, aspect ratio {f.s('aspect_ratio_mean')}), with {f.size_sentence()} "
                   f"{f.scale_note}.")
     else:
-        detail = (f"No separate objects can be counted; it is a continuous {f.roughness} surface "
+        detail = (f"No separate objects can be counted; it is a continuous {f.s('roughness')} surface "
                   f"(co-occurrence contrast {f.s('glcm_contrast')}).")
     return short, f"{short} {detail}"
 
@@ -413,9 +418,9 @@ def _scale(f: ImageFacts, pick) -> tuple[str, str]:
 
 def _shape(f: ImageFacts, pick) -> tuple[str, str]:
     if not f.countable:
-        short = f"There are no distinct objects; the surface is continuous and {f.roughness}."
+        short = f"There are no distinct objects; the surface is continuous and {f.s('roughness')}."
         return short, f"{short} Co-occurrence contrast {f.s('glcm_contrast')}, edge density {f.s('edge_density')}."
-    short = pick([f"The {f.noun} are mostly {f.shape}.", f"Mostly {f.shape} {f.noun}."])
+    short = pick([f"The {f.noun} are mostly {f.s('shape')}.", f"Mostly {f.s('shape')} {f.noun}."])
     long = (f"{short} Their mean circularity is {f.s('circularity_mean')} (1 is a perfect circle) and their mean "
             f"aspect ratio {f.s('aspect_ratio_mean')}; {f.orientation_sentence()}.")
     return short, long
@@ -428,14 +433,14 @@ def _phases(f: ImageFacts, pick) -> tuple[str, str]:
     else:
         short = "No distinct layers or phases stand out; the grey levels vary continuously."
     return short, (f"{short} The brightness has mean {f.s('brightness_mean')} and standard deviation "
-                   f"{f.s('brightness_std')} on a 0-1 scale, a {f.contrast} contrast.")
+                   f"{f.s('brightness_std')} on a 0-1 scale, a {f.s('contrast')} contrast.")
 
 
 def _uniformity(f: ImageFacts, pick) -> tuple[str, str]:
     if not f.countable:
         short = "There are no separate objects to compare; the texture itself is the structure."
         return short, f"{short} Size heterogeneity {f.s('size_heterogeneity')}."
-    short = f"They are {f.uniformity} (coefficient of variation {f.s('size_cv')}) and mostly {f.shape} in shape."
+    short = f"They are {f.s('uniformity')} (coefficient of variation {f.s('size_cv')}) and mostly {f.s('shape')} in shape."
     return short, (f"{short} Sizes {f.scale_note}: {f.size_sentence()}; mean circularity "
                    f"{f.s('circularity_mean')}, aspect ratio {f.s('aspect_ratio_mean')}.")
 
@@ -453,7 +458,7 @@ def _size(f: ImageFacts, pick) -> tuple[str, str]:
         short = pick([f"About {f.s('diameter_mean')} across on average.",
                       f"Typically about {f.s('diameter_mean')} in equivalent diameter."])
     return short, (f"{short} Over {f.s('objects')} {f.scale_note}: {f.size_sentence()}; "
-                   f"they are {f.uniformity}.{width}")
+                   f"they are {f.s('uniformity')}.{width}")
 
 
 def _count(f: ImageFacts, pick) -> tuple[str, str]:
@@ -473,7 +478,7 @@ def _spatial(f: ImageFacts, pick) -> tuple[str, str]:
     if not f.pattern_known:
         short = f"There are only {f.s('object_count')}, too few to tell how they are distributed."
         return short, f"{short} They cover {f.s('area_fraction')} of the area."
-    short = f"The {f.noun} are {f.arrangement} across the image."
+    short = f"The {f.noun} are {f.s('arrangement')} across the image."
     return short, (f"{short} The Clark-Evans ratio is {f.s('clark_evans_r')} (1 for a random pattern, lower when "
                    f"clustered, higher when evenly spaced); the mean nearest-neighbour distance is "
                    f"{f.s('nn_distance_mean')} and the objects cover {f.s('area_fraction')} of the area.")
@@ -492,14 +497,14 @@ def _aggregation(f: ImageFacts, pick) -> tuple[str, str]:
         what = "bundling of aligned objects" if bundled else "aggregation into clusters" if clustered else "contact"
         short = f"Yes, there is {what}."
     else:
-        short = f"No clear aggregation: the objects are {f.contact} and {f.arrangement}."
+        short = f"No clear aggregation: the objects are {f.s('contact')} and {f.s('arrangement')}."
     return short, (f"{short} Clark-Evans ratio {f.s('clark_evans_r')}; nearest-neighbour distance "
                    f"{f.s('nn_distance_mean')} for a mean diameter of {f.s('diameter_mean')} "
                    f"(ratio {f.s('nn_ratio')}); orientation coherence {f.s('orientation_coherence')}.")
 
 
 def _texture(f: ImageFacts, pick) -> tuple[str, str]:
-    short = pick([f"The surface looks {f.roughness}.", f"A {f.roughness} surface."])
+    short = pick([f"The surface looks {f.s('roughness')}.", f"A {f.s('roughness')} surface."])
     direction = "a directional" if f.aligned else "an isotropic"
     return short, (f"{short} The grey-level co-occurrence contrast is {f.s('glcm_contrast')} and homogeneity "
                    f"{f.s('glcm_homogeneity')}; edges cover {f.s('edge_density_pct')} of the pixels, with {direction} "
@@ -512,7 +517,7 @@ def _defects(f: ImageFacts, pick) -> tuple[str, str]:
     else:
         short = "No obvious defects or impurities: no object stands out from the size distribution."
     return short, (f"{short} The largest object is {f.s('diameter_max')} across, {f.s('outlier_ratio')} "
-                   f"times the mean of {f.s('diameter_mean')}; the surface is {f.roughness} "
+                   f"times the mean of {f.s('diameter_mean')}; the surface is {f.s('roughness')} "
                    f"(co-occurrence contrast {f.s('glcm_contrast')}).")
 
 
@@ -520,7 +525,7 @@ def _composition(f: ImageFacts, pick) -> tuple[str, str]:
     varied = f.contrast != "low"
     short = ("Yes, brightness varies, which may reflect composition or topography." if varied
              else "Little: the brightness is nearly even, with no clear compositional contrast.")
-    return short, (f"{short} The grey levels have a {f.contrast} spread (standard deviation {f.s('brightness_std')} "
+    return short, (f"{short} The grey levels have a {f.s('contrast')} spread (standard deviation {f.s('brightness_std')} "
                    f"around a mean of {f.s('brightness_mean')}); in SEM, brightness also depends on edges and "
                    "topography, so contrast alone does not prove a change of composition.")
 
@@ -539,7 +544,7 @@ def _contact(f: ImageFacts, pick) -> tuple[str, str]:
     if not f.pattern_known:
         short = f"There are only {f.s('object_count')}, isolated from one another."
         return short, short
-    short = f"The {f.noun} are {f.contact}."
+    short = f"The {f.noun} are {f.s('contact')}."
     return short, (f"{short} Neighbours are {f.s('nn_distance_mean')} apart centre to centre, "
                    f"{f.s('nn_ratio')} times their mean diameter of {f.s('diameter_mean')}.")
 
@@ -548,16 +553,16 @@ def _boundaries(f: ImageFacts, pick) -> tuple[str, str]:
     clear = f.contrast != "low"
     short = ("Yes, boundaries are clear against the background." if clear
              else "Boundaries are faint: the objects differ little from the background.")
-    return short, (f"{short} The grey-level standard deviation is {f.s('brightness_std')} ({f.contrast} contrast) "
+    return short, (f"{short} The grey-level standard deviation is {f.s('brightness_std')} ({f.s('contrast')} contrast) "
                    f"and edges cover {f.s('edge_density_pct')} of the image.")
 
 
 def _matrix(f: ImageFacts, pick) -> tuple[str, str]:
     if not f.countable:
         short = "No separate matrix is visible; the material fills the field of view."
-        return short, f"{short} Brightness {f.s('brightness_mean')}, {f.roughness} texture."
+        return short, f"{short} Brightness {f.s('brightness_mean')}, {f.s('roughness')} texture."
     short = f"The {f.noun} sit on a background that fills {f.s('background_fraction')} of the area."
-    return short, (f"{short} The image is {f.coverage} ({f.s('area_fraction')} covered); nothing in the grey levels "
+    return short, (f"{short} The image is {f.s('coverage')} ({f.s('area_fraction')} covered); nothing in the grey levels "
                    "points to a solvent or polymer matrix, which a single micrograph cannot identify.")
 
 
@@ -583,7 +588,7 @@ def _post_processing(f: ImageFacts, pick) -> tuple[str, str]:
         short = "Yes: the image is in colour, which in electron microscopy means false colouring."
     else:
         short = "No sign of post-processing: it is a plain grey-scale image without false colour or 3D rendering."
-    return short, f"{short} Its mean brightness is {f.s('brightness_mean')} with {f.contrast} contrast."
+    return short, f"{short} Its mean brightness is {f.s('brightness_mean')} with {f.s('contrast')} contrast."
 
 
 def _active_sites(f: ImageFacts, pick) -> tuple[str, str]:
@@ -592,7 +597,7 @@ def _active_sites(f: ImageFacts, pick) -> tuple[str, str]:
     else:
         short = "No regions stand out as distinct; the surface looks alike throughout."
     return short, (f"{short} A micrograph shows structure, not function: which sites are active would need "
-                   f"spectroscopy or tests. The contrast here is {f.contrast} (standard deviation {f.s('brightness_std')}).")
+                   f"spectroscopy or tests. The contrast here is {f.s('contrast')} (standard deviation {f.s('brightness_std')}).")
 
 
 def _dynamics(f: ImageFacts, pick) -> tuple[str, str]:
@@ -608,7 +613,7 @@ def _use(f: ImageFacts, pick) -> tuple[str, str]:
     else:
         short = f"The application cannot be told from the image alone; {f.noun} of this kind have many uses."
     return short, f"{short} The guess rests on the category ({f.label_text or 'unknown'}) and the measured morphology " \
-                  f"({f.shape}, {f.uniformity if f.countable else 'continuous'})."
+                  f"({f.s('shape')}, {f.s('uniformity') if f.countable else 'continuous'})."
 
 
 def _origin(f: ImageFacts, pick) -> tuple[str, str]:
@@ -626,22 +631,19 @@ def _caption(f: ImageFacts, pick) -> tuple[str, str]:
     what = kind.get(f.profile, "image")
     mag = f", {f.magnification}" if f.magnification else ""
     if f.countable:
-        group = {"clustered": f"clusters of {f.shape} {f.noun}", "evenly spaced": f"evenly spaced {f.shape} {f.noun}",
-                 "randomly scattered": f"randomly scattered {f.shape} {f.noun}",
-                 "isolated": f"isolated {f.shape} {f.noun}"}[f.arrangement]
-        tail = {"touching or fused": "many of them touching", "well separated": "each distinct from the others",
-                "close but mostly separate": "close together but mostly separate",
-                "isolated": "with no close neighbours"}[f.contact]
-        short = pick([f"This {what} shows {group}, {tail}{mag}.", f"The {what} shows {group}, {tail}{mag}."])
+        # "isolated" alone when there are too few objects for a pattern (arrangement and contact both say it)
+        layout = f"{f.s('arrangement')} and {f.s('contact')}" if f.pattern_known else f.s("arrangement")
+        short = pick([f"This {what} shows {f.s('shape')} {f.noun}, {layout}{mag}.",
+                      f"The {what} shows {f.s('shape')} {f.noun}, {layout}{mag}."])
         many = f"There are {f.s('object_count')} of them" if m.object_count > 1 else "There is one"
-        long = (f"{short} {many}, {f.uniformity}, with a {f.size_sentence()} "
-                f"{f.scale_note}, covering {f.s('area_fraction')} of the field. The surface is {f.roughness} and the "
-                f"image {f.brightness} with {f.contrast} contrast.")
+        long = (f"{short} {many}, {f.s('uniformity')}, with a {f.size_sentence()} "
+                f"{f.scale_note}, covering {f.s('area_fraction')} of the field. The surface is {f.s('roughness')} and the "
+                f"image {f.s('brightness')} with {f.s('contrast')} contrast.")
     else:
-        short = pick([f"This {what} shows a continuous, {f.roughness} surface{mag}.",
-                      f"The {what} shows a {f.roughness}, continuous surface{mag}."])
+        short = pick([f"This {what} shows a continuous, {f.s('roughness')} surface{mag}.",
+                      f"The {what} shows a {f.s('roughness')}, continuous surface{mag}."])
         long = (f"{short} The texture is {'directional' if f.aligned else 'isotropic'} (orientation coherence "
-                f"{f.s('orientation_coherence')}) and the image {f.brightness} with {f.contrast} contrast.")
+                f"{f.s('orientation_coherence')}) and the image {f.s('brightness')} with {f.s('contrast')} contrast.")
     if f.label:
         long += f" It belongs to the category {f.label_text}."
     return short, long
@@ -653,7 +655,7 @@ def _classify(f: ImageFacts, pick) -> tuple[str, str]:
         return short, short
     short = f.label
     return short, f"This image belongs to the category {f.label_text}: it shows {f.count_sentence()}, " \
-                  f"{f.roughness} and {f.brightness} overall."
+                  f"{f.s('roughness')} and {f.s('brightness')} overall."
 
 
 # Steel surface defects (NEU), textures (KTH), corrosion panels (CMI), generic images.
@@ -661,15 +663,15 @@ def _central_feature(f: ImageFacts, pick) -> tuple[str, str]:
     what = {"neu": f"{f.label_text} defect", "cmi": f"panel rated {f.label_text}"}.get(f.profile, f.label_text)
     what = what if f.label else "surface"
     if f.countable:
-        short = f"The {what} shows {f.s('object_count')} {f.shape} marks, {f.arrangement}."
+        short = f"The {what} shows {f.s('object_count')} {f.s('shape')} marks, {f.s('arrangement')}."
     else:
-        short = f"The {what} is a continuous, {f.roughness} texture."
+        short = f"The {what} is a continuous, {f.s('roughness')} texture."
     return short, f"{short} {f.orientation_sentence().capitalize()}; the marks cover {f.s('area_fraction')} " \
                   f"of the image."
 
 
 def _contrast(f: ImageFacts, pick) -> tuple[str, str]:
-    short = f"The contrast between the defect and the surrounding texture is {f.contrast}."
+    short = f"The contrast between the defect and the surrounding texture is {f.s('contrast')}."
     return short, (f"{short} The grey-level standard deviation is {f.s('brightness_std')} and the co-occurrence "
                    f"contrast {f.s('glcm_contrast')}, with homogeneity {f.s('glcm_homogeneity')}.")
 
@@ -693,26 +695,26 @@ def _dispersion(f: ImageFacts, pick) -> tuple[str, str]:
     if f.arrangement == "clustered":
         short = "They are centralised: the marks gather in clusters."
     else:
-        short = f"They are dispersed: the marks are {f.arrangement} over the image."
+        short = f"They are dispersed: the marks are {f.s('arrangement')} over the image."
     return short, f"{short} Clark-Evans ratio {f.s('clark_evans_r')} over {f.s('object_count')} segmented marks " \
                   f"covering {f.s('area_fraction')}."
 
 
 def _overall_brightness(f: ImageFacts, pick) -> tuple[str, str]:
-    short = f"The image is {f.brightness} overall."
-    return short, f"{short} Its mean grey level is {f.s('brightness_mean')} on a 0-1 scale, with a {f.contrast} " \
+    short = f"The image is {f.s('brightness')} overall."
+    return short, f"{short} Its mean grey level is {f.s('brightness_mean')} on a 0-1 scale, with a {f.s('contrast')} " \
                   f"contrast (standard deviation {f.s('brightness_std')})."
 
 
 def _colour(f: ImageFacts, pick) -> tuple[str, str]:
     tone = "in colour" if f.colourful else "grey"
-    short = f"The surface appears {tone}, {f.brightness} in tone."
-    return short, f"{short} Mean grey level {f.s('brightness_mean')}, contrast {f.contrast}."
+    short = f"The surface appears {tone}, {f.s('brightness')} in tone."
+    return short, f"{short} Mean grey level {f.s('brightness_mean')}, contrast {f.s('contrast')}."
 
 
 def _pattern(f: ImageFacts, pick) -> tuple[str, str]:
     kind = "a directional, striated pattern" if f.aligned else "an isotropic pattern"
-    short = f"It shows {kind}, {f.roughness} in grain."
+    short = f"It shows {kind}, {f.s('roughness')} in grain."
     return short, f"{short} Co-occurrence contrast {f.s('glcm_contrast')}, edge density {f.s('edge_density')}; " \
                   f"{f.orientation_sentence()}."
 
@@ -727,17 +729,17 @@ def _texture_uniformity(f: ImageFacts, pick) -> tuple[str, str]:
 def _severity(f: ImageFacts, pick) -> tuple[str, str]:
     short = f"Corrosion marks cover {f.s('area_fraction')} of the panel."
     rating = f" The panel is rated {f.label}." if f.label else ""
-    where = f" They are {f.arrangement} and {f.contact}." if f.pattern_known else ""
-    return short, f"{short}{where} The contrast is {f.contrast}.{rating}"
+    where = f" They are {f.s('arrangement')} and {f.s('contact')}." if f.pattern_known else ""
+    return short, f"{short}{where} The contrast is {f.s('contrast')}.{rating}"
 
 
 def _scribe_pattern(f: ImageFacts, pick) -> tuple[str, str]:
     if f.aligned:
         short = f"The corrosion follows a line about {f.s('orientation_deg')} degrees from the horizontal, along the scribe."
     else:
-        short = f"The corrosion has no dominant direction: {f.arrangement} marks around the scribe."
+        short = f"The corrosion has no dominant direction: {f.s('arrangement')} marks around the scribe."
     return short, f"{short} Orientation coherence {f.s('orientation_coherence')}; the marks cover " \
-                  f"{f.s('area_fraction')} of the panel, {f.contact}."
+                  f"{f.s('area_fraction')} of the panel, {f.s('contact')}."
 
 
 def _rating_meaning(f: ImageFacts, pick) -> tuple[str, str]:
@@ -751,7 +753,7 @@ def _rating_meaning(f: ImageFacts, pick) -> tuple[str, str]:
 
 def _objects(f: ImageFacts, pick) -> tuple[str, str]:
     short = f"There are {f.count_sentence()}." if f.countable else "No separate objects: a continuous structure."
-    return short, f"{short} They cover {f.s('area_fraction')} of the image and are mostly {f.shape}."
+    return short, f"{short} They cover {f.s('area_fraction')} of the image and are mostly {f.s('shape')}."
 
 
 ANSWERERS: dict[str, Answerer] = {
@@ -840,8 +842,8 @@ def _inter_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
 
 def _intra_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
     shared = [w for w in ("shape", "arrangement", "roughness", "brightness") if len({getattr(f, w) for f in facts}) == 1]
-    words = {"shape": f"{facts[0].shape} objects", "arrangement": f"a {facts[0].arrangement} arrangement",
-             "roughness": f"a {facts[0].roughness} surface", "brightness": f"a {facts[0].brightness} tone"}
+    words = {"shape": f"{facts[0].s('shape')} objects", "arrangement": f"an arrangement ({facts[0].s('arrangement')})",
+             "roughness": f"a {facts[0].s('roughness')} surface", "brightness": f"a tone ({facts[0].s('brightness')})"}
     label = f"the category {facts[0].label_text}" if facts[0].label else "one category"
     common = ", ".join(words[w] for w in shared) if shared else "no single measured trait, only their category"
     short = f"They belong to {label} and share {common}."
@@ -852,7 +854,7 @@ def _intra_class(facts: list[ImageFacts], pick) -> tuple[str, str]:
 def _spatial_heterogeneity(facts: list[ImageFacts], pick) -> tuple[str, str]:
     short = "{most_heterogeneous} is the most heterogeneous (size heterogeneity {heterogeneity_max})."
     per = "; ".join(f"{_name(i, f)}: heterogeneity {f.s('size_heterogeneity')}, sizes {f.s('diameter_min')}"
-                    f" to {f.s('diameter_max')}, {f.uniformity}" for i, f in enumerate(facts))
+                    f" to {f.s('diameter_max')}, {f.s('uniformity')}" for i, f in enumerate(facts))
     return short, f"{short} {per[0].upper()}{per[1:]}."
 
 
