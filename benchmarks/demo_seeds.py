@@ -48,6 +48,8 @@ COLUMNS = {  # name: (header, how to read it from metrics.json)
                       lambda m: m["numeric_fidelity_shuffled"].get("floor", {}).get("within_10pct")),
     "numeric_differ": ("shuffled, where the images differ",
                        lambda m: m["numeric_fidelity_shuffled"].get("images_differ", {}).get("within_10pct")),
+    "words": ("word fidelity", lambda m: m.get("word_fidelity", {}).get("reproduced")),
+    "words_shuffled": ("word fidelity, shuffled", lambda m: m.get("word_fidelity_shuffled", {}).get("reproduced")),
 }
 
 

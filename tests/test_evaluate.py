@@ -51,7 +51,8 @@ def test_eval_writes_metrics_report_and_the_shuffled_control(tiny, tmp_path):
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"run", "generation", "generation_shuffled", "numeric_fidelity",
-                            "numeric_fidelity_shuffled", "zero_shot", "few_shot"}
+                            "numeric_fidelity_shuffled", "word_fidelity", "word_fidelity_shuffled", "zero_shot",
+                            "few_shot"}
     generated = [r for r in records if r["task"] != "classify"]  # 3 images x 3 questions + 2 comparisons
     assert metrics["run"]["generation_records"] == len(generated) == 11
     assert metrics["run"]["left_out_prompt_too_long"] == 1

@@ -158,3 +158,19 @@ def test_measured_numbers_are_the_slot_values_of_a_reference():
     assert numbers(measured_numbers(record)) == [0.82, 104]  # the fixed "1" is not a measurement
     record["conversations"][1] = {"from": "gpt", "value": "Ratio 0.82."}  # free text: nothing is known measured
     assert measured_numbers(record) == ""
+
+
+def test_word_fidelity_counts_the_measured_words_the_answer_writes():
+    from maemi.evaluate.numeric import measured_words, word_fidelity
+
+    record = {"conversations": [{"from": "human", "value": "<image>\nq"}, {
+        "from": "gpt", "value": "104 round objects, widely varied in size.",
+        "template": "{object_count} {shape} objects, {uniformity}.",
+        "slots": {"object_count": "104", "shape": "round", "uniformity": "widely varied in size"}}]}
+    words = measured_words(record)
+    assert words == ["round", "widely varied in size"]  # the count is a number, not a word
+    result = word_fidelity([words, words], ["Round objects, widely varied in size.", "Round, uniform in size."])
+    assert result == {"words": 4, "reproduced": 0.75}
+    assert word_fidelity([[]], ["anything"]) == {"words": 0, "reproduced": None}
+    with pytest.raises(ValueError):
+        word_fidelity([words], [])

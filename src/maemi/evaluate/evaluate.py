@@ -31,7 +31,7 @@ from maemi.assistant import Assistant, objects_caveat
 from maemi.evaluate.calibration import expected_calibration_error, probabilities, reliability_png
 from maemi.evaluate.classification import classification_metrics
 from maemi.evaluate.metrics import generation_metrics
-from maemi.evaluate.numeric import measured_numbers, numeric_fidelity
+from maemi.evaluate.numeric import measured_numbers, measured_words, numeric_fidelity, word_fidelity
 from maemi.evaluate.report import write_report
 from maemi.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 from maemi.measure.slots import fill
@@ -125,8 +125,10 @@ def evaluate_generation(assistant: Assistant, records: list[dict], root: Path, s
     real, control_answers = answers[: len(records)], answers[len(records):]
     groups = {key: [str(rec[key]) for rec in records] for key in GROUPS}
     measured = [measured_numbers(rec) for rec in records]
+    words = [measured_words(rec) for rec in records]
     sections = {"generation": generation_metrics(references, real, groups),
-                "numeric_fidelity": numeric_fidelity(references, real, groups, measured)}
+                "numeric_fidelity": numeric_fidelity(references, real, groups, measured),
+                "word_fidelity": word_fidelity(words, real)}
     if control:
         control_groups = {key: [values[i] for i in control] for key, values in groups.items()}
         # what the reference's own template states with the shuffled images' measurement: the control's floor
@@ -137,6 +139,7 @@ def evaluate_generation(assistant: Assistant, records: list[dict], root: Path, s
         sections["numeric_fidelity_shuffled"] = numeric_fidelity([references[i] for i in control], control_answers,
                                                                  control_groups, [measured[i] for i in control],
                                                                  floors)
+        sections["word_fidelity_shuffled"] = word_fidelity([words[i] for i in control], control_answers)
     by_record = dict(zip(control, control_answers))
     rows = [{"id": rec["id"], "task": rec["task"], "family": rec["family"], "length": rec["length"],
              "images": rec["images"], "question": _question(prompts[i]), "reference": references[i],

@@ -8,11 +8,17 @@ from the question do not. They drop only to the chance that two images measure a
 magnification): the control's floor, measured as what the reference's own template states with the shuffled image's
 measurement, and the control is also reported over the numbers where the two images' measurements differ, where an
 answer that follows the image reproduces none. Hand-written: no evaluation library scores numbers in free text.
+
+Word fidelity is the same for the words that describe the measurement ("widely varied in size", "clustered"): the
+share of the reference's that the answer writes too.
 """
 
 from __future__ import annotations
 
+import re
+
 from maemi.measure.slots import NUMBER_RE, SLOT_RE, parse_number
+from maemi.teachers.measure import DESCRIPTORS
 
 TOLERANCE = 0.1
 
@@ -77,3 +83,25 @@ def numeric_fidelity(references: list[str], answers: list[str], groups: dict[str
         out["floor"] = _shares([reproduced(r, f) for r, f in zip(references, floors)])
         out["images_differ"] = _shares([reproduced(r, a, unless=f) for r, a, f in zip(references, answers, floors)])
     return out
+
+
+def measured_words(record: dict) -> list[str]:
+    """The words of a record's reference answer that describe a measurement ("widely varied in size", "clustered":
+    the values of its DESCRIPTORS slots, in the template's order); [] for an answer without a template."""
+    turn = record["conversations"][1]
+    slots = turn.get("slots", {})
+    return [slots[name] for name in SLOT_RE.findall(turn.get("template", ""))
+            if name in slots and name.partition("#")[0] in DESCRIPTORS]
+
+
+def word_fidelity(words: list[list[str]], answers: list[str]) -> dict:
+    """{"words", "reproduced"}: of the reference answers' descriptive words (measured_words), the share that the
+    answer to the same question writes too (whole words, any case)."""
+    if len(words) != len(answers):
+        raise ValueError(f"{len(words)} references for {len(answers)} answers")
+    n = hits = 0
+    for ws, answer in zip(words, answers):
+        for w in ws:
+            n += 1
+            hits += re.search(rf"\b{re.escape(w)}\b", answer, re.IGNORECASE) is not None
+    return {"words": n, "reproduced": hits / n if n else None}

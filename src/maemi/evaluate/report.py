@@ -208,6 +208,12 @@ def _headline_section(metrics: dict) -> list[str]:
                       "numbers where the two images measure differently, the shuffled answers reproduce "
                       + ("-" if differ["within_10pct"] is None else f"{differ['within_10pct']:.3f}")
                       + " (0 when every number follows the image).", ""]
+    words, words_shuffled = metrics.get("word_fidelity"), metrics.get("word_fidelity_shuffled")
+    if words and words["reproduced"] is not None:
+        lines += [f"Word fidelity: of the {words['words']} words in the reference answers that describe the measurement "
+                  f"(\"widely varied in size\", \"clustered\"), the answers write {words['reproduced']:.3f}"
+                  + (f"; with the images shuffled, {words_shuffled['reproduced']:.3f}"
+                     if words_shuffled and words_shuffled["reproduced"] is not None else "") + ".", ""]
     classification = classification_headline(metrics)
     if classification is not None:
         lines += [_md_table(classification), ""]
