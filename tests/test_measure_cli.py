@@ -82,3 +82,20 @@ def test_measure_says_when_the_objects_do_not_stand_apart(tmp_path):
     film, particles = (r["measurements"] for r in rows)
     assert film["objects_uncertain"] and film["phase_separation"] < 4.5
     assert not particles["objects_uncertain"] and particles["segmenter"] == "classical"
+
+
+def test_a_fibre_mat_counts_its_fibres_and_says_what_the_table_lists(tmp_path):
+    import numpy as np
+
+    from test_measurements import _draw_rod
+
+    image = np.full((240, 320), 0.2, np.float32)
+    for r0, c0, r1, c1 in [(0, 20, 239, 300), (0, 300, 239, 10), (120, 0, 120, 319)]:  # three crossing fibres
+        _draw_rod(image, r0, c0, r1, c1, 9)
+    Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "mat.png")
+    result = CliRunner().invoke(app, ["measure", str(tmp_path / "mat.png"), "--objects", str(tmp_path / "o.csv")])
+    assert result.exit_code == 0, result.output
+    assert "object count: 3" in result.stdout and "region count: 1" in result.stdout
+    assert "its 3 objects are the fibres traced through their crossings, from 1 segmented region(s)" in result.stdout
+    with open(tmp_path / "o.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1  # the table lists the regions

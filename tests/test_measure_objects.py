@@ -32,7 +32,7 @@ def test_the_table_has_the_measurements_objects():
     grey = image[: H - truth["info_bar_height_px"]]
     m = measure(grey)
     rows = object_table(segment(grey).labels)
-    assert len(rows) == m.object_count > 10
+    assert len(rows) == m.region_count > 10
     assert np.mean([r.equivalent_diameter_px for r in rows]) == m.diameter_mean_px
     assert np.mean([r.circularity for r in rows]) == m.circularity_mean
     assert np.mean([r.aspect_ratio for r in rows]) == m.aspect_ratio_mean
@@ -119,7 +119,7 @@ def test_cli_objects_overlay_and_histogram(tmp_path):
     for image in (bar, plain):
         mine = [r for r in rows if r["path"] == str(image)]
         m = table[str(image)]
-        assert len(mine) == int(m["measurements.object_count"]) > 10
+        assert len(mine) == int(m["measurements.region_count"]) > 10
         assert np.mean([float(r["equivalent_diameter_px"]) for r in mine]) == float(m["measurements.diameter_mean_px"])
     assert not [r for r in rows if r["path"] == str(broken)]
     for r in rows:

@@ -625,6 +625,9 @@ def _print_measurement(row: dict) -> None:
         elif isinstance(value, float):
             value = f"{value:.4g}"
         typer.echo(f"  {key.replace('_', ' ')}: {value}")
+    if m["fibre_count"] is not None:
+        typer.echo(f"  note: a fibre mat: its {m['object_count']} objects are the fibres traced through their crossings, "
+                   f"from {m['region_count']} segmented region(s), which --objects and --overlay list")
     if m["objects_uncertain"]:
         typer.echo(f"  note: one threshold does not separate the objects from the background here (phase separation "
                    f"{m['phase_separation']:.2f} < {SEPARATION_MIN}): counts and sizes may be far off")
