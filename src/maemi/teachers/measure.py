@@ -440,7 +440,8 @@ def _uniformity(f: ImageFacts, pick) -> tuple[str, str]:
     if not f.countable:
         short = "There are no separate objects to compare; the texture itself is the structure."
         return short, f"{short} Size heterogeneity {f.s('size_heterogeneity')}."
-    short = f"They are {f.s('uniformity')} (coefficient of variation {f.s('size_cv')}) and mostly {f.s('shape')} in shape."
+    short = (f"They are {f.s('uniformity')} (coefficient of variation {f.s('size_cv')}) and mostly {f.s('shape')} "
+             "in shape.")
     return short, (f"{short} Sizes {f.scale_note}: {f.size_sentence()}; mean circularity "
                    f"{f.s('circularity_mean')}, aspect ratio {f.s('aspect_ratio_mean')}.")
 
@@ -525,9 +526,9 @@ def _composition(f: ImageFacts, pick) -> tuple[str, str]:
     varied = f.contrast != "low"
     short = ("Yes, brightness varies, which may reflect composition or topography." if varied
              else "Little: the brightness is nearly even, with no clear compositional contrast.")
-    return short, (f"{short} The grey levels have a {f.s('contrast')} spread (standard deviation {f.s('brightness_std')} "
-                   f"around a mean of {f.s('brightness_mean')}); in SEM, brightness also depends on edges and "
-                   "topography, so contrast alone does not prove a change of composition.")
+    return short, (f"{short} The grey levels have a {f.s('contrast')} spread (standard deviation "
+                   f"{f.s('brightness_std')} around a mean of {f.s('brightness_mean')}); in SEM, brightness also "
+                   "depends on edges and topography, so contrast alone does not prove a change of composition.")
 
 
 def _markers(f: ImageFacts, pick) -> tuple[str, str]:
@@ -562,8 +563,8 @@ def _matrix(f: ImageFacts, pick) -> tuple[str, str]:
         short = "No separate matrix is visible; the material fills the field of view."
         return short, f"{short} Brightness {f.s('brightness_mean')}, {f.s('roughness')} texture."
     short = f"The {f.noun} sit on a background that fills {f.s('background_fraction')} of the area."
-    return short, (f"{short} The image is {f.s('coverage')} ({f.s('area_fraction')} covered); nothing in the grey levels "
-                   "points to a solvent or polymer matrix, which a single micrograph cannot identify.")
+    return short, (f"{short} The image is {f.s('coverage')} ({f.s('area_fraction')} covered); nothing in the grey "
+                   "levels points to a solvent or polymer matrix, which a single micrograph cannot identify.")
 
 
 def _foreign(f: ImageFacts, pick) -> tuple[str, str]:
@@ -597,7 +598,8 @@ def _active_sites(f: ImageFacts, pick) -> tuple[str, str]:
     else:
         short = "No regions stand out as distinct; the surface looks alike throughout."
     return short, (f"{short} A micrograph shows structure, not function: which sites are active would need "
-                   f"spectroscopy or tests. The contrast here is {f.s('contrast')} (standard deviation {f.s('brightness_std')}).")
+                   f"spectroscopy or tests. The contrast here is {f.s('contrast')} (standard deviation "
+                   f"{f.s('brightness_std')}).")
 
 
 def _dynamics(f: ImageFacts, pick) -> tuple[str, str]:
@@ -637,8 +639,8 @@ def _caption(f: ImageFacts, pick) -> tuple[str, str]:
                       f"The {what} shows {f.s('shape')} {f.noun}, {layout}{mag}."])
         many = f"There are {f.s('object_count')} of them" if m.object_count > 1 else "There is one"
         long = (f"{short} {many}, {f.s('uniformity')}, with a {f.size_sentence()} "
-                f"{f.scale_note}, covering {f.s('area_fraction')} of the field. The surface is {f.s('roughness')} and the "
-                f"image {f.s('brightness')} with {f.s('contrast')} contrast.")
+                f"{f.scale_note}, covering {f.s('area_fraction')} of the field. The surface is {f.s('roughness')} and "
+                f"the image {f.s('brightness')} with {f.s('contrast')} contrast.")
     else:
         short = pick([f"This {what} shows a continuous, {f.s('roughness')} surface{mag}.",
                       f"The {what} shows a {f.s('roughness')}, continuous surface{mag}."])
