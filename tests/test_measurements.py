@@ -110,6 +110,19 @@ def test_crossing_fibres_are_counted_as_fibres_not_as_one_network():
     assert m.nanowire_count is None
 
 
+def test_stretches_of_a_dimmer_fibre_are_not_each_counted_as_a_fibre():
+    """A lower fibre that crosses the threshold only in short stretches (each under five fibre diameters) would trace
+    as one fibre per stretch; the mat's fibres are the long ones."""
+    image = np.full((240, 320), 0.2, np.float32)
+    for r0, c0, r1, c1 in [(0, 20, 239, 300), (0, 300, 239, 10), (120, 0, 120, 319)]:
+        _draw_rod(image, r0, c0, r1, c1, 9)
+    for c0 in (20, 110, 200, 280):  # the visible stretches of a dim fibre along row 40, 25 px each
+        _draw_rod(image, 40, c0, 40, c0 + 25, 9)
+    m = measure(image, method="classical")
+    assert m.region_count >= 4
+    assert m.fibre_count == m.object_count == 3
+
+
 def test_a_tilted_nanowire_array_is_counted_by_class():
     image = np.full((300, 360), 0.15, np.float32)
     for i in range(5):
