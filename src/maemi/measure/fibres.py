@@ -64,6 +64,7 @@ class FibreMeasurements:
     length_total_px: float  # skeleton length after pruning
     intercepts_per_px: float  # crossings of fibres per pixel of test line (every row and every column)
     orientation_deg: float | None  # length-weighted axial mean direction, 0-180 counter-clockwise; None if isotropic
+    lengths_px: list[float]  # skeleton length of each counted fibre
 
 
 @dataclass
@@ -88,6 +89,7 @@ class _Trace:
     fibre_count: int
     segment_count: int
     junction_count: int
+    lengths_px: list[float]  # skeleton length of each traced fibre, by fibre id
 
 
 # ---------------------------------------------------------------------------------------------- the skeleton graph
@@ -388,7 +390,7 @@ def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float |
             continue
         length[owner[k]] = length.get(owner[k], 0.0) + seg.length
         width[owner[k]] = max(width.get(owner[k], 0.0), 2 * seg_radius[k])
-    ids: dict[int, int] = {}
+    ids: dict[int, int] = {}  # chain owner -> fibre id, in order of first segment
     for k in range(len(segments)):
         if bridge[k]:
             continue
@@ -398,7 +400,8 @@ def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float |
             fibre_of[k] = ids.setdefault(o, len(ids))
     junctions = sum(1 for node_arms in arms.values() if len(node_arms) >= 3)
     kept = int((fibre_of >= 0).sum()) - sum(1 for k in kinks if fibre_of[k] >= 0)
-    return _Trace(skel, distance, segments, node_radius, fibre_of, len(ids), kept, junctions)
+    return _Trace(skel, distance, segments, node_radius, fibre_of, len(ids), kept, junctions,
+                  [length[o] for o in ids])
 
 
 # ------------------------------------------------------------------------------------------------------ the numbers
@@ -472,6 +475,7 @@ def measure_fibres(mask: np.ndarray, distance: np.ndarray | None = None,
         length_total_px=float(sum(seg.length for seg in trace.segments)),
         intercepts_per_px=_intercepts_per_px(mask),
         orientation_deg=_orientation_deg(trace),
+        lengths_px=trace.lengths_px,
     )
 
 

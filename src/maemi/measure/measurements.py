@@ -541,6 +541,5 @@ def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarra
     if length < FIBRE_MIN_LENGTH_DIAMETERS or fibres.diameter_std_px / fibres.diameter_mean_px > FIBRE_MAX_WIDTH_CV:
         return {}  # a lumpy support, a film or a powder: slender by area, but not fibres
     # the mat test above takes every piece; the count, only the fibres traced long (not stretches of dimmer ones)
-    long = measure_fibres(seg.mask, seg.distance, FIBRE_MIN_LENGTH_DIAMETERS * fibres.diameter_mean_px)
-    counted = long if long.fibre_count and long.diameter_mean_px else fibres
-    return {"fibre_count": counted.fibre_count, "fibre_diameter_mean_px": counted.diameter_mean_px}
+    long = sum(n >= FIBRE_MIN_LENGTH_DIAMETERS * fibres.diameter_mean_px for n in fibres.lengths_px)
+    return {"fibre_count": long or fibres.fibre_count, "fibre_diameter_mean_px": fibres.diameter_mean_px}
