@@ -12,6 +12,7 @@ from PIL import Image
 
 from maemi.data.synth import make_micrograph
 from maemi.measure.boxes import annotated_images
+from maemi.measure.scenes import render_scene
 from maemi.measure.measurements import (MIXTURE_SPREAD, SEPARATION_MIN, Measurements, measure, phase_separation,
                                         segment, size_spread)
 
@@ -121,6 +122,17 @@ def test_stretches_of_a_dimmer_fibre_are_not_each_counted_as_a_fibre():
     m = measure(image, method="classical")
     assert m.region_count >= 4
     assert m.fibre_count == m.object_count == 3
+
+
+def test_a_dense_mat_is_not_taken_for_a_nanowire_array():
+    """Cut at its crossings, a dense mat's pieces are short rods in a few directions, as an array's wires are; but
+    they are one network, where an array's wires stand apart."""
+    scene = render_scene(200, "fibres", (768, 1024))  # 23 fibres; its pieces passed for an array of 107 wires
+    m = measure(scene.image, method="classical")
+    assert m.nanowire_count is None
+    assert m.region_count > 200
+    assert m.fibre_count == m.object_count
+    assert m.object_count == pytest.approx(scene.instances.max(), rel=0.2)
 
 
 def test_a_tilted_nanowire_array_is_counted_by_class():

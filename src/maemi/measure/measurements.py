@@ -53,6 +53,11 @@ SMOOTHING_NOISE_GAIN = 1 / (2 * math.sqrt(math.pi))  # white noise's standard de
 ROSE_SNR = 5.0
 ROSE_RING_PX = 3  # the surroundings: a ring this wide around the object, outside every object
 ARRAY_ROD_MAX_FIELD = 0.25  # an array's rods are at most a quarter of the field's short side long
+# An array's wires stand apart (each grows from its own site; they touch in projection in twos and threes), a mat's
+# fibres lie on one another: the largest connected piece of an array's foreground holds a few per cent of it (31 real
+# nanowire tiles: 2-5%; rendered arrays at 256 and 512 px: 2-16%), of a dense mat most of it (rendered mats whose
+# pieces, cut at the crossings, passed for an array's rods: 65-99%). Above this share the objects are not an array.
+ARRAY_NETWORK_MAX_SHARE = 0.5
 # Whether one threshold can separate objects from their background: the phases Otsu's threshold splits the flattened
 # image into must lie apart by several of their own standard deviations (phase_separation). One Gaussian phase, pure
 # noise split at its mean, gives 2.65; two Gaussian phases 4.5 apart overlap by 1.2% of each at the midpoint. Below
@@ -277,6 +282,15 @@ def phase_separation(flat: np.ndarray) -> float:
     within = math.sqrt((inside.var() * inside.size + outside.var() * outside.size) / flat.size)
     difference = float(inside.mean() - outside.mean())
     return SEPARATION_CAP if difference >= SEPARATION_CAP * within else difference / within
+
+
+def largest_piece_share(mask: np.ndarray) -> float:
+    """The share of the foreground in its largest 8-connected piece: near 1 for a network (a fibre mat, a sponge),
+    small for separate objects. 0 for an empty mask."""
+    pieces, n = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return 0.0
+    return float(np.bincount(pieces.ravel())[1:].max() / np.count_nonzero(mask))
 
 
 def size_spread(labels: np.ndarray) -> float:
@@ -528,7 +542,8 @@ def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarra
         wires = classify_wires(seg.labels)
         # an array is many short upright wires per field; aligned fibres or lying wires that cross the field are not
         if (wires.array_found and wires.counts.get("nanowire", 0) >= MIN_ARRAY_RODS
-                and wires.rod_length_px <= ARRAY_ROD_MAX_FIELD * min(seg.labels.shape)):
+                and wires.rod_length_px <= ARRAY_ROD_MAX_FIELD * min(seg.labels.shape)
+                and largest_piece_share(seg.mask) <= ARRAY_NETWORK_MAX_SHARE):
             return {"nanowire_count": wires.counts.get("nanowire", 0),
                     "parasitic_count": wires.counts.get("parasitic", 0)}
     slender = shapes.area / np.maximum(widths, 1.0) ** 2
