@@ -135,6 +135,18 @@ def test_a_dense_mat_is_not_taken_for_a_nanowire_array():
     assert m.object_count == pytest.approx(scene.instances.max(), rel=0.2)
 
 
+def test_a_low_contrast_mat_is_traced_not_taken_for_particles_on_a_support():
+    """A mat whose fibres one threshold separates poorly gives what a lumpy support gives (one huge region among
+    specks); but its huge region is a network of long fibres of even width, so the default does not switch to the
+    spot detector, which finds a few blobs along the fibres."""
+    scene = render_scene(202, "fibres", (512, 512))  # 19 fibres
+    m = measure(scene.image)
+    assert m.phase_separation < SEPARATION_MIN
+    assert m.segmenter == "classical"
+    assert m.fibre_count == m.object_count
+    assert m.object_count == pytest.approx(scene.instances.max(), rel=0.2)
+
+
 def test_a_tilted_nanowire_array_is_counted_by_class():
     image = np.full((300, 360), 0.15, np.float32)
     for i in range(5):

@@ -55,8 +55,8 @@ ROSE_RING_PX = 3  # the surroundings: a ring this wide around the object, outsid
 ARRAY_ROD_MAX_FIELD = 0.25  # an array's rods are at most a quarter of the field's short side long
 # An array's wires stand apart (each grows from its own site; they touch in projection in twos and threes), a mat's
 # fibres lie on one another: the largest connected piece of an array's foreground holds a few per cent of it (31 real
-# nanowire tiles: 2-5%; rendered arrays at 256 and 512 px: 2-16%), of a dense mat most of it (rendered mats whose
-# pieces, cut at the crossings, passed for an array's rods: 65-99%). Above this share the objects are not an array.
+# nanowire tiles: 2-5%; rendered arrays at 256 and 512 px: 2-16%), of a dense mat most of it (the rendered mat whose
+# pieces, cut at the crossings, passed for an array's rods: 99%). Above this share the objects are not an array.
 ARRAY_NETWORK_MAX_SHARE = 0.5
 # Whether one threshold can separate objects from their background: the phases Otsu's threshold splits the flattened
 # image into must lie apart by several of their own standard deviations (phase_separation). One Gaussian phase, pure
@@ -325,7 +325,8 @@ def segment(grey: np.ndarray, method: str = DEFAULT_SEGMENTER) -> Segmentation:
     (maemi.measure.segmenter, trained on hard synthetic cases; see benchmarks/results/measure_real.md) or "auto" (the
     default): the classical segmentation, unless one threshold does not separate the image (phase_separation below
     SEPARATION_MIN) and what it found is a few huge regions among specks (size_spread above MIXTURE_SPREAD), the
-    signature of a threshold through a textured support; then spots. Segmentation.method says which ran.
+    signature of a threshold through a textured support, and not a fibre mat's network; then spots.
+    Segmentation.method says which ran.
     """
     if method not in SEGMENTERS:
         raise ValueError(f"unknown segmentation method {method!r}: choose from {', '.join(SEGMENTERS)}")
@@ -341,9 +342,21 @@ def segment(grey: np.ndarray, method: str = DEFAULT_SEGMENTER) -> Segmentation:
     if method == "spots":
         return _spots(image, flat, separation)
     classical = _classical(image, flat, separation)
-    if method == "auto" and separation < SEPARATION_MIN and size_spread(classical.labels) > MIXTURE_SPREAD:
+    if (method == "auto" and separation < SEPARATION_MIN and size_spread(classical.labels) > MIXTURE_SPREAD
+            and not _fibre_network(classical)):
         return _spots(image, flat, separation)
     return classical
+
+
+def _fibre_network(seg: Segmentation) -> bool:
+    """Whether the foreground is a fibre mat lying in one network: the one mixture of a huge region among specks that
+    is objects, not a textured support (the network is the huge region). Both tests: on 33 real STEM images the
+    foreground's largest piece holds at most 61% of it and only one (PtC2, 19%) passes fibre_mat; rendered mats that
+    went to spots: 57-99% and all pass."""
+    if largest_piece_share(seg.mask) <= ARRAY_NETWORK_MAX_SHARE:
+        return False
+    shapes = object_shapes(seg.labels)
+    return fibre_mat(seg, shapes, object_widths(seg, shapes)) is not None
 
 
 def _spots(image: np.ndarray, flat: np.ndarray, separation: float) -> Segmentation:
@@ -462,6 +475,17 @@ def object_shapes(labels: np.ndarray) -> ObjectShapes:
     )
 
 
+def object_widths(seg: Segmentation, shapes: ObjectShapes) -> np.ndarray:
+    """Each object's thickness: twice the distance to the edge along the skeleton. The distance counts to the nearest
+    background pixel and skeleton pixels sit up to half a pixel off the true centre line, so a band N pixels wide reads
+    N = 2d - 1 (odd N) or N = 2d (even N): 2d - 0.5 on average. An object without skeleton: its equivalent diameter."""
+    skeleton = skeletonize(seg.mask)
+    on_skeleton = seg.labels[skeleton]
+    ridge_sum = np.bincount(on_skeleton, weights=seg.distance[skeleton], minlength=seg.labels.max() + 1)[shapes.ids]
+    ridge_count = np.bincount(on_skeleton, minlength=seg.labels.max() + 1)[shapes.ids]
+    return np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5, shapes.diameters)
+
+
 def measure(grey: np.ndarray, nm_per_pixel: float | None = None, method: str = DEFAULT_SEGMENTER) -> Measurements:
     """Measure a grey micrograph (float in [0, 1] or integer; the info bar already cropped); `method` as segment()."""
     return measure_segmentation(segment(grey, method), nm_per_pixel)
@@ -473,14 +497,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     h, w = image.shape
     shapes = object_shapes(labels)
     ids, area, centroids, diameters = shapes.ids, shapes.area, shapes.centroids, shapes.diameters
-    # thickness: twice the distance to the edge along the skeleton. The distance counts to the nearest background
-    # pixel and skeleton pixels sit up to half a pixel off the true centre line, so a band N pixels wide reads
-    # N = 2d - 1 (odd N) or N = 2d (even N): 2d - 0.5 on average
-    skeleton = skeletonize(mask)
-    on_skeleton = labels[skeleton]
-    ridge_sum = np.bincount(on_skeleton, weights=distance[skeleton], minlength=labels.max() + 1)[ids]
-    ridge_count = np.bincount(on_skeleton, minlength=labels.max() + 1)[ids]
-    widths = np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5, diameters)
+    widths = object_widths(seg, shapes)
 
     nn_mean = clark_evans = None
     if len(ids) >= 3:
@@ -530,12 +547,8 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
 
 
 def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray) -> dict:
-    """Wires by class when the objects form a tilted nanowire array; else fibres traced through their crossings when
-    the objects are fibre-like (slender: area / width^2, their length over their width, of 3 or more, area-weighted,
-    which holds for a whole connected mat as for one fibre; a disk reads pi/4) and the traced fibres are long and of
-    even width (FIBRE_MIN_LENGTH_DIAMETERS, FIBRE_MAX_WIDTH_CV). Empty for round objects."""
-    from maemi.measure.fibres import measure_fibres  # here: fibres imports this module
-
+    """Wires by class when the objects form a tilted nanowire array; else the fibres when they are a fibre mat
+    (fibre_mat). Empty for round objects."""
     if len(shapes.ids) == 0:
         return {}
     if np.mean(shapes.aspect >= WIRE_ASPECT) >= ELONGATED_SHARE:
@@ -546,15 +559,31 @@ def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarra
                 and largest_piece_share(seg.mask) <= ARRAY_NETWORK_MAX_SHARE):
             return {"nanowire_count": wires.counts.get("nanowire", 0),
                     "parasitic_count": wires.counts.get("parasitic", 0)}
-    slender = shapes.area / np.maximum(widths, 1.0) ** 2
-    if np.average(slender, weights=shapes.area) < FIBRE_ASPECT:
+    fibres = fibre_mat(seg, shapes, widths)
+    if fibres is None:
         return {}
-    fibres = measure_fibres(seg.mask, seg.distance)
-    if not fibres.fibre_count or not fibres.diameter_mean_px:
-        return {}
-    length = fibres.length_total_px / fibres.fibre_count / fibres.diameter_mean_px
-    if length < FIBRE_MIN_LENGTH_DIAMETERS or fibres.diameter_std_px / fibres.diameter_mean_px > FIBRE_MAX_WIDTH_CV:
-        return {}  # a lumpy support, a film or a powder: slender by area, but not fibres
-    # the mat test above takes every piece; the count, only the fibres traced long (not stretches of dimmer ones)
+    # the mat test takes every piece; the count, only the fibres traced long (not stretches of dimmer ones)
     long = sum(n >= FIBRE_MIN_LENGTH_DIAMETERS * fibres.diameter_mean_px for n in fibres.lengths_px)
     return {"fibre_count": long or fibres.fibre_count, "fibre_diameter_mean_px": fibres.diameter_mean_px}
+
+
+def fibre_mat(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray):
+    """The fibres traced through their crossings (maemi.measure.fibres.FibreMeasurements) when the objects are
+    fibre-like (slender: area / width^2, their length over their width, of FIBRE_ASPECT or more, area-weighted, which
+    holds for a whole connected mat as for one fibre; a disk reads pi/4) and the traced fibres are long and of even
+    width (FIBRE_MIN_LENGTH_DIAMETERS, FIBRE_MAX_WIDTH_CV); else None (round objects, a lumpy support, a film, a
+    powder: slender by area, but not fibres)."""
+    from maemi.measure.fibres import measure_fibres  # here: fibres imports this module
+
+    if len(shapes.ids) == 0:
+        return None
+    slender = shapes.area / np.maximum(widths, 1.0) ** 2
+    if np.average(slender, weights=shapes.area) < FIBRE_ASPECT:
+        return None
+    fibres = measure_fibres(seg.mask, seg.distance)
+    if not fibres.fibre_count or not fibres.diameter_mean_px:
+        return None
+    length = fibres.length_total_px / fibres.fibre_count / fibres.diameter_mean_px
+    if length < FIBRE_MIN_LENGTH_DIAMETERS or fibres.diameter_std_px / fibres.diameter_mean_px > FIBRE_MAX_WIDTH_CV:
+        return None
+    return fibres
