@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from skimage.morphology import skeletonize
 
 from maemi.measure.measurements import ISOTROPIC_BELOW_COHERENCE, distance_to_background
@@ -45,6 +46,14 @@ OFFSET_DEG_PER_DIAMETER = 30.0
 # An arm's direction is the chord from where it leaves the junction zone to this many diameters further on: the first
 # pixels bend towards the junction centre, and a 2 px direction is quantised to 45 degrees.
 ARM_DIAMETERS = 3.0
+# A fibre that passes under others, or lies a little deeper, crosses the threshold only in stretches. Two free ends
+# that face each other across a gap of at most GAP_DIAMETERS fibre diameters, their directions within MAX_GAP_BEND_DEG
+# and each on the other's line (the same offset score as at a junction), are one fibre continued. The direction is
+# the chord over the last GAP_ARM_DIAMETERS of each piece: longer than at a junction, as the ends of a thin fibre's
+# stretches are ragged.
+GAP_DIAMETERS = 10.0
+MAX_GAP_BEND_DEG = 20.0
+GAP_ARM_DIAMETERS = 8.0
 # Pruning can expose new spurs (a fork on a spur); a few passes settle every case we have seen.
 PRUNE_PASSES = 4
 # The distance transform measures to the centre of the first background pixel, half a pixel past the edge: on a
@@ -381,6 +390,8 @@ def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float |
             used.update((i, j))
             fibres.join(node_arms[i][0], node_arms[j][0])
 
+    _join_across_gaps(segments, seg_radius, bridge, fibres)
+
     # one id per chain of joined segments; specks and stubby blobs (skeleton shorter than their own width) are no fibre
     fibre_of = np.full(len(segments), -1, int)
     owner = [fibres.find(k) for k in range(len(segments))]
@@ -402,6 +413,41 @@ def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float |
     kept = int((fibre_of >= 0).sum()) - sum(1 for k in kinks if fibre_of[k] >= 0)
     return _Trace(skel, distance, segments, node_radius, fibre_of, len(ids), kept, junctions,
                   [length[o] for o in ids])
+
+
+def _join_across_gaps(segments: list[_Segment], seg_radius: np.ndarray, bridge: np.ndarray, fibres: _Union) -> None:
+    """Join the chains whose free ends face each other across a gap (GAP_DIAMETERS): a fibre seen in stretches."""
+    ends, points, dirs, diam = [], [], [], []
+    for k, seg in enumerate(segments):
+        if bridge[k] or seg.closed:
+            continue
+        d = 2 * max(seg_radius[k], 0.5)
+        for end, node in enumerate(seg.ends):
+            if node < 0:
+                point, inward = _arm(seg, end == 0, 0.0, GAP_ARM_DIAMETERS * d)
+                ends.append(k), points.append(point), dirs.append(inward), diam.append(d)
+    if len(ends) < 2:
+        return
+    points = np.array(points)
+    pairs = []
+    for i, j in cKDTree(points).query_pairs(GAP_DIAMETERS * max(diam)):
+        if fibres.find(ends[i]) == fibres.find(ends[j]):
+            continue
+        diameter = 0.5 * (diam[i] + diam[j])
+        gap = points[j] - points[i]
+        distance = float(np.hypot(*gap))
+        if distance > GAP_DIAMETERS * diameter or np.dot(gap, dirs[i]) > 0 or np.dot(gap, dirs[j]) < 0:
+            continue  # too far, or one end does not face the other (the gap runs back along its own piece)
+        bend = _bend_deg(dirs[i], dirs[j])
+        offset = 0.5 * (abs(dirs[i][0] * gap[1] - dirs[i][1] * gap[0]) + abs(dirs[j][0] * gap[1] - dirs[j][1] * gap[0]))
+        if bend <= MAX_GAP_BEND_DEG and offset <= diameter:
+            pairs.append((bend + OFFSET_DEG_PER_DIAMETER * offset / diameter, i, j))
+    used = set()
+    for _, i, j in sorted(pairs):
+        if i in used or j in used or fibres.find(ends[i]) == fibres.find(ends[j]):
+            continue
+        used.update((i, j))
+        fibres.join(ends[i], ends[j])
 
 
 # ------------------------------------------------------------------------------------------------------ the numbers

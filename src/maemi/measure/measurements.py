@@ -79,8 +79,9 @@ MIXTURE_SPREAD = 2.0
 # own diameters long on average, with the width along them varying by at most this coefficient of variation. Set
 # between the two populations measured: fibre mats (synthetic fibres, lying wires, drawn lines) trace 8-76
 # diameters at a CV of 0.1-0.41; the lumpy supports of 33 real STEM images, which are slender by area too, 2.4-8.8
-# diameters at 0.44-2.0. Without this 28 of the 33 were reported as mats of 40 to 7,491 fibres; with it one is
-# (PtC2, whose carbon film's speckle segments as a maze of 4-px worms, 7.6 diameters long at a CV of 0.44).
+# diameters at 0.44-2.0 (2.5-11 since pieces in line are joined across gaps). Without this 28 of the 33 were reported
+# as mats of 40 to 7,491 fibres; with it one is (PtC2, whose carbon film's speckle segments as a maze of 4-px worms,
+# 8.8 diameters long at a CV of 0.44).
 FIBRE_MIN_LENGTH_DIAMETERS = 5.0
 FIBRE_MAX_WIDTH_CV = 0.6
 # On a mat, the fibres counted are those traced at least FIBRE_MIN_LENGTH_DIAMETERS of the mat's mean diameter long:
