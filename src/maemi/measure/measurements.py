@@ -84,6 +84,11 @@ MIXTURE_SPREAD = 2.0
 # 8.8 diameters long at a CV of 0.44).
 FIBRE_MIN_LENGTH_DIAMETERS = 5.0
 FIBRE_MAX_WIDTH_CV = 0.6
+# Tracing a lumpy support's maze takes seconds (18 s on a 2048x2048 STEM image), so fibre_mat first rejects a mask
+# whose width along the untraced skeleton (junctions and ends included, which a mat's trace leaves out) varies by more
+# than this: rendered mats 0.15-0.58 (32 scenes), the 33 STEM supports 0.57-1.70, those traced before this check
+# (largest piece over half the foreground) 1.06-1.25. A speed gate: it changes no count measured.
+FIBRE_MAX_SKELETON_WIDTH_CV = 0.8
 # On a mat, the fibres counted are those traced at least FIBRE_MIN_LENGTH_DIAMETERS of the mat's mean diameter long:
 # a dimmer, lower fibre crosses the threshold only in stretches, and each stretch traces as a fibre. On 16 rendered
 # mats (maemi.measure.scenes, seeds 200-215) the count's median error falls from 1.33 to 0.17 (0.17 on the even seeds,
@@ -264,6 +269,11 @@ class Segmentation:
     method: str = "classical"  # which segmenter found the objects: "classical", "learned" or "spots"
     phase_separation: float = 100.0  # phase_separation(flat)
 
+    @functools.cached_property
+    def skeleton(self) -> np.ndarray:
+        """[H, W] bool: the mask's centre lines (object widths and the fibre test both read along them)."""
+        return skeletonize(self.mask)
+
 
 SEGMENTERS = ("auto", "classical", "learned", "spots")
 DEFAULT_SEGMENTER = "auto"
@@ -354,7 +364,7 @@ def _fibre_network(seg: Segmentation) -> bool:
     is objects, not a textured support (the network is the huge region). Both tests: on 33 real STEM images the
     foreground's largest piece holds at most 61% of it and only one (PtC2, 19%) passes fibre_mat; rendered mats that
     went to spots: 57-99% and all pass."""
-    if largest_piece_share(seg.mask) <= ARRAY_NETWORK_MAX_SHARE:
+    if largest_piece_share(seg.mask) <= ARRAY_NETWORK_MAX_SHARE or not _even_width(seg):
         return False
     shapes = object_shapes(seg.labels)
     return fibre_mat(seg, shapes, object_widths(seg, shapes)) is not None
@@ -480,9 +490,8 @@ def object_widths(seg: Segmentation, shapes: ObjectShapes) -> np.ndarray:
     """Each object's thickness: twice the distance to the edge along the skeleton. The distance counts to the nearest
     background pixel and skeleton pixels sit up to half a pixel off the true centre line, so a band N pixels wide reads
     N = 2d - 1 (odd N) or N = 2d (even N): 2d - 0.5 on average. An object without skeleton: its equivalent diameter."""
-    skeleton = skeletonize(seg.mask)
-    on_skeleton = seg.labels[skeleton]
-    ridge_sum = np.bincount(on_skeleton, weights=seg.distance[skeleton], minlength=seg.labels.max() + 1)[shapes.ids]
+    on_skeleton = seg.labels[seg.skeleton]
+    ridge_sum = np.bincount(on_skeleton, weights=seg.distance[seg.skeleton], minlength=seg.labels.max() + 1)[shapes.ids]
     ridge_count = np.bincount(on_skeleton, minlength=seg.labels.max() + 1)[shapes.ids]
     return np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5, shapes.diameters)
 
@@ -568,6 +577,12 @@ def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarra
     return {"fibre_count": long or fibres.fibre_count, "fibre_diameter_mean_px": fibres.diameter_mean_px}
 
 
+def _even_width(seg: Segmentation) -> bool:
+    """Whether the width along the skeleton varies little enough for fibres to be worth tracing."""
+    along = seg.distance[seg.skeleton]
+    return along.size > 0 and along.std() <= FIBRE_MAX_SKELETON_WIDTH_CV * along.mean()
+
+
 def fibre_mat(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray):
     """The fibres traced through their crossings (maemi.measure.fibres.FibreMeasurements) when the objects are
     fibre-like (slender: area / width^2, their length over their width, of FIBRE_ASPECT or more, area-weighted, which
@@ -580,6 +595,8 @@ def fibre_mat(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray):
         return None
     slender = shapes.area / np.maximum(widths, 1.0) ** 2
     if np.average(slender, weights=shapes.area) < FIBRE_ASPECT:
+        return None
+    if not _even_width(seg):
         return None
     fibres = measure_fibres(seg.mask, seg.distance)
     if not fibres.fibre_count or not fibres.diameter_mean_px:
