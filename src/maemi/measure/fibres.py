@@ -425,7 +425,10 @@ def _join_across_gaps(segments: list[_Segment], seg_radius: np.ndarray, bridge: 
         for end, node in enumerate(seg.ends):
             if node < 0:
                 point, inward = _arm(seg, end == 0, 0.0, GAP_ARM_DIAMETERS * d)
-                ends.append(k), points.append(point), dirs.append(inward), diam.append(d)
+                ends.append(k)
+                points.append(point)
+                dirs.append(inward)
+                diam.append(d)
     if len(ends) < 2:
         return
     points = np.array(points)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import edt
 import numpy as np
@@ -28,6 +29,9 @@ from skimage.segmentation import watershed
 from skimage.transform import resize
 
 from maemi.measure.wires import MIN_ARRAY_RODS, classify_wires
+
+if TYPE_CHECKING:
+    from maemi.measure.fibres import FibreMeasurements  # fibres imports this module
 
 MIN_OBJECT_AREA_PX = 20  # smaller bright specks are noise at the resolutions we see (smallest real object ~50 px)
 ISOTROPIC_BELOW_COHERENCE = 0.15  # below this the image has no dominant orientation
@@ -56,8 +60,9 @@ ARRAY_ROD_MAX_FIELD = 0.25  # an array's rods are at most a quarter of the field
 # An array's wires stand apart (each grows from its own site; they touch in projection in twos and threes), a mat's
 # fibres lie on one another: the largest connected piece of an array's foreground holds a few per cent of it (31 real
 # nanowire tiles: 2-5%; rendered arrays at 256 and 512 px: 2-16%), of a dense mat most of it (the rendered mat whose
-# pieces, cut at the crossings, passed for an array's rods: 99%). Above this share the objects are not an array.
-ARRAY_NETWORK_MAX_SHARE = 0.5
+# pieces, cut at the crossings, passed for an array's rods: 99%). Above this share the foreground is one network:
+# not an array, and where it is a network of fibres, a mat even when one threshold separates it poorly (segment).
+NETWORK_SHARE = 0.5
 # Whether one threshold can separate objects from their background: the phases Otsu's threshold splits the flattened
 # image into must lie apart by several of their own standard deviations (phase_separation). One Gaussian phase, pure
 # noise split at its mean, gives 2.65; two Gaussian phases 4.5 apart overlap by 1.2% of each at the midpoint. Below
@@ -364,7 +369,7 @@ def _fibre_network(seg: Segmentation) -> bool:
     is objects, not a textured support (the network is the huge region). Both tests: on 33 real STEM images the
     foreground's largest piece holds at most 61% of it and only one (PtC2, 19%) passes fibre_mat; rendered mats that
     went to spots: 57-99% and all pass."""
-    if largest_piece_share(seg.mask) <= ARRAY_NETWORK_MAX_SHARE or not _even_width(seg):
+    if largest_piece_share(seg.mask) <= NETWORK_SHARE or not _even_width(seg):
         return False
     shapes = object_shapes(seg.labels)
     return fibre_mat(seg, shapes, object_widths(seg, shapes)) is not None
@@ -503,7 +508,7 @@ def measure(grey: np.ndarray, nm_per_pixel: float | None = None, method: str = D
 
 def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -> Measurements:
     """The Measurements of an image already segmented by segment()."""
-    image, flat, mask, distance, labels = seg.image, seg.flat, seg.mask, seg.distance, seg.labels
+    image, flat, mask, labels = seg.image, seg.flat, seg.mask, seg.labels
     h, w = image.shape
     shapes = object_shapes(labels)
     ids, area, centroids, diameters = shapes.ids, shapes.area, shapes.centroids, shapes.diameters
@@ -566,7 +571,7 @@ def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarra
         # an array is many short upright wires per field; aligned fibres or lying wires that cross the field are not
         if (wires.array_found and wires.counts.get("nanowire", 0) >= MIN_ARRAY_RODS
                 and wires.rod_length_px <= ARRAY_ROD_MAX_FIELD * min(seg.labels.shape)
-                and largest_piece_share(seg.mask) <= ARRAY_NETWORK_MAX_SHARE):
+                and largest_piece_share(seg.mask) <= NETWORK_SHARE):
             return {"nanowire_count": wires.counts.get("nanowire", 0),
                     "parasitic_count": wires.counts.get("parasitic", 0)}
     fibres = fibre_mat(seg, shapes, widths)
@@ -583,7 +588,7 @@ def _even_width(seg: Segmentation) -> bool:
     return along.size > 0 and along.std() <= FIBRE_MAX_SKELETON_WIDTH_CV * along.mean()
 
 
-def fibre_mat(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray):
+def fibre_mat(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray) -> FibreMeasurements | None:
     """The fibres traced through their crossings (maemi.measure.fibres.FibreMeasurements) when the objects are
     fibre-like (slender: area / width^2, their length over their width, of FIBRE_ASPECT or more, area-weighted, which
     holds for a whole connected mat as for one fibre; a disk reads pi/4) and the traced fibres are long and of even
