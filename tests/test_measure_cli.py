@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
 from maemi.cli import app
 from maemi.data.synth import make_micrograph
+from maemi.measure.objects import FIBRE_COLUMNS
 
 ZEISS_TAG = b"0\r\nAP_PIXEL_SIZE\r\nPixel Size = 9.0 nm\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 4.5 nm\r\n"
 
@@ -99,3 +101,42 @@ def test_a_fibre_mat_counts_its_fibres_and_says_what_the_table_lists(tmp_path):
     assert "its 3 objects are the fibres traced through their crossings, from 1 segmented region(s)" in result.stdout
     with open(tmp_path / "o.csv") as f:
         assert len(list(csv.DictReader(f))) == 1  # the table lists the regions
+
+
+def test_a_fibre_mat_gets_a_table_and_histogram_of_its_fibres(tmp_path):
+    import numpy as np
+
+    from test_measurements import _draw_rod
+
+    image = np.full((240, 320), 0.2, np.float32)
+    rods = [(0, 20, 239, 300), (0, 300, 239, 10), (120, 0, 120, 319)]  # three crossing fibres, 9 px wide
+    for rod in rods:
+        _draw_rod(image, *rod, 9)
+    Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "mat.png")
+    result = CliRunner().invoke(app, ["measure", str(tmp_path / "mat.png"), "--nm-per-pixel", "2", "--fibres",
+                                      str(tmp_path / "f.csv"), "--histogram", str(tmp_path / "h")])
+    assert result.exit_code == 0, result.output
+    assert "f.csv: 3 fibres from 1 fibre mat(s) of 1 images" in result.stderr
+    with open(tmp_path / "f.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["fibre_id"] for r in rows] == ["1", "2", "3"]
+    lengths = sorted(float(r["length_px"]) for r in rows)
+    truth = sorted(float(np.hypot(r1 - r0, c1 - c0)) for r0, c0, r1, c1 in rods)
+    assert lengths == pytest.approx(truth, rel=0.1)  # traced straight through the crossings
+    for r in rows:
+        assert float(r["diameter_px"]) == pytest.approx(9, rel=0.15)
+        assert float(r["diameter_nm"]) == pytest.approx(2 * float(r["diameter_px"]))
+    assert (tmp_path / "h" / "mat.histogram.png").stat().st_size > 0
+
+
+def test_particles_have_no_fibres_and_their_histogram_is_of_objects(tmp_path):
+    _, plain, _ = _images(tmp_path)
+    result = CliRunner().invoke(app, ["measure", str(plain), "--fibres", str(tmp_path / "f.csv"), "--objects",
+                                      str(tmp_path / "o.csv"), "--histogram", str(tmp_path / "h")])
+    assert result.exit_code == 0, result.output
+    assert "f.csv: 0 fibres from 0 fibre mat(s) of 1 images" in result.stderr
+    assert (tmp_path / "f.csv").read_text().splitlines() == [",".join(FIBRE_COLUMNS)]
+    assert (tmp_path / "h" / "plain.histogram.png").stat().st_size > 0
+    same = CliRunner().invoke(app, ["measure", str(plain), "--fibres", str(tmp_path / "x.csv"), "--objects",
+                                    str(tmp_path / "x.csv")])
+    assert same.exit_code != 0 and "must be different files" in same.output

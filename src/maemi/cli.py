@@ -505,13 +505,16 @@ def measure(
                                            ".jsonl): one row per segmented object of each image."),
     overlay: Optional[Path] = typer.Option(None, "--overlay", help="Folder for one PNG per image: what was "
                                            "segmented, outlined and numbered as in --objects."),
+    fibres: Optional[Path] = typer.Option(None, "--fibres", help="Write the per-fibre table of each fibre mat "
+                                          "(fibres.csv or .jsonl): length and mean diameter of each fibre counted."),
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
-                                             "distribution of equivalent diameters (nm when the scale is known)."),
+                                             "distribution of equivalent diameters (nm when the scale is known); "
+                                             "on a fibre mat, of the fibres' diameters."),
     segmenter: str = typer.Option("auto", "--segmenter", help=_SEGMENTER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is
-    known; with --objects, --overlay and --histogram, each object and a picture of what was counted.
+    known; with --objects, --fibres, --overlay and --histogram, each object and a picture of what was counted.
 
     The scale comes from --nm-per-pixel, else the instrument's metadata in the file (Zeiss, FEI/Thermo Fisher, Tescan
     TIFF tags; Hitachi/JEOL sidecar .txt; ImageJ/OME-TIFF calibration), else the info bar's scale bar read by OCR; when
@@ -519,22 +522,26 @@ def measure(
 
     The objects table has, per object: area, equivalent diameter, Feret diameters (max and min), aspect ratio,
     circularity, centroid and orientation; lengths in px, and in nm (empty when the scale is unknown). Its count and
-    mean diameter are those of the measurements. Overlays show the whole image, the info bar (not measured) dimmed.
+    mean diameter are those of the measurements. On a fibre mat the objects counted are its fibres, traced through
+    their crossings: the fibres table has one row per fibre (length and mean diameter), the objects table the
+    segmented regions. Overlays show the whole image, the info bar (not measured) dimmed.
     """
     import dataclasses
 
     from maemi.data.images import ImageReadError
     from maemi.measure.figures import histogram_png, output_names, overlay_image, write_png
-    from maemi.measure.objects import measure_objects_file, object_table, table_rows, write_table
+    from maemi.measure.objects import (FIBRE_COLUMNS, fibre_rows, measure_objects_file, object_table, table_rows,
+                                       write_table)
     from maemi.serve.rows import RowWriter, check_table_path
     from maemi.measure.measurements import Measurements
 
     if nm_per_pixel is not None and nm_per_pixel <= 0:
         _fail("--nm-per-pixel must be positive")
     _check_segmenter(segmenter)
-    if out is not None and objects is not None and out.resolve() == objects.resolve():
-        _fail("--out and --objects must be different files")
-    for table_path in [p for p in (out, objects) if p is not None]:
+    tables = [p for p in (out, objects, fibres) if p is not None]
+    if len({p.resolve() for p in tables}) < len(tables):
+        _fail("--out, --objects and --fibres must be different files")
+    for table_path in tables:
         try:
             check_table_path(table_path, resume=False)
         except FileExistsError:  # its message suggests --resume, which measure has not
@@ -546,7 +553,7 @@ def measure(
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             _fail(f"{folder}: cannot create the folder: {e.strerror or e}")
-    rows, object_rows = [], []
+    rows, object_rows, fibre_table = [], [], []
     for image, name in zip(images, output_names(images)):
         row = {"path": str(image), "nm_per_pixel": None, "scale_source": None, "scale_detail": None, "scale_notes": [],
                "magnification": None, "info_bar_px": None, "left_out": [], "measurements": None, "error": None}
@@ -562,15 +569,22 @@ def measure(
                    info_bar_px=measured.info_bar_px, left_out=[list(box) for box in measured.left_out],
                    measurements=dataclasses.asdict(measured.m))
         labels = result.segmentation.labels
-        if objects is not None or histogram is not None:
+        mat = measured.m.fibre_count is not None
+        if objects is not None or (histogram is not None and not mat):
             table = table_rows(str(image), object_table(labels), scale.nm_per_pixel, scale.source)
-            object_rows.extend(table)
+            object_rows.extend(table if objects is not None else [])
+        if mat and (fibres is not None or histogram is not None):
+            mat_table = fibre_rows(str(image), result.segmentation, scale.nm_per_pixel, scale.source)
+            fibre_table.extend(mat_table if fibres is not None else [])
         if overlay is not None:
             write_png(overlay / f"{name}.overlay.png", overlay_image(result.whole, labels, left_out=measured.left_out))
         if histogram is not None:
             unit = "nm" if scale.known else "px"
-            diameters = [r[f"equivalent_diameter_{unit}"] for r in table]
-            write_png(histogram / f"{name}.histogram.png", histogram_png(diameters, unit, image.name))
+            if mat:
+                picture = histogram_png([r[f"diameter_{unit}"] for r in mat_table], unit, image.name, "fibre")
+            else:
+                picture = histogram_png([r[f"equivalent_diameter_{unit}"] for r in table], unit, image.name)
+            write_png(histogram / f"{name}.histogram.png", picture)
     if out is not None:
         columns = [c for c in rows[0] if c != "measurements"]
         columns[-1:-1] = [f"measurements.{f.name}" for f in dataclasses.fields(Measurements)]
@@ -578,6 +592,8 @@ def measure(
             writer.write(rows)
     if objects is not None:
         write_table(objects, object_rows)
+    if fibres is not None:
+        write_table(fibres, fibre_table, FIBRE_COLUMNS)
     if as_json:
         _echo_json(rows)
     elif out is None or len(rows) == 1:
@@ -593,6 +609,9 @@ def measure(
         typer.echo(f"{out}: {len(rows)} rows, {errors} with an error", err=True)
     if objects is not None:
         typer.echo(f"{objects}: {len(object_rows)} objects from {measured_count} images", err=True)
+    if fibres is not None:
+        mats = sum(r["measurements"] is not None and r["measurements"]["fibre_count"] is not None for r in rows)
+        typer.echo(f"{fibres}: {len(fibre_table)} fibres from {mats} fibre mat(s) of {measured_count} images", err=True)
     for folder, kind in ((overlay, "overlays"), (histogram, "histograms")):
         if folder is not None:
             typer.echo(f"{folder}: {measured_count} {kind}", err=True)
@@ -627,7 +646,8 @@ def _print_measurement(row: dict) -> None:
         typer.echo(f"  {key.replace('_', ' ')}: {value}")
     if m["fibre_count"] is not None:
         typer.echo(f"  note: a fibre mat: its {m['object_count']} objects are the fibres traced through their crossings, "
-                   f"from {m['region_count']} segmented region(s), which --objects and --overlay list")
+                   f"from {m['region_count']} segmented region(s), which --objects and --overlay list; --fibres lists "
+                   "the fibres")
     if m["objects_uncertain"]:
         typer.echo(f"  note: one threshold does not separate the objects from the background here (phase separation "
                    f"{m['phase_separation']:.2f} < {SEPARATION_MIN}): counts and sizes may be far off")

@@ -74,6 +74,7 @@ class FibreMeasurements:
     intercepts_per_px: float  # crossings of fibres per pixel of test line (every row and every column)
     orientation_deg: float | None  # length-weighted axial mean direction, 0-180 counter-clockwise; None if isotropic
     lengths_px: list[float]  # skeleton length of each counted fibre
+    diameters_px: list[float]  # mean diameter of each counted fibre, in the order of lengths_px
 
 
 @dataclass
@@ -467,25 +468,48 @@ def _intercepts_per_px(mask: np.ndarray) -> float:
     return float(row_runs + col_runs) / (2.0 * h * w)
 
 
+def _segment_radii(trace: _Trace, k: int) -> np.ndarray:
+    """The distance on segment k's skeleton pixels away from junctions (their inscribed disk and one fibre radius
+    beyond) and ends (the cap, two radii, where the distance tapers)."""
+    seg = trace.segments[k]
+    d = trace.distance[seg.pixels[:, 0], seg.pixels[:, 1]]
+    r = _local_radius(seg, trace.distance)
+    keep = np.ones(len(d), bool)
+    for end, node in enumerate([] if seg.closed else seg.ends):  # a closed loop has no ends
+        along = seg.arc if end == 0 else seg.arc[-1] - seg.arc
+        margin = (trace.node_radius[node] + r) if node >= 0 else 2 * r
+        keep &= along >= margin
+    return d[keep]
+
+
+def _as_diameters(radii: np.ndarray) -> np.ndarray:
+    return 2 * radii.astype(float) - EDT_DIAMETER_BIAS_PX
+
+
 def _diameters(trace: _Trace) -> np.ndarray:
-    """2 x distance on skeleton pixels away from junctions (their inscribed disk and one fibre radius beyond) and ends
-    (the cap, two radii, where the distance tapers)."""
-    samples = []
-    for k, seg in enumerate(trace.segments):
-        if trace.fibre_of[k] < 0:
-            continue
-        d = trace.distance[seg.pixels[:, 0], seg.pixels[:, 1]]
-        r = _local_radius(seg, trace.distance)
-        keep = np.ones(len(d), bool)
-        for end, node in enumerate([] if seg.closed else seg.ends):  # a closed loop has no ends
-            along = seg.arc if end == 0 else seg.arc[-1] - seg.arc
-            margin = (trace.node_radius[node] + r) if node >= 0 else 2 * r
-            keep &= along >= margin
-        samples.append(d[keep])
+    """Diameter samples along every traced fibre (_segment_radii)."""
+    samples = [_segment_radii(trace, k) for k in range(len(trace.segments)) if trace.fibre_of[k] >= 0]
     values = np.concatenate(samples) if samples else np.zeros(0)
     if values.size == 0:  # only short pieces: every skeleton pixel is near an end, use them all
         values = trace.distance[trace.skeleton]
-    return 2 * values.astype(float) - EDT_DIAMETER_BIAS_PX
+    return _as_diameters(values)
+
+
+def _fibre_diameters(trace: _Trace) -> list[float]:
+    """Each traced fibre's mean diameter, by fibre id; a fibre with no sample away from its ends and junctions (a
+    short piece) takes the mean over all its skeleton pixels."""
+    inner: list[list[np.ndarray]] = [[] for _ in range(trace.fibre_count)]
+    every: list[list[np.ndarray]] = [[] for _ in range(trace.fibre_count)]
+    for k, seg in enumerate(trace.segments):
+        f = trace.fibre_of[k]
+        if f >= 0:
+            inner[f].append(_segment_radii(trace, k))
+            every[f].append(trace.distance[seg.pixels[:, 0], seg.pixels[:, 1]])
+    out = []
+    for f in range(trace.fibre_count):
+        values = np.concatenate(inner[f])
+        out.append(float(_as_diameters(values if values.size else np.concatenate(every[f])).mean()))
+    return out
 
 
 def _orientation_deg(trace: _Trace) -> float | None:
@@ -525,6 +549,7 @@ def measure_fibres(mask: np.ndarray, distance: np.ndarray | None = None,
         intercepts_per_px=_intercepts_per_px(mask),
         orientation_deg=_orientation_deg(trace),
         lengths_px=trace.lengths_px,
+        diameters_px=_fibre_diameters(trace),
     )
 
 

@@ -53,8 +53,9 @@ def _number(picture: Image.Image, labels: np.ndarray) -> None:
         draw.text((x, y), str(i), fill="white", font=font, anchor="mm", stroke_width=1, stroke_fill="black")
 
 
-def histogram_png(diameters: list[float], unit: str, title: str) -> bytes:
-    """A histogram of equivalent diameters (already in `unit`, "nm" or "px") as PNG bytes."""
+def histogram_png(diameters: list[float], unit: str, title: str, things: str = "object") -> bytes:
+    """A histogram of diameters (already in `unit`, "nm" or "px") as PNG bytes: the objects' equivalent diameters, or
+    with things="fibre" a fibre mat's fibre diameters."""
     # the object-oriented API, not pyplot: no global figure state, no display backend needed
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -65,12 +66,12 @@ def histogram_png(diameters: list[float], unit: str, title: str) -> bytes:
     values = np.asarray(diameters, dtype=float)
     if len(values):
         ax.hist(values, bins="auto", color="tab:blue", edgecolor="white")
-        ax.set_title(f"{title}\n{len(values)} objects, mean {values.mean():.4g} {unit}, std {values.std():.4g} {unit}",
+        ax.set_title(f"{title}\n{len(values)} {things}s, mean {values.mean():.4g} {unit}, std {values.std():.4g} {unit}",
                      fontsize=10)
     else:
-        ax.set_title(f"{title}\nno objects segmented", fontsize=10)
-    ax.set_xlabel(f"equivalent diameter ({unit})")
-    ax.set_ylabel("objects")
+        ax.set_title(f"{title}\nno {things}s segmented", fontsize=10)
+    ax.set_xlabel(f"{'equivalent' if things == 'object' else things} diameter ({unit})")
+    ax.set_ylabel(f"{things}s")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -136,7 +136,7 @@ class Measurements:
     size_heterogeneity: float  # coefficient of variation of the mean object size over a grid of tiles
     # counted as an expert counts them, when the objects are elongated (None otherwise):
     fibre_count: int | None = None  # fibres traced through their crossings (maemi.measure.fibres)
-    fibre_diameter_mean_px: float | None = None  # from the distance transform along the fibres' centre lines
+    fibre_diameter_mean_px: float | None = None  # the counted fibres' diameters, length-weighted
     nanowire_count: int | None = None  # upright wires of a tilted array (maemi.measure.wires), when there is one
     parasitic_count: int | None = None  # the array's other objects: parasitic crystals, lying or fused wires
     segmenter: str = "classical"  # what found the objects: "classical", "spots" or "learned" (never "auto")
@@ -577,9 +577,19 @@ def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarra
     fibres = fibre_mat(seg, shapes, widths)
     if fibres is None:
         return {}
-    # the mat test takes every piece; the count, only the fibres traced long (not stretches of dimmer ones)
-    long = sum(n >= FIBRE_MIN_LENGTH_DIAMETERS * fibres.diameter_mean_px for n in fibres.lengths_px)
-    return {"fibre_count": long or fibres.fibre_count, "fibre_diameter_mean_px": fibres.diameter_mean_px}
+    counted = counted_fibres(fibres)
+    # the counted fibres' diameters, each weighed by its length: what the fibres table lists, as an expert's
+    # measurements spaced along the fibres would weigh them
+    diameter = np.average([fibres.diameters_px[i] for i in counted], weights=[fibres.lengths_px[i] for i in counted])
+    return {"fibre_count": len(counted), "fibre_diameter_mean_px": float(diameter)}
+
+
+def counted_fibres(fibres: FibreMeasurements) -> list[int]:
+    """The ids of the fibres a mat's count counts: the mat test takes every piece; the count, only the fibres traced
+    at least FIBRE_MIN_LENGTH_DIAMETERS of the mat's mean diameter long (not stretches of dimmer ones), or all of
+    them when none is."""
+    bar = FIBRE_MIN_LENGTH_DIAMETERS * fibres.diameter_mean_px
+    return [i for i, n in enumerate(fibres.lengths_px) if n >= bar] or list(range(fibres.fibre_count))
 
 
 def _even_width(seg: Segmentation) -> bool:

@@ -25,13 +25,17 @@ from maemi.data.images import load_image
 from maemi.fileio import atomic_write_text
 from maemi.serve.rows import table_format
 from maemi.teachers.measure import MeasuredImage, measure_segmented
-from maemi.measure.measurements import DEFAULT_SEGMENTER, Segmentation, object_shapes
+from maemi.measure.measurements import (DEFAULT_SEGMENTER, Segmentation, counted_fibres, fibre_mat, object_shapes,
+                                       object_widths)
 
 LENGTHS = ("equivalent_diameter", "feret_max", "feret_min", "centroid_x", "centroid_y")  # px columns with a nm twin
 COLUMNS = ["path", "object_id", "nm_per_pixel", "scale_source", "area_px", "area_nm2",
            "equivalent_diameter_px", "equivalent_diameter_nm", "feret_max_px", "feret_max_nm", "feret_min_px",
            "feret_min_nm", "aspect_ratio", "circularity", "centroid_x_px", "centroid_y_px", "centroid_x_nm",
            "centroid_y_nm", "orientation_deg"]
+# a fibre mat's table: one row per fibre its count counts (maemi.measure.fibres), not per segmented region
+FIBRE_COLUMNS = ["path", "fibre_id", "nm_per_pixel", "scale_source", "length_px", "length_nm", "diameter_px",
+                 "diameter_nm"]
 
 
 @dataclass(frozen=True)
@@ -105,13 +109,32 @@ def table_rows(path: str, objects: list[ObjectRow], nm_per_pixel: float | None, 
     return out
 
 
-def write_table(path: str | os.PathLike, rows: list[dict]) -> None:
+def fibre_rows(path: str, seg: Segmentation, nm_per_pixel: float | None, scale_source: str | None) -> list[dict]:
+    """The rows of the fibres table (keys: FIBRE_COLUMNS) of a fibre mat: each counted fibre's traced length (along
+    its centre line, through crossings and gaps) and mean diameter (twice the distance to the edge along it, away from
+    crossings and ends), in px and in nm when the scale is known. Empty when the objects are not a fibre mat. Its row
+    count is the Measurements' fibre_count, its diameters' mean weighted by length their fibre_diameter_mean_px."""
+    shapes = object_shapes(seg.labels)
+    fibres = fibre_mat(seg, shapes, object_widths(seg, shapes))
+    if fibres is None:
+        return []
+    out = []
+    for number, i in enumerate(counted_fibres(fibres), start=1):
+        row = {"path": path, "fibre_id": number, "nm_per_pixel": nm_per_pixel, "scale_source": scale_source,
+               "length_px": fibres.lengths_px[i], "diameter_px": fibres.diameters_px[i]}
+        for name in ("length", "diameter"):
+            row[f"{name}_nm"] = None if nm_per_pixel is None else row[f"{name}_px"] * nm_per_pixel
+        out.append({c: row[c] for c in FIBRE_COLUMNS})
+    return out
+
+
+def write_table(path: str | os.PathLike, rows: list[dict], columns: list[str] = COLUMNS) -> None:
     """The whole table at once, atomically: CSV (empty cell for None) or JSONL, by the suffix."""
     if table_format(path) == "jsonl":
         atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         return
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)  # DictWriter writes None as an empty cell
     atomic_write_text(path, buffer.getvalue())
