@@ -75,6 +75,7 @@ class FibreMeasurements:
     orientation_deg: float | None  # length-weighted axial mean direction, 0-180 counter-clockwise; None if isotropic
     lengths_px: list[float]  # skeleton length of each counted fibre
     diameters_px: list[float]  # mean diameter of each counted fibre, in the order of lengths_px
+    seen_lengths_px: list[float]  # skeleton length of each piece traced before joining across gaps (the mat tests)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class _Trace:
     segment_count: int
     junction_count: int
     lengths_px: list[float]  # skeleton length of each traced fibre, by fibre id
+    seen_lengths_px: list[float]  # the same before stretches were joined across gaps: what the mask itself shows
 
 
 # ---------------------------------------------------------------------------------------------- the skeleton graph
@@ -391,9 +393,18 @@ def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float |
             used.update((i, j))
             fibres.join(node_arms[i][0], node_arms[j][0])
 
+    seen, _ = _chains(segments, bridge, seg_radius, fibres, min_length_px)
     _join_across_gaps(segments, seg_radius, bridge, fibres)
+    lengths, fibre_of = _chains(segments, bridge, seg_radius, fibres, min_length_px)
+    junctions = sum(1 for node_arms in arms.values() if len(node_arms) >= 3)
+    kept = int((fibre_of >= 0).sum()) - sum(1 for k in kinks if fibre_of[k] >= 0)
+    return _Trace(skel, distance, segments, node_radius, fibre_of, len(lengths), kept, junctions, lengths, seen)
 
-    # one id per chain of joined segments; specks and stubby blobs (skeleton shorter than their own width) are no fibre
+
+def _chains(segments: list[_Segment], bridge: np.ndarray, seg_radius: np.ndarray, fibres: _Union,
+            min_length_px: float | None) -> tuple[list[float], np.ndarray]:
+    """One id per chain of joined segments; specks and stubby blobs (skeleton shorter than their own width, or than
+    min_length_px) are no fibre. Returns each fibre's length by id, and each segment's fibre id (-1: none)."""
     fibre_of = np.full(len(segments), -1, int)
     owner = [fibres.find(k) for k in range(len(segments))]
     length, width = {}, {}
@@ -410,10 +421,7 @@ def _trace(mask: np.ndarray, distance: np.ndarray | None, min_length_px: float |
         shortest = width[o] if min_length_px is None else min_length_px
         if length[o] >= shortest:
             fibre_of[k] = ids.setdefault(o, len(ids))
-    junctions = sum(1 for node_arms in arms.values() if len(node_arms) >= 3)
-    kept = int((fibre_of >= 0).sum()) - sum(1 for k in kinks if fibre_of[k] >= 0)
-    return _Trace(skel, distance, segments, node_radius, fibre_of, len(ids), kept, junctions,
-                  [length[o] for o in ids])
+    return [length[o] for o in ids], fibre_of
 
 
 def _join_across_gaps(segments: list[_Segment], seg_radius: np.ndarray, bridge: np.ndarray, fibres: _Union) -> None:
@@ -550,6 +558,7 @@ def measure_fibres(mask: np.ndarray, distance: np.ndarray | None = None,
         orientation_deg=_orientation_deg(trace),
         lengths_px=trace.lengths_px,
         diameters_px=_fibre_diameters(trace),
+        seen_lengths_px=trace.seen_lengths_px,
     )
 
 

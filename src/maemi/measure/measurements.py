@@ -84,9 +84,12 @@ MIXTURE_SPREAD = 2.0
 # own diameters long on average, with the width along them varying by at most this coefficient of variation. Set
 # between the two populations measured: fibre mats (synthetic fibres, lying wires, drawn lines) trace 8-76
 # diameters at a CV of 0.1-0.41; the lumpy supports of 33 real STEM images, which are slender by area too, 2.4-8.8
-# diameters at 0.44-2.0 (2.5-11 since pieces in line are joined across gaps). Without this 28 of the 33 were reported
-# as mats of 40 to 7,491 fibres; with it one is (PtC2, whose carbon film's speckle segments as a maze of 4-px worms,
-# 8.8 diameters long at a CV of 0.44).
+# diameters at 0.44-2.0. Without this 28 of the 33 were reported as mats of 40 to 7,491 fibres; with it one is (PtC2,
+# whose carbon film's speckle segments as a maze of 4-px worms). The length is the mean over the fibres as the mask
+# shows them, before stretches are joined across gaps (inferred, they would make a maze's worms look long), and not
+# counting the specks dropped: rendered mats (32 scenes, measure_mats) 5.1-148 diameters at a CV of 0.17-0.55, the
+# STEM supports even enough to be traced 1.7-7.8 at 0.44-1.3 (PtC2 5.0 at 0.44). Of 96 rendered STEM scenes and
+# agglomerates (512 px), two passed for mats with the length taken as the total over the count; none does now.
 FIBRE_MIN_LENGTH_DIAMETERS = 5.0
 FIBRE_MAX_WIDTH_CV = 0.6
 # Tracing a lumpy support's maze takes seconds (18 s on a 2048x2048 STEM image), so fibre_mat first rejects a mask
@@ -616,7 +619,8 @@ def fibre_mat(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray) -> Fi
     fibres = measure_fibres(seg.mask, seg.distance)
     if not fibres.fibre_count or not fibres.diameter_mean_px:
         return None
-    length = fibres.length_total_px / fibres.fibre_count / fibres.diameter_mean_px
+    # on what the mask shows: stretches joined across gaps are inferred, and would make a maze's worms look long
+    length = float(np.mean(fibres.seen_lengths_px)) / fibres.diameter_mean_px
     if length < FIBRE_MIN_LENGTH_DIAMETERS or fibres.diameter_std_px / fibres.diameter_mean_px > FIBRE_MAX_WIDTH_CV:
         return None
     return fibres
