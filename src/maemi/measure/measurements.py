@@ -278,10 +278,25 @@ class Segmentation:
     method: str = "classical"  # which segmenter found the objects: "classical", "learned" or "spots"
     phase_separation: float = 100.0  # phase_separation(flat)
 
+    # Derived once per segmentation (it is never changed after it is made): segment() and measure_segmentation() both
+    # ask whether the objects are a fibre mat, and the fibres table asks again.
     @functools.cached_property
     def skeleton(self) -> np.ndarray:
         """[H, W] bool: the mask's centre lines (object widths and the fibre test both read along them)."""
         return skeletonize(self.mask)
+
+    @functools.cached_property
+    def shapes(self) -> ObjectShapes:
+        return object_shapes(self.labels)
+
+    @functools.cached_property
+    def widths(self) -> np.ndarray:
+        return object_widths(self)
+
+    @functools.cached_property
+    def fibres(self) -> FibreMeasurements | None:
+        """The traced fibres when the objects are a fibre mat, else None (fibre_mat)."""
+        return fibre_mat(self)
 
 
 SEGMENTERS = ("auto", "classical", "learned", "spots")
@@ -373,10 +388,7 @@ def _fibre_network(seg: Segmentation) -> bool:
     is objects, not a textured support (the network is the huge region). Both tests: on 33 real STEM images the
     foreground's largest piece holds at most 61% of it and none passes fibre_mat (PtC2, at 19%, is just under its
     length bar); rendered mats that went to spots: 57-99%, and all pass."""
-    if largest_piece_share(seg.mask) <= NETWORK_SHARE or not _even_width(seg):
-        return False
-    shapes = object_shapes(seg.labels)
-    return fibre_mat(seg, shapes, object_widths(seg, shapes)) is not None
+    return largest_piece_share(seg.mask) > NETWORK_SHARE and seg.fibres is not None
 
 
 def _spots(image: np.ndarray, flat: np.ndarray, separation: float) -> Segmentation:
@@ -495,14 +507,15 @@ def object_shapes(labels: np.ndarray) -> ObjectShapes:
     )
 
 
-def object_widths(seg: Segmentation, shapes: ObjectShapes) -> np.ndarray:
+def object_widths(seg: Segmentation) -> np.ndarray:
     """Each object's thickness: twice the distance to the edge along the skeleton. The distance counts to the nearest
     background pixel and skeleton pixels sit up to half a pixel off the true centre line, so a band N pixels wide reads
     N = 2d - 1 (odd N) or N = 2d (even N): 2d - 0.5 on average. An object without skeleton: its equivalent diameter."""
+    ids = seg.shapes.ids
     on_skeleton = seg.labels[seg.skeleton]
-    ridge_sum = np.bincount(on_skeleton, weights=seg.distance[seg.skeleton], minlength=seg.labels.max() + 1)[shapes.ids]
-    ridge_count = np.bincount(on_skeleton, minlength=seg.labels.max() + 1)[shapes.ids]
-    return np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5, shapes.diameters)
+    ridge_sum = np.bincount(on_skeleton, weights=seg.distance[seg.skeleton], minlength=seg.labels.max() + 1)[ids]
+    ridge_count = np.bincount(on_skeleton, minlength=seg.labels.max() + 1)[ids]
+    return np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5, seg.shapes.diameters)
 
 
 def measure(grey: np.ndarray, nm_per_pixel: float | None = None, method: str = DEFAULT_SEGMENTER) -> Measurements:
@@ -514,9 +527,8 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     """The Measurements of an image already segmented by segment()."""
     image, flat, mask, labels = seg.image, seg.flat, seg.mask, seg.labels
     h, w = image.shape
-    shapes = object_shapes(labels)
+    shapes, widths = seg.shapes, seg.widths
     ids, area, centroids, diameters = shapes.ids, shapes.area, shapes.centroids, shapes.diameters
-    widths = object_widths(seg, shapes)
 
     nn_mean = clark_evans = None
     if len(ids) >= 3:
@@ -526,7 +538,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
 
     orientation, coherence, anisotropy = _orientation(flat)
     contrast, homogeneity, edge_density = _texture(image)
-    elongated = _elongated_counts(seg, shapes, widths)
+    elongated = _elongated_counts(seg)
 
     def stat(values: np.ndarray, fn) -> float:
         return float(fn(values)) if len(values) else 0.0
@@ -565,12 +577,12 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     )
 
 
-def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray) -> dict:
+def _elongated_counts(seg: Segmentation) -> dict:
     """Wires by class when the objects form a tilted nanowire array; else the fibres when they are a fibre mat
     (fibre_mat). Empty for round objects."""
-    if len(shapes.ids) == 0:
+    if len(seg.shapes.ids) == 0:
         return {}
-    if np.mean(shapes.aspect >= WIRE_ASPECT) >= ELONGATED_SHARE:
+    if np.mean(seg.shapes.aspect >= WIRE_ASPECT) >= ELONGATED_SHARE:
         wires = classify_wires(seg.labels)
         # an array is many short upright wires per field; aligned fibres or lying wires that cross the field are not
         if (wires.array_found and wires.counts.get("nanowire", 0) >= MIN_ARRAY_RODS
@@ -578,7 +590,7 @@ def _elongated_counts(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarra
                 and largest_piece_share(seg.mask) <= NETWORK_SHARE):
             return {"nanowire_count": wires.counts.get("nanowire", 0),
                     "parasitic_count": wires.counts.get("parasitic", 0)}
-    fibres = fibre_mat(seg, shapes, widths)
+    fibres = seg.fibres
     if fibres is None:
         return {}
     counted = counted_fibres(fibres)
@@ -602,7 +614,7 @@ def _even_width(seg: Segmentation) -> bool:
     return along.size > 0 and along.std() <= FIBRE_MAX_SKELETON_WIDTH_CV * along.mean()
 
 
-def fibre_mat(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray) -> FibreMeasurements | None:
+def fibre_mat(seg: Segmentation) -> FibreMeasurements | None:
     """The fibres traced through their crossings (maemi.measure.fibres.FibreMeasurements) when the objects are
     fibre-like (slender: area / width^2, their length over their width, of FIBRE_ASPECT or more, area-weighted, which
     holds for a whole connected mat as for one fibre; a disk reads pi/4) and the traced fibres are long and of even
@@ -610,12 +622,10 @@ def fibre_mat(seg: Segmentation, shapes: ObjectShapes, widths: np.ndarray) -> Fi
     powder: slender by area, but not fibres)."""
     from maemi.measure.fibres import measure_fibres  # here: fibres imports this module
 
-    if len(shapes.ids) == 0:
+    if seg.labels.max() == 0 or not _even_width(seg):  # the width test first: it needs only the skeleton
         return None
-    slender = shapes.area / np.maximum(widths, 1.0) ** 2
-    if np.average(slender, weights=shapes.area) < FIBRE_ASPECT:
-        return None
-    if not _even_width(seg):
+    area = seg.shapes.area
+    if np.average(area / np.maximum(seg.widths, 1.0) ** 2, weights=area) < FIBRE_ASPECT:
         return None
     fibres = measure_fibres(seg.mask, seg.distance)
     if not fibres.fibre_count or not fibres.diameter_mean_px:

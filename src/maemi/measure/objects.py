@@ -25,8 +25,7 @@ from maemi.data.images import load_image
 from maemi.fileio import atomic_write_text
 from maemi.serve.rows import table_format
 from maemi.teachers.measure import MeasuredImage, measure_segmented
-from maemi.measure.measurements import (DEFAULT_SEGMENTER, Segmentation, counted_fibres, fibre_mat, object_shapes,
-                                       object_widths)
+from maemi.measure.measurements import DEFAULT_SEGMENTER, Segmentation, counted_fibres, object_shapes
 
 LENGTHS = ("equivalent_diameter", "feret_max", "feret_min", "centroid_x", "centroid_y")  # px columns with a nm twin
 COLUMNS = ["path", "object_id", "nm_per_pixel", "scale_source", "area_px", "area_nm2",
@@ -114,8 +113,7 @@ def fibre_rows(path: str, seg: Segmentation, nm_per_pixel: float | None, scale_s
     its centre line, through crossings and gaps) and mean diameter (twice the distance to the edge along it, away from
     crossings and ends), in px and in nm when the scale is known. Empty when the objects are not a fibre mat. Its row
     count is the Measurements' fibre_count, its diameters' mean weighted by length their fibre_diameter_mean_px."""
-    shapes = object_shapes(seg.labels)
-    fibres = fibre_mat(seg, shapes, object_widths(seg, shapes))
+    fibres = seg.fibres  # the trace the measurements counted, not a second one
     if fibres is None:
         return []
     out = []
