@@ -26,6 +26,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from torch.nn import functional as F
 
 from maemi.cpu import cpu_has_native_bf16
 from maemi.data.images import load_grey
-from maemi.measure.boxes import annotated_images, score_against_boxes
+from maemi.measure.boxes import annotated_images, box_instances, score_against_boxes
 from maemi.measure.scenes import render_scene, scene_batch
 from maemi.measure.segmenter import (WORK_SIDE, Segmenter, SegmenterConfig, UNet, core_target, instances_from_maps,
                                      network_input)
@@ -62,6 +63,11 @@ class TrainConfig:
     select_on: str | None = None  # a folder of annotated real images that chooses the checkpoint (module docstring)
     select_every: int = 500
     select_from: int = 1000  # the first checkpoint scored: earlier ones have not learnt the synthetic scenes yet
+    # fine-tuning (module docstring): start from these weights, and train on crops of these annotated images beside
+    # the scenes, this share of each batch
+    init: str | None = None
+    finetune_on: str | None = None
+    real_share: float = 0.5
 
 
 def _example(seed: int, step: int, i: int, crop: int,
@@ -87,16 +93,59 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
 
 
-class SceneStream(torch.utils.data.IterableDataset):
-    """Batches rendered from (seed, step), for steps start..steps-1."""
+@dataclass
+class AnnotatedImage:
+    """A real micrograph at the working size, as the network reads it (network_input of the whole image, so a crop
+    is normalised as inference normalises it), and its boxes drawn as instances (boxes.box_instances)."""
+    name: str
+    inputs: np.ndarray  # [C, H, W]
+    instances: np.ndarray  # [H, W] int32
 
-    def __init__(self, tc: TrainConfig, sc: SegmenterConfig, start: int = 0):
-        self.tc, self.sc, self.start = tc, sc, start
+
+def annotated_training_images(cases, sc: SegmenterConfig) -> list[AnnotatedImage]:
+    """cases: (image path, boxes [M, 4] in its pixels), as boxes.annotated_images gives them."""
+    out = []
+    for path, boxes in cases:
+        work, factor = working_image(load_grey(path), WORK_SIDE)
+        out.append(AnnotatedImage(Path(path).name, network_input(work, sc), box_instances(boxes * factor, work.shape)))
+    return out
+
+
+def _real_example(images: list[AnnotatedImage], seed: int, step: int, i: int,
+                  crop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(network input, foreground, core) of a random crop of an annotated image, rotated or flipped; images are drawn
+    in proportion to their area, so every part of the set is seen alike."""
+    rng = np.random.default_rng([seed, step, i, 1])
+    areas = np.array([im.instances.size for im in images], float)
+    im = images[int(rng.choice(len(images), p=areas / areas.sum()))]
+    h, w = im.instances.shape
+    pad = ((0, max(crop - h, 0)), (0, max(crop - w, 0)))  # an image smaller than the crop: mirrored out to it
+    inputs = np.pad(im.inputs, ((0, 0),) + pad, mode="reflect")
+    inst = np.pad(im.instances, pad, mode="constant")
+    top, left = int(rng.integers(inputs.shape[1] - crop + 1)), int(rng.integers(inputs.shape[2] - crop + 1))
+    x, inst = inputs[:, top:top + crop, left:left + crop], inst[top:top + crop, left:left + crop]
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    x, inst = np.rot90(x, k, axes=(1, 2)), np.rot90(inst, k)
+    if flip:
+        x, inst = x[:, :, ::-1], inst[:, ::-1]
+    inst = np.ascontiguousarray(inst)
+    return np.ascontiguousarray(x), (inst > 0).astype(np.float32)[None], core_target(inst)[None]
+
+
+class SceneStream(torch.utils.data.IterableDataset):
+    """Batches rendered from (seed, step), for steps start..steps-1; when fine-tuning, the first real_share of each
+    batch are crops of annotated real images."""
+
+    def __init__(self, tc: TrainConfig, sc: SegmenterConfig, start: int = 0,
+                 real: list[AnnotatedImage] | None = None):
+        self.tc, self.sc, self.start, self.real = tc, sc, start, real or []
 
     def __iter__(self):
         tc = self.tc
+        n_real = round(tc.batch * tc.real_share) if self.real else 0
         for step in range(self.start, tc.steps):
-            parts = [_example(tc.seed, step, i, tc.crop, self.sc) for i in range(tc.batch)]
+            parts = [_real_example(self.real, tc.seed, step, i, tc.crop) for i in range(n_real)]
+            parts += [_example(tc.seed, step, i, tc.crop, self.sc) for i in range(n_real, tc.batch)]
             yield tuple(torch.from_numpy(np.stack(p)) for p in zip(*parts))  # each [B, C, H, W]
 
 
@@ -163,7 +212,13 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     torch.manual_seed(tc.seed)
     torch.set_num_threads(tc.threads)
     bf16 = cpu_has_native_bf16() if tc.bf16 is None else tc.bf16
-    model = UNet(sc).to(memory_format=torch.channels_last)
+    model = UNet(sc)
+    if tc.init:
+        start = Segmenter.load(tc.init)
+        if start.cfg != sc:
+            raise ValueError(f"{tc.init}: its network is {start.cfg}, this run's is {sc}")
+        model.load_state_dict(start.model.state_dict())
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, tc.steps) / tc.steps)))
@@ -171,7 +226,9 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     select = selection_images(tc.select_on) if tc.select_on else None
     best = None  # (score dict, step, state) of the checkpoint the annotated images prefer
     # one worker renders while the main process trains: on two cores, rendering and the U-Net overlap
-    loader = torch.utils.data.DataLoader(SceneStream(tc, sc), batch_size=None, num_workers=1, prefetch_factor=4)
+    real = annotated_training_images(annotated_images(tc.finetune_on), sc) if tc.finetune_on else None
+    loader = torch.utils.data.DataLoader(SceneStream(tc, sc, real=real), batch_size=None, num_workers=1,
+                                         prefetch_factor=4)
     t0, running = time.time(), 0.0
     for step, (x, fg, centre) in enumerate(loader):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -215,6 +272,10 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     meta.update(steps=str(tc.steps), seed=str(tc.seed), batch=str(tc.batch), crop=str(tc.crop), bf16=str(bf16),
                 val_f1=f"{result['f1']:.4f}", val_count_error=f"{result['count_error_median']:.4f}",
                 train_seconds=f"{seconds:.0f}")
+    if tc.finetune_on:
+        meta.update(init=os.path.basename(tc.init or "none"),
+                    finetuned_on=os.path.basename(os.path.normpath(tc.finetune_on)),
+                    finetuned_images=str(len(real)), real_share=str(tc.real_share))
     if best is not None:
         meta.update(selected_step=str(best[1]), selected_on=os.path.basename(os.path.normpath(tc.select_on)),
                     selected_images=str(len(select)), selected_f1=f"{best[0]['f1']:.4f}",
@@ -240,9 +301,14 @@ def main() -> None:
     ap.add_argument("--select-on", help="folder of annotated real images (images/, labels/ YOLO boxes) that choose "
                                         "the checkpoint; see the module docstring")
     ap.add_argument("--select-every", type=int, default=TrainConfig.select_every)
+    ap.add_argument("--init", help="weights to start from (safetensors; fine-tuning starts from the shipped ones)")
+    ap.add_argument("--finetune-on", help="folder of annotated real images (images/, labels/ YOLO boxes) whose crops "
+                                          "make --real-share of each batch; see the module docstring")
+    ap.add_argument("--real-share", type=float, default=TrainConfig.real_share)
     args = ap.parse_args()
     tc = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, crop=args.crop, lr=args.lr,
-                     bf16=False if args.no_bf16 else None, select_on=args.select_on, select_every=args.select_every)
+                     bf16=False if args.no_bf16 else None, select_on=args.select_on, select_every=args.select_every,
+                     init=args.init, finetune_on=args.finetune_on, real_share=args.real_share)
     train(args.out, tc, SegmenterConfig(in_channels=args.in_channels))
 
 
