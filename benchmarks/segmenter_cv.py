@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--real-share", type=float, default=TrainConfig.real_share)
     ap.add_argument("--init", default=DEFAULT_WEIGHTS)
+    ap.add_argument("--keep", type=Path, default=None, help="keep each fold's weights here (seedS_foldK.safetensors)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "segmenter_cv")
     args = ap.parse_args()
     stem_root = args.shared / STEM
@@ -107,6 +109,9 @@ def main() -> None:
                 print(f"seed {seed} fold {k}: fine-tuning on {len(train_idx)} images, scoring {len(held_out)}",
                       flush=True)
                 train(weights, tc, Segmenter.load(args.init).cfg if args.init else SegmenterConfig())
+                if args.keep:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(weights, args.keep / f"seed{seed}_fold{k}.safetensors")
                 model = Segmenter.load(weights)
                 seconds.append(float(model.metadata["train_seconds"]))
                 scored = bench_stem([cases[i] for i in held_out], model.instances, None, "finetuned")
