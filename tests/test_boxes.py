@@ -123,7 +123,7 @@ def test_finetuning_starts_from_weights_and_trains_on_the_annotated_crops(tmp_pa
 
     out = tmp_path / "tuned.safetensors"
     tc = TrainConfig(steps=3, batch=2, crop=64, val_size=2, warmup=1, lr=1e-3, bf16=False, init=DEFAULT_WEIGHTS,
-                     finetune_on=str(folder))
+                     finetune_on=(str(folder),))
     train(str(out), tc, init.cfg)
     tuned = Segmenter.load(str(out))
     assert tuned.metadata["finetuned_images"] == "1" and tuned.metadata["init"] == "segmenter.safetensors"

@@ -8,14 +8,23 @@ Scenes are rendered on the fly by maemi.measure.scenes, in a worker process besi
 set rendered from a separate seed; the real micrographs in benchmarks/measure_real.py are never trained on.
 
 Loss: binary cross-entropy plus soft Dice on the foreground and on the core (maemi.measure.segmenter), the core's
-cross-entropy weighted up inside objects, where the seeds come from. The runs so far: benchmarks/results/segmenter_runs.md.
+cross-entropy weighted up inside objects, where the seeds come from. The runs so far:
+benchmarks/results/segmenter_runs.md.
 
     ... --select-on FOLDER   (images/ and labels/ with experts' boxes, YOLO layout: maemi.measure.boxes)
 
 keeps the checkpoint that detects the boxed objects best (F1 of objects matched to boxes, scored every
 --select-every steps) instead of the last one: synthetic validation scenes do not rank models as real images do
 (benchmarks/results/segmenter_runs.md); a few annotated images of a lab's own kind are the closer judge (run 15
-there: it narrowed the spread between seeds on real STEM counts, not every row). They choose; nothing is trained on them.
+there: it narrowed the spread between seeds on real STEM counts, not every row). They choose; nothing is trained on
+them.
+
+    ... --init WEIGHTS --finetune-on FOLDER [FOLDER ...] [--real-share 0.5 --steps 2000 --lr 2e-3]
+
+fine-tunes: starts from WEIGHTS and makes --real-share of each batch crops of the annotated images (the rest scenes,
+so what the scenes taught is kept), each expert's box drawn as its inscribed ellipse (boxes.box_instances). Crops
+are cut from the whole image as the network reads it at inference (network_input of the reduced image), so a crop
+is normalised as the image is. What it buys on specimens it did not see: benchmarks/segmenter_cv.py.
 """
 
 from __future__ import annotations
@@ -66,7 +75,7 @@ class TrainConfig:
     # fine-tuning (module docstring): start from these weights, and train on crops of these annotated images beside
     # the scenes, this share of each batch
     init: str | None = None
-    finetune_on: str | None = None
+    finetune_on: tuple[str, ...] = ()
     real_share: float = 0.5
 
 
@@ -226,7 +235,7 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     select = selection_images(tc.select_on) if tc.select_on else None
     best = None  # (score dict, step, state) of the checkpoint the annotated images prefer
     # one worker renders while the main process trains: on two cores, rendering and the U-Net overlap
-    real = annotated_training_images(annotated_images(tc.finetune_on), sc) if tc.finetune_on else None
+    real = annotated_training_images([case for folder in tc.finetune_on for case in annotated_images(folder)], sc)
     loader = torch.utils.data.DataLoader(SceneStream(tc, sc, real=real), batch_size=None, num_workers=1,
                                          prefetch_factor=4)
     t0, running = time.time(), 0.0
@@ -274,7 +283,7 @@ def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
                 train_seconds=f"{seconds:.0f}")
     if tc.finetune_on:
         meta.update(init=os.path.basename(tc.init or "none"),
-                    finetuned_on=os.path.basename(os.path.normpath(tc.finetune_on)),
+                    finetuned_on=",".join(os.path.basename(os.path.normpath(f)) for f in tc.finetune_on),
                     finetuned_images=str(len(real)), real_share=str(tc.real_share))
     if best is not None:
         meta.update(selected_step=str(best[1]), selected_on=os.path.basename(os.path.normpath(tc.select_on)),
@@ -302,13 +311,13 @@ def main() -> None:
                                         "the checkpoint; see the module docstring")
     ap.add_argument("--select-every", type=int, default=TrainConfig.select_every)
     ap.add_argument("--init", help="weights to start from (safetensors; fine-tuning starts from the shipped ones)")
-    ap.add_argument("--finetune-on", help="folder of annotated real images (images/, labels/ YOLO boxes) whose crops "
-                                          "make --real-share of each batch; see the module docstring")
+    ap.add_argument("--finetune-on", nargs="+", default=(), help="folders of annotated real images (images/, labels/ "
+                    "YOLO boxes) whose crops make --real-share of each batch; see the module docstring")
     ap.add_argument("--real-share", type=float, default=TrainConfig.real_share)
     args = ap.parse_args()
     tc = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, crop=args.crop, lr=args.lr,
                      bf16=False if args.no_bf16 else None, select_on=args.select_on, select_every=args.select_every,
-                     init=args.init, finetune_on=args.finetune_on, real_share=args.real_share)
+                     init=args.init, finetune_on=tuple(args.finetune_on), real_share=args.real_share)
     train(args.out, tc, SegmenterConfig(in_channels=args.in_channels))
 
 
