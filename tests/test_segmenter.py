@@ -87,6 +87,34 @@ def test_missing_weights_name_the_file(tmp_path):
         Segmenter.load(str(tmp_path / "nothing.safetensors"))
 
 
+def test_a_labs_own_weights_replace_the_shipped_ones_everywhere(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from maemi.cli import app
+    from maemi.measure.segmenter import WEIGHTS_ENV
+
+    own = tmp_path / "own.safetensors"
+    torch.manual_seed(0)
+    model = UNet(SegmenterConfig())
+    save_file(model.state_dict(), str(own), metadata={**Segmenter.config_metadata(SegmenterConfig()), "steps": "0"})
+    grey = np.random.default_rng(0).random((64, 96)).astype(np.float32)
+    grey[disk((32, 40), 10)] += 1.0
+    grey /= grey.max()
+    monkeypatch.setenv(WEIGHTS_ENV, str(own))
+    assert Segmenter.load().metadata["steps"] == "0"
+    assert np.array_equal(segment(grey, "learned").labels, Segmenter.load(str(own)).instances(grey))
+    monkeypatch.delenv(WEIGHTS_ENV)
+    assert Segmenter.load().metadata["steps"] != "0"  # the shipped ones again
+
+    (tmp_path / "image.png").write_bytes(b"")  # never read: the weights are checked first
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights at all")
+    for path, message in ((tmp_path / "gone.safetensors", "no segmenter weights"),
+                          (tmp_path / "junk.safetensors", "not segmenter weights")):
+        monkeypatch.setenv(WEIGHTS_ENV, str(path))
+        result = CliRunner().invoke(app, ["measure", str(tmp_path / "image.png"), "--segmenter", "learned"])
+        assert result.exit_code != 0 and str(path) in result.output and message in result.output
+
+
 # ------------------------------------------------------------------ the shipped model
 @pytest.fixture(scope="module")
 def shipped():

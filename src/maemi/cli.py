@@ -244,12 +244,16 @@ def train(
 
 
 def _check_segmenter(segmenter: str) -> None:
-    from maemi.measure.measurements import SEGMENTERS, shipped_segmenter
+    from maemi.measure.measurements import SEGMENTERS
+    from maemi.measure.segmenter import Segmenter
 
     if segmenter not in SEGMENTERS:
         _fail(f"--segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}")
-    if segmenter == "learned" and shipped_segmenter() is None:
-        _fail("--segmenter learned: no segmenter weights installed (python -m maemi.measure.train_segmenter)")
+    if segmenter == "learned":
+        try:
+            Segmenter.load()  # the shipped weights, or $MAEMI_SEGMENTER_WEIGHTS
+        except (FileNotFoundError, ValueError) as e:
+            _fail(f"--segmenter learned: {e}")
 
 
 def _load_assistant(run: Path, device: str, batch_size: int, segmenter: str = "auto"):

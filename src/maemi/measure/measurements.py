@@ -340,8 +340,8 @@ def size_spread(labels: np.ndarray) -> float:
 
 @functools.cache
 def shipped_segmenter():
-    """The learned segmenter that ships with the package, or None when its weights are missing (a source checkout
-    before `python -m maemi.measure.train_segmenter`)."""
+    """The learned segmenter: the weights $MAEMI_SEGMENTER_WEIGHTS names, else those shipped with the package; None
+    when the file is missing (a source checkout before `python -m maemi.measure.train_segmenter`)."""
     from maemi.measure.segmenter import Segmenter
 
     try:
@@ -372,7 +372,8 @@ def segment(grey: np.ndarray, method: str = DEFAULT_SEGMENTER) -> Segmentation:
     if method == "learned":
         learned = shipped_segmenter()
         if learned is None:
-            raise FileNotFoundError("no learned segmenter installed: train it with python -m maemi.measure.train_segmenter")
+            raise FileNotFoundError("no learned segmenter installed: train it with python -m "
+                                    "maemi.measure.train_segmenter or name its weights in $MAEMI_SEGMENTER_WEIGHTS")
         return _labelled_segmentation(image, flat, learned.instances(image), "learned", separation)
     if method == "spots":
         return _spots(image, flat, separation)

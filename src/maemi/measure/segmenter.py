@@ -39,6 +39,9 @@ from maemi.cpu import cpu_has_native_bf16
 from maemi.measure.spots import working_image
 
 DEFAULT_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "segmenter.safetensors")
+# A lab's own weights (fine-tuned on its annotated images, or the checkpoint they chose: train_segmenter) in place of
+# the shipped ones, for every command and the server alike
+WEIGHTS_ENV = "MAEMI_SEGMENTER_WEIGHTS"
 WORK_SIDE = 1024  # long side the network works at: a 1024x768 image in about a second on two CPU cores
 LARGE_OBJECT_PX = 48  # objects larger than this (median, at the working size) are segmented again at half size
 MIN_WORK_SIDE = 128
@@ -160,18 +163,24 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: str | None = None) -> "Segmenter":
+        """path, else $MAEMI_SEGMENTER_WEIGHTS, else the shipped weights. FileNotFoundError when there is no such
+        file, ValueError naming it when it is not a segmenter's weights."""
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        path = path or DEFAULT_WEIGHTS
+        path = path or os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path}: no segmenter weights (train them: python -m maemi.measure.train_segmenter)")
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        cfg = SegmenterConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                 for k, v in json.loads(meta.get("config", "{}")).items()})
-        model = UNet(cfg)
-        model.load_state_dict({k: v.float() for k, v in load_file(path).items()})
+            raise FileNotFoundError(f"{path}: no segmenter weights (train them: python -m "
+                                    "maemi.measure.train_segmenter)")
+        try:
+            with safe_open(path, framework="pt") as f:
+                meta = f.metadata() or {}
+            cfg = SegmenterConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                     for k, v in json.loads(meta.get("config", "{}")).items()})
+            model = UNet(cfg)
+            model.load_state_dict({k: v.float() for k, v in load_file(path).items()})
+        except Exception as e:  # safetensors' own error, a bad config, tensors of another network
+            raise ValueError(f"{path}: not segmenter weights ({type(e).__name__}: {e})") from e
         return cls(model, cfg, meta)
 
     @staticmethod
