@@ -134,3 +134,5 @@ def test_finetuning_starts_from_weights_and_trains_on_the_annotated_crops(tmp_pa
                            for k in before if k.endswith(("weight", "bias")))
     with pytest.raises(ValueError, match="segmenter.safetensors"):
         train(str(out), TrainConfig(steps=1, init=DEFAULT_WEIGHTS), SegmenterConfig(in_channels=1))
+    with pytest.raises(ValueError, match="real_share"):
+        train(str(out), TrainConfig(steps=1, real_share=1.5, finetune_on=(str(folder),)), init.cfg)

@@ -100,11 +100,13 @@ def test_a_labs_own_weights_replace_the_shipped_ones_everywhere(tmp_path, monkey
     grey = np.random.default_rng(0).random((64, 96)).astype(np.float32)
     grey[disk((32, 40), 10)] += 1.0
     grey /= grey.max()
+    shipped_labels = segment(grey, "learned").labels  # the shipped weights, loaded (and kept) first
     monkeypatch.setenv(WEIGHTS_ENV, str(own))
     assert Segmenter.load().metadata["steps"] == "0"
     assert np.array_equal(segment(grey, "learned").labels, Segmenter.load(str(own)).instances(grey))
     monkeypatch.delenv(WEIGHTS_ENV)
     assert Segmenter.load().metadata["steps"] != "0"  # the shipped ones again
+    assert np.array_equal(segment(grey, "learned").labels, shipped_labels)
 
     (tmp_path / "image.png").write_bytes(b"")  # never read: the weights are checked first
     (tmp_path / "junk.safetensors").write_bytes(b"not weights at all")

@@ -338,14 +338,21 @@ def size_spread(labels: np.ndarray) -> float:
     return float(np.average(diameters, weights=area) / np.median(diameters))
 
 
-@functools.cache
-def shipped_segmenter():
+def learned_segmenter():
     """The learned segmenter: the weights $MAEMI_SEGMENTER_WEIGHTS names, else those shipped with the package; None
-    when the file is missing (a source checkout before `python -m maemi.measure.train_segmenter`)."""
+    when the file is missing (a source checkout before `python -m maemi.measure.train_segmenter`). Loaded once per
+    weights file."""
+    from maemi.measure.segmenter import weights_path
+
+    return _segmenter_at(weights_path())
+
+
+@functools.cache
+def _segmenter_at(path: str):
     from maemi.measure.segmenter import Segmenter
 
     try:
-        return Segmenter.load()
+        return Segmenter.load(path)
     except FileNotFoundError:
         return None
 
@@ -370,7 +377,7 @@ def segment(grey: np.ndarray, method: str = DEFAULT_SEGMENTER) -> Segmentation:
     flat = smooth - _background(smooth)
     separation = phase_separation(flat)
     if method == "learned":
-        learned = shipped_segmenter()
+        learned = learned_segmenter()
         if learned is None:
             raise FileNotFoundError("no learned segmenter installed: train it with python -m "
                                     "maemi.measure.train_segmenter or name its weights in $MAEMI_SEGMENTER_WEIGHTS")

@@ -42,12 +42,18 @@ DEFAULT_WEIGHTS = os.path.join(os.path.dirname(__file__), "weights", "segmenter.
 # A lab's own weights (fine-tuned on its annotated images, or the checkpoint they chose: train_segmenter) in place of
 # the shipped ones, for every command and the server alike
 WEIGHTS_ENV = "MAEMI_SEGMENTER_WEIGHTS"
+
 WORK_SIDE = 1024  # long side the network works at: a 1024x768 image in about a second on two CPU cores
 LARGE_OBJECT_PX = 48  # objects larger than this (median, at the working size) are segmented again at half size
 MIN_WORK_SIDE = 128
 FOREGROUND_P = 0.5
 SEED_CENTRENESS = 0.5  # a touching neighbour's border is at 0; one object's core stays one component above 1/2
 MIN_OBJECT_PX = 6  # at the working size: below this an "object" is a noise speck (the smallest trained is ~7 px)
+
+
+def weights_path() -> str:
+    """The weights the learned segmenter loads: $MAEMI_SEGMENTER_WEIGHTS when set, else the shipped ones."""
+    return os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
 
 
 @dataclass
@@ -168,7 +174,7 @@ class Segmenter:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        path = path or os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS
+        path = path or weights_path()
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no segmenter weights (train them: python -m "
                                     "maemi.measure.train_segmenter)")

@@ -220,6 +220,8 @@ def score_on_boxes(model: UNet, sc: SegmenterConfig, cases, bf16: bool = False) 
 def train(out: str, tc: TrainConfig, sc: SegmenterConfig) -> dict[str, float]:
     torch.manual_seed(tc.seed)
     torch.set_num_threads(tc.threads)
+    if not 0.0 <= tc.real_share <= 1.0:
+        raise ValueError(f"real_share {tc.real_share}: the share of each batch that is real crops, from 0 to 1")
     bf16 = cpu_has_native_bf16() if tc.bf16 is None else tc.bf16
     model = UNet(sc)
     if tc.init:
