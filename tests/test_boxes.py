@@ -136,3 +136,17 @@ def test_finetuning_starts_from_weights_and_trains_on_the_annotated_crops(tmp_pa
         train(str(out), TrainConfig(steps=1, init=DEFAULT_WEIGHTS), SegmenterConfig(in_channels=1))
     with pytest.raises(ValueError, match="real_share"):
         train(str(out), TrainConfig(steps=1, real_share=1.5, finetune_on=(str(folder),)), init.cfg)
+
+
+def test_the_command_fine_tunes_from_the_shipped_weights_by_default(tmp_path, monkeypatch):
+    from maemi.measure import train_segmenter
+    from maemi.measure.segmenter import Segmenter
+
+    folder = tmp_path / "lab"
+    annotated_scene_folder(folder)
+    out = tmp_path / "tuned.safetensors"
+    monkeypatch.setattr("sys.argv", ["train_segmenter", "--out", str(out), "--finetune-on", str(folder),
+                                     "--steps", "2", "--batch", "2", "--crop", "64", "--no-bf16"])
+    train_segmenter.main()
+    meta = Segmenter.load(str(out)).metadata
+    assert meta["init"] == "segmenter.safetensors" and meta["finetuned_on"] == "lab" and meta["steps"] == "2"

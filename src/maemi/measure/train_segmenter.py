@@ -19,12 +19,13 @@ keeps the checkpoint that detects the boxed objects best (F1 of objects matched 
 there: it narrowed the spread between seeds on real STEM counts, not every row). They choose; nothing is trained on
 them.
 
-    ... --init WEIGHTS --finetune-on FOLDER [FOLDER ...] [--real-share 0.5 --steps 2000 --lr 2e-3]
+    ... --finetune-on FOLDER [FOLDER ...] --steps 2000 --lr 2e-3 [--init WEIGHTS --real-share 0.5]
 
-fine-tunes: starts from WEIGHTS and makes --real-share of each batch crops of the annotated images (the rest scenes,
-so what the scenes taught is kept), each expert's box drawn as its inscribed ellipse (boxes.box_instances). Crops
-are cut from the whole image as the network reads it at inference (network_input of the reduced image), so a crop
-is normalised as the image is. What it buys on specimens it did not see: benchmarks/segmenter_cv.py.
+fine-tunes (the steps and rate measured in benchmarks/segmenter_cv.py): starts from WEIGHTS (by default the shipped
+ones) and makes --real-share of each batch crops of the annotated images (the rest scenes, so what the scenes taught
+is kept), each expert's box drawn as its inscribed ellipse (boxes.box_instances). Crops are cut from the whole image
+as the network reads it at inference (network_input of the reduced image), so a crop is normalised as the image is.
+What it buys on specimens it did not see: benchmarks/segmenter_cv.py.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ from maemi.cpu import cpu_has_native_bf16
 from maemi.data.images import load_grey
 from maemi.measure.boxes import annotated_images, box_instances, score_against_boxes
 from maemi.measure.scenes import render_scene, scene_batch
-from maemi.measure.segmenter import (WORK_SIDE, Segmenter, SegmenterConfig, UNet, core_target, instances_from_maps,
-                                     network_input)
+from maemi.measure.segmenter import (DEFAULT_WEIGHTS, WORK_SIDE, Segmenter, SegmenterConfig, UNet, core_target,
+                                     instances_from_maps, network_input)
 from maemi.measure.spots import working_image
 
 VAL_SEED = 777_001  # validation scenes never share a stream with training
@@ -312,14 +313,16 @@ def main() -> None:
     ap.add_argument("--select-on", help="folder of annotated real images (images/, labels/ YOLO boxes) that choose "
                                         "the checkpoint; see the module docstring")
     ap.add_argument("--select-every", type=int, default=TrainConfig.select_every)
-    ap.add_argument("--init", help="weights to start from (safetensors; fine-tuning starts from the shipped ones)")
+    ap.add_argument("--init", help="weights to start from (safetensors); with --finetune-on the shipped ones by "
+                                   "default")
     ap.add_argument("--finetune-on", nargs="+", default=(), help="folders of annotated real images (images/, labels/ "
                     "YOLO boxes) whose crops make --real-share of each batch; see the module docstring")
     ap.add_argument("--real-share", type=float, default=TrainConfig.real_share)
     args = ap.parse_args()
     tc = TrainConfig(steps=args.steps, seed=args.seed, batch=args.batch, crop=args.crop, lr=args.lr,
                      bf16=False if args.no_bf16 else None, select_on=args.select_on, select_every=args.select_every,
-                     init=args.init, finetune_on=tuple(args.finetune_on), real_share=args.real_share)
+                     init=args.init or (DEFAULT_WEIGHTS if args.finetune_on else None),
+                     finetune_on=tuple(args.finetune_on), real_share=args.real_share)
     train(args.out, tc, SegmenterConfig(in_channels=args.in_channels))
 
 
