@@ -244,15 +244,17 @@ def train(
 
 
 def _check_segmenter(segmenter: str) -> None:
-    from maemi.measure.measurements import SEGMENTERS
-    from maemi.measure.segmenter import Segmenter
+    from maemi.measure.measurements import SEGMENTERS, learned_segmenter
+    from maemi.measure.segmenter import weights_path
 
     if segmenter not in SEGMENTERS:
         _fail(f"--segmenter must be one of {', '.join(SEGMENTERS)}, not {segmenter!r}")
     if segmenter == "learned":
-        try:
-            Segmenter.load()  # the shipped weights, or $MAEMI_SEGMENTER_WEIGHTS
-        except (FileNotFoundError, ValueError) as e:
+        try:  # loaded here once, for every image after (the shipped weights, or $MAEMI_SEGMENTER_WEIGHTS)
+            if learned_segmenter() is None:
+                _fail(f"--segmenter learned: {weights_path()}: no segmenter weights (train them: python -m "
+                      "maemi.measure.train_segmenter)")
+        except ValueError as e:
             _fail(f"--segmenter learned: {e}")
 
 
