@@ -179,6 +179,7 @@ def bench_wires(cases, method: Method, overlays: Path | None, name: str) -> dict
         seconds += time.perf_counter() - start  # the segmentation; classing takes milliseconds
         megapixels += grey.size / 1e6
         wires = classify_wires(labels)
+        labels = wires.labels  # the objects the classes refer to: wires cut free from what they touched
         truth = Counter(classes)
         n_true = len(classes)
         nw = wires.counts.get("nanowire") if wires.array_found else None

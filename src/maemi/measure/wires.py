@@ -11,9 +11,15 @@ So, from the label image (regionprops: orientation, major and minor axis of the 
 2. the typical rod is the median length and width of the elongated objects along that direction;
 3. an object is a `nanowire` when it is elongated, aligned within the tolerance, and its length and width are within a
    factor of the typical rod's; else `parasitic`.
-4. a parasitic crystal's facets differ in brightness, so segmentation cuts one crystal into pieces that touch or nearly
-   touch; an expert counts the crystal. Parasitic pieces closer than half a rod's width are one crystal (`crystal`),
-   and the parasitic count is the number of crystals.
+4. a wire touching a lying wire or a crystal is segmented together with it, and the fused object is no rod: an opening
+   with a line along the array's direction keeps what an upright wire could be, and a typical rod it keeps that
+   touches the rest at one place (its foot, its tip, a crossing) is cut free as a nanowire (`cut_rods`).
+5. a parasitic crystal's facets differ in brightness, so segmentation cuts one crystal into pieces; an expert counts
+   the crystal. In a patterned array every crystal grew on a site of the lattice the wires stand on: the lattice is
+   fitted to the nanowires' feet (maemi.measure.lattice), and the parasitic count is the sites without a nanowire that
+   parasitic pieces reach, plus the crystals off every site (`array_sites`).
+6. where the wires stand on no lattice (grown from scattered catalyst), parasitic pieces closer than half a rod's width
+   are one crystal (`crystal`), and the parasitic count is the number of those.
 When too few elongated objects share a direction to define an array, or the rods that do cover a sliver of what was
 segmented (fragments of a support that line up by chance), nothing is guessed: every object is `object` and
 `array_found` is False, saying why. Nanospades (rare) are not told apart: they fall in `parasitic` (or `nanowire`).
@@ -26,7 +32,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from skimage.draw import line as draw_line
 from skimage.measure import regionprops_table
+
+from maemi.measure.lattice import Lattice, fit_lattice
 
 # An upright wire is several times longer than wide even after the tilt foreshortens it (the DeepSEM tiles: rods about
 # 28 x 5 px); blobs and droplets have aspect below ~1.5. 2 separates the two with room for a noisy ellipse fit.
@@ -54,6 +63,16 @@ HISTOGRAM_BIN_DEG = 5.0
 # even-numbered half of the 31 DeepSEM tiles (parasitic count error 0.10 there; touching pieces only 0.23, a whole
 # rod width 0.21); the odd half: 0.16 (benchmarks/results/measure_real.md, docs/measurement.md).
 CRYSTAL_GAP_RODS = 0.5
+# An upright wire touches what it stands on or leans against at one place: its foot, its tip or a crossing, a few
+# pixels of its outline; the middle of a round crystal, which a line opening also keeps, is surrounded by the rest.
+MAX_ROD_CONTACT = 1 / 3
+# A site holds a parasitic crystal when a parasitic piece comes within this share of the lattice spacing of it: a
+# crystal covers the site it grew on. A quarter of the spacing; 0.15 to 0.5 gave the same counts on the DeepSEM tiles.
+SITE_REACH = 0.25
+# A crystal off every site (a wire fallen from its site, a crystal whose site is outside the field) holds at least about
+# half a wire's material; smaller pieces off the sites are fragments of what stands on one (a facet cut off by a dim
+# neighbour, a droplet). On the even DeepSEM tiles 90% of such pieces were under half an upright rod's area.
+OFF_SITE_MIN_RODS = 0.5
 
 
 @dataclass
@@ -70,13 +89,16 @@ class WireClasses:
     counts: dict[str, int] = field(default_factory=dict)
     wire_yield: float | None = None  # nanowires / all objects: the growth yield when every object is one array site
     note: str = ""
+    labels: np.ndarray | None = None  # the label image `ids` refer to: the input with upright rods cut free
+    sites: ArraySites | None = None  # the array's lattice sites, when the wires stand on one
 
     def describe(self) -> str:
         if not self.array_found:
             return f"no nanowire array found: {self.note}"
         return (f"{self.counts.get('nanowire', 0)} nanowires and {self.counts.get('parasitic', 0)} parasitic crystals "
                 f"(yield {self.wire_yield:.0%}); rods at {self.direction_deg:.0f} degrees, about "
-                f"{self.rod_length_px:.0f} x {self.rod_width_px:.0f} px")
+                f"{self.rod_length_px:.0f} x {self.rod_width_px:.0f} px"
+                + (f"; {self.sites.describe()}" if self.sites is not None else ""))
 
 
 def axial_difference(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
@@ -119,7 +141,7 @@ def classify_wires(labels: np.ndarray) -> WireClasses:
     elongated = length / width >= ELONGATED_ASPECT
 
     def no_array(why: str) -> WireClasses:
-        return WireClasses(ids, ["object"] * n, False, counts={"object": n}, note=why)
+        return WireClasses(ids, ["object"] * n, False, counts={"object": n}, note=why, labels=np.asarray(labels))
 
     if elongated.sum() < MIN_ARRAY_RODS:
         return no_array(f"{int(elongated.sum())} elongated objects (aspect >= {ELONGATED_ASPECT:g}) of {n}; an array "
@@ -133,21 +155,190 @@ def classify_wires(labels: np.ndarray) -> WireClasses:
                         f"direction (an array needs {MIN_ARRAY_RODS} and {MIN_ALIGNED_SHARE:.0%})")
     # medians: the aligned set still holds a few fused pairs and chance-aligned lying wires, a minority
     rod_length, rod_width = float(np.median(length[aligned])), float(np.median(width[aligned]))
-    wire = (aligned
-            & (length <= rod_length * LENGTH_FACTOR) & (length >= rod_length / LENGTH_FACTOR)
-            & (width <= rod_width * WIDTH_FACTOR) & (width >= rod_width / WIDTH_FACTOR))
+    wire = _like_the_rod(length, width, angle, direction, rod_length, rod_width)
     area = table["area"].astype(float)
     wire_area = float(area[wire].sum() / area.sum())
     if wire_area < MIN_WIRE_AREA_SHARE:
         return no_array(f"{int(wire.sum())} rods of one direction and size cover {wire_area:.1%} of the segmented area "
                         f"(an array's wires cover at least {MIN_WIRE_AREA_SHARE:.0%}): fragments, not an array")
+    n_cut = 0
+    if (~wire).any():
+        labels = cut_rods(np.asarray(labels), ids[~wire], direction, rod_length, rod_width)
+        n_cut = int(labels.max() - ids.max())
+        if n_cut:
+            table = regionprops_table(labels, properties=("label", "orientation", "axis_major_length",
+                                                          "axis_minor_length"))
+            ids, n = table["label"], len(table["label"])
+            length = table["axis_major_length"].astype(float)
+            width = np.maximum(table["axis_minor_length"].astype(float), 1.0)
+            angle = (90.0 + np.degrees(table["orientation"])) % 180.0
+            wire = _like_the_rod(length, width, angle, direction, rod_length, rod_width)
     classes = ["nanowire" if w else "parasitic" for w in wire]
     crystal = crystals(np.asarray(labels), ids, ~wire, int(round(CRYSTAL_GAP_RODS * rod_width)))
     n_wire, n_crystal = int(wire.sum()), int(crystal.max()) + 1
+    note = f"{int(aligned.sum())} aligned rods define the array; "
+    sites = (array_sites(labels, ids, wire, crystal, direction, rod_length, rod_width)
+             if wire.sum() >= MIN_ARRAY_RODS else None)
+    if sites is not None:
+        n_crystal = sites.parasitic
+        note += (f"{n_cut} cut free from what they touched; " if n_cut else "") + sites.describe()
+    else:
+        note += f"{n - n_wire} parasitic pieces make {n_crystal} crystals"
     return WireClasses(ids, classes, True, crystal, direction, rod_length, rod_width,
                        counts={"nanowire": n_wire, "parasitic": n_crystal}, wire_yield=n_wire / (n_wire + n_crystal),
-                       note=f"{int(aligned.sum())} aligned rods define the array; {n - n_wire} parasitic pieces make "
-                            f"{n_crystal} crystals")
+                       note=note, labels=labels, sites=sites)
+
+
+@dataclass
+class ArraySites:
+    """What grew on the sites of a patterned array: each site holds one nanowire, one parasitic crystal, or nothing."""
+
+    lattice: Lattice
+    sites: int  # sites whose position lies in the field
+    nanowire: int  # of those, sites with a nanowire's foot
+    parasitic_on_site: int  # sites without one that parasitic pieces reach (within SITE_REACH of the spacing)
+    parasitic_off_site: int  # parasitic crystals that reach no site of the field
+
+    @property
+    def parasitic(self) -> int:
+        return self.parasitic_on_site + self.parasitic_off_site
+
+    @property
+    def empty(self) -> int:
+        return self.sites - self.nanowire - self.parasitic_on_site
+
+    def describe(self) -> str:
+        return (f"a lattice of {self.sites} sites {self.lattice.spacing_px:.0f} px apart: {self.nanowire} with a "
+                f"nanowire, {self.parasitic_on_site} with a parasitic crystal, {self.empty} empty; "
+                f"{self.parasitic_off_site} crystals off the sites")
+
+
+def array_sites(labels: np.ndarray, ids: np.ndarray, wire: np.ndarray, crystal: np.ndarray, direction: float,
+                rod_length: float, rod_width: float) -> ArraySites | None:
+    """The sites of the array's lattice (maemi.measure.lattice), fitted to the nanowires' feet, and what each holds;
+    None when the feet form no lattice (wires grown from scattered catalyst, not from patterned holes).
+
+    A crystal that grew on a site is counted once however many pieces its facets were segmented into, and two crystals
+    on neighbouring sites are two even where they touch: an expert counts crystals by the sites they grew on. Parasitic
+    pieces that reach no site at all (a wire that fell off its site, a crystal whose site lies outside the field) count
+    by their `crystal` groups. The foot of an upright wire is its end nearer the bottom of the screen (a tilted view is
+    shown with the tilt axis level and the tops of upright structures towards the top; for a level array, the left
+    end)."""
+    table = regionprops_table(labels, properties=("label", "area", "centroid", "axis_major_length"))
+    order = np.searchsorted(table["label"], ids)
+    area, rod_area = table["area"][order].astype(float), np.pi / 4 * rod_length * rod_width
+    centre = np.stack([table["centroid-1"][order], table["centroid-0"][order]], 1)  # (x, y)
+    a = np.radians(direction)
+    down = np.array([np.cos(a), -np.sin(a)])
+    if down[1] < 0 or (down[1] == 0 and down[0] > 0):
+        down = -down
+    feet = centre[wire] + down * table["axis_major_length"][order][wire, None] / 2
+    lattice = fit_lattice(feet)
+    if lattice is None:
+        return None
+    height, width = labels.shape
+    in_field = {tuple(s) for s in lattice.sites_within(width, height).tolist()}
+    wire_sites = in_field & {tuple(s) for s in lattice.nearest_site(feet).tolist()}
+    free = np.array(sorted(in_field - wire_sites), int).reshape(-1, 2)
+    reach = SITE_REACH * lattice.spacing_px
+    pieces = np.isin(labels, ids[~wire])
+    if not pieces.any():
+        return ArraySites(lattice, len(in_field), len(wire_sites), 0, 0)
+    distance = ndimage.distance_transform_edt(~pieces)
+
+    def at(sites: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        xy = np.round(lattice.position(sites)).astype(int)
+        return np.clip(xy[:, 1], 0, height - 1), np.clip(xy[:, 0], 0, width - 1)
+
+    occupied = int((distance[at(free)] <= reach).sum()) if len(free) else 0
+    # the crystals none of whose pieces comes within reach of any site of the field
+    near_site = np.zeros(labels.shape, bool)
+    near_site[at(np.array(sorted(in_field), int).reshape(-1, 2))] = True
+    near_site = ndimage.distance_transform_edt(~near_site) <= reach
+    group = np.full(int(labels.max()) + 1, -1)
+    group[ids] = crystal
+    touching = np.unique(group[labels[near_site & pieces]])
+    group_area = np.bincount(crystal[~wire], weights=area[~wire], minlength=int(crystal.max()) + 1)
+    off_site = set(crystal[~wire].tolist()) - set(touching.tolist())
+    orphans = sum(group_area[g] >= OFF_SITE_MIN_RODS * rod_area for g in off_site)
+    return ArraySites(lattice, len(in_field), len(wire_sites), occupied, orphans)
+
+
+def _like_the_rod(length, width, angle, direction, rod_length, rod_width) -> np.ndarray:
+    """Per object: elongated, aligned with the array and of the typical rod's length and width within the factors."""
+    return ((length / width >= ELONGATED_ASPECT) & (axial_difference(angle, direction) <= ALIGN_TOLERANCE_DEG)
+            & (length <= rod_length * LENGTH_FACTOR) & (length >= rod_length / LENGTH_FACTOR)
+            & (width <= rod_width * WIDTH_FACTOR) & (width >= rod_width / WIDTH_FACTOR))
+
+
+def line_footprint(length: int, deg: float) -> np.ndarray:
+    """A one-pixel line `length` pixels long through the centre of an odd-sized footprint, at `deg` degrees
+    counter-clockwise from horizontal on screen."""
+    a = np.radians(deg)
+    half = (length - 1) / 2
+    dr, dc = -np.sin(a) * half, np.cos(a) * half
+    r0, c0 = int(np.ceil(abs(dr))), int(np.ceil(abs(dc)))
+    footprint = np.zeros((2 * r0 + 1, 2 * c0 + 1), bool)
+    rr, cc = draw_line(int(round(r0 - dr)), int(round(c0 - dc)), int(round(r0 + dr)), int(round(c0 + dc)))
+    footprint[rr, cc] = True
+    return footprint
+
+
+def cut_rods(labels: np.ndarray, ids: np.ndarray, direction: float, rod_length: float, rod_width: float) -> np.ndarray:
+    """`labels` with the upright rods cut out of the objects `ids` they were segmented together with (a wire standing
+    on a lying one, or touching a crystal at its foot), each rod a new label after the existing ones.
+
+    A morphological opening with a line along the array's direction, as long as the shortest wire, keeps only what
+    an upright wire could be; a part it keeps is cut free when it is the typical rod and it touches the rest of its
+    object along at most MAX_ROD_CONTACT of its outline (a wire touches what it stands on at one place; a round
+    crystal's middle, which the opening also keeps, is surrounded by the rest of it). What the opening trims off a
+    rod's outline (pieces under a rod's width squared) stays with the rod."""
+    out = labels.copy()
+    footprint = line_footprint(max(3, int(round(rod_length / LENGTH_FACTOR)) | 1), direction)
+    across = line_footprint(max(3, int(round(rod_width)) | 1), direction + 90.0)
+    sliver = rod_width / 2
+    slices = ndimage.find_objects(labels)
+    next_id = int(labels.max()) + 1
+    for k in ids:
+        if k > len(slices) or slices[k - 1] is None:
+            continue
+        rows, cols = slices[k - 1]
+        mask = labels[rows, cols] == k
+        parts, n_parts = ndimage.label(ndimage.binary_opening(mask, structure=footprint))
+        if n_parts == 0:
+            continue
+        # the opening also trims a rod's ragged sides; grow each part back across the rod, within the object
+        restored = np.zeros_like(parts)
+        for j in range(1, n_parts + 1):
+            restored[(restored == 0) & ndimage.binary_dilation(parts == j, structure=across) & mask] = j
+        table = regionprops_table(restored, properties=("label", "orientation", "axis_major_length",
+                                                        "axis_minor_length"))
+        rod = _like_the_rod(table["axis_major_length"].astype(float),
+                            np.maximum(table["axis_minor_length"].astype(float), 1.0),
+                            (90.0 + np.degrees(table["orientation"])) % 180.0, direction, rod_length, rod_width)
+        if not rod.any():
+            continue
+        parts = restored
+        rods = np.isin(parts, table["label"][rod])
+        rest, n_rest = ndimage.label(mask & ~rods)
+        if n_rest == 0:
+            continue
+        reach = ndimage.maximum(ndimage.distance_transform_edt(~rods), rest, np.arange(1, n_rest + 1))
+        big = np.flatnonzero(np.asarray(reach) >= sliver) + 1
+        if big.size == 0:
+            continue  # the object is one rod with a ragged outline: nothing to cut
+        pieces = np.isin(rest, big)
+        view = out[rows, cols]
+        for j in table["label"][rod]:
+            this = parts == j
+            ring = ndimage.binary_dilation(this) & ~this
+            if (ring & pieces).sum() > MAX_ROD_CONTACT * ring.sum():
+                continue
+            # the rod and the slivers the opening trimmed off it (those that touch it)
+            grown = ndimage.binary_dilation(this) & mask & ~pieces
+            view[this | grown] = next_id
+            next_id += 1
+    return out
 
 
 def crystals(labels: np.ndarray, ids: np.ndarray, parasitic: np.ndarray, gap_px: int) -> np.ndarray:
