@@ -123,3 +123,65 @@ def test_real_stem_particle_images_are_not_called_nanowire_arrays(stem_greys):
     for name, grey in stem_greys("Pd_silica2.jpg", "PtC1.jpg"):
         m = measure(grey)
         assert m.object_count > 0 and m.nanowire_count is None and m.parasitic_count is None, name
+
+
+def _patterned_array(seed: int) -> tuple[np.ndarray, dict[str, int]]:
+    """A patterned array as the DeepSEM tiles show it: sites on an oblique lattice, each holding an upright rod (28 x 5
+    px, its foot on the site, its top towards the top of the screen), a crystal, or nothing. Some crystals are cut in
+    two by a dim facet wider than the gap that groups pieces; two crystals on neighbouring sites touch; a wire that
+    fell from its site lies against the foot of its neighbour's upright wire, segmented as one object with it."""
+    rng = np.random.default_rng(seed)
+    a, b = np.array([24.0, 14.1]), np.array([-15.2, 22.5])  # (x, y)
+    i, j = np.meshgrid(np.arange(-30, 30), np.arange(-30, 30))
+    sites = np.array([6.0, 40.0]) + np.stack([i.ravel(), j.ravel()], 1) @ np.stack([a, b], 1).T
+    in_field = (sites[:, 0] >= 0) & (sites[:, 0] < 360) & (sites[:, 1] >= 0) & (sites[:, 1] < 360)
+    inner = (sites[:, 0] >= 12) & (sites[:, 0] < 348) & (sites[:, 1] >= 40) & (sites[:, 1] < 348)
+    truth = {"nanowire": 0, "parasitic": 0, "empty": int((in_field & ~inner).sum())}  # nothing near the border
+    sites = sites[inner]
+    labels = np.zeros((360, 360), int)
+    kind = rng.choice(["nanowire", "parasitic", "empty"], size=len(sites), p=[0.55, 0.4, 0.05])
+    k = 0
+    for (x, y), what in zip(sites, kind):
+        truth[what] += 1
+        k += 1
+        if what == "nanowire":
+            _rod(labels, k, (y - 14, x), 28, 5, 90 + rng.normal(0, 1))
+        elif what == "parasitic":
+            if truth["parasitic"] <= 2 or rng.random() < 0.3:
+                # a taller crystal whose tip a dim facet 7 px wide cuts off (the grouping gap bridges 6 px)
+                labels[disk((y - 7, x), 9, shape=labels.shape)] = k
+                labels[int(y) - 13:int(y) - 6, int(x) - 10:int(x) + 11] = 0
+                tip = labels[:int(y) - 13] == k
+                labels[:int(y) - 13][tip] = 1000 + k  # segmented as a piece of its own
+            else:
+                labels[disk((y - 4, x), rng.uniform(5, 7), shape=labels.shape)] = k
+    # two crystals on neighbouring sites that touch: one object, two crystals
+    wires = [s for s, w in zip(sites, kind) if w == "nanowire"]
+    crystals = [s for s, w in zip(sites, kind) if w == "parasitic"]
+    pair = next((p, q) for p in crystals for q in crystals if 20 < np.linalg.norm(p - q) < 30)
+    (x0, y0), (x1, y1) = pair
+    _rod(labels, labels[int(y0) - 4, int(x0)], ((y0 + y1) / 2 - 4, (x0 + x1) / 2), np.linalg.norm(pair[0] - pair[1]),
+         4, np.degrees(np.arctan2(-(y1 - y0), x1 - x0)))
+    # the fallen wire: an empty site's wire lying from it to the foot of a neighbouring upright wire, fused with it
+    fallen = next((p, q) for p in wires for q, w in zip(sites, kind) if w == "empty" and 20 < np.linalg.norm(p - q) < 30)
+    (xw, yw), (xe, ye) = fallen
+    _rod(labels, labels[int(yw) - 14, int(xw)], ((yw + ye) / 2, (xw + xe) / 2), np.linalg.norm(fallen[0] - fallen[1]),
+         3, np.degrees(np.arctan2(-(ye - yw), xe - xw)))
+    truth["parasitic"] += 1
+    truth["empty"] -= 1
+    return labels, truth
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_patterned_array_counts_crystals_by_site_and_cuts_wires_free(seed):
+    labels, truth = _patterned_array(seed)
+    result = classify_wires(labels)
+    assert result.array_found and result.sites is not None, result.note
+    assert result.counts == {"nanowire": truth["nanowire"], "parasitic": truth["parasitic"]}, result.note
+    assert abs(result.sites.empty - truth["empty"]) <= 1  # a site on the border may fall either way
+    assert result.sites.lattice.spacing_px == pytest.approx(27.1, abs=0.5)
+    assert "cut free" in result.note and "lattice" in result.describe()
+    # the wire cut free is a nanowire object of its own in the labels the classes refer to
+    assert result.labels.max() > labels.max()
+    # without the lattice, the pieces of cut crystals (two at least) would count twice and the touching pair once
+    assert int(result.crystal.max()) + 1 > truth["parasitic"]

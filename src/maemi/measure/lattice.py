@@ -72,6 +72,8 @@ def reduced(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(32):
         if a @ a > b @ b:
             a, b = b, a
+        if a @ a == 0:
+            break
         m = round(float(a @ b) / float(a @ a))
         if m == 0:
             break
@@ -88,13 +90,17 @@ def fit_lattice(points: np.ndarray) -> Lattice | None:
     k = min(NEIGHBOURS + 1, len(points))
     distance, index = cKDTree(points).query(points, k=k)
     tolerance = VOTE_TOLERANCE * float(np.median(distance[:, 1]))
+    if tolerance <= 0:  # most points doubled: no spacing to measure
+        return None
     vectors = (points[index[:, 1:]] - points[:, None, :]).reshape(-1, 2)
     # v and -v are the same lattice vector: keep the one pointing down the screen (to the right when level)
     flip = (vectors[:, 1] < 0) | ((vectors[:, 1] == 0) & (vectors[:, 0] < 0))
     vectors[flip] *= -1
-    tree = cKDTree(vectors)
-    votes = np.array([len(near) for near in tree.query_ball_point(vectors, tolerance)])
-    peaks = np.flatnonzero(votes >= PEAK_SHARE * votes.max())
+    near = cKDTree(vectors).query_ball_point(vectors, tolerance)
+    votes = np.array([len(n) for n in near])
+    # peaks: vectors with the most votes among their neighbours (not the jittered flanks of a peak) and enough votes
+    local_max = np.array([votes[i] >= votes[n].max() for i, n in enumerate(near)])
+    peaks = np.flatnonzero(local_max & (votes >= PEAK_SHARE * votes.max()))
     peaks = peaks[np.argsort(np.linalg.norm(vectors[peaks], axis=1))]
 
     def mean_near(v: np.ndarray) -> np.ndarray:
