@@ -129,15 +129,9 @@ def dominant_direction(angles: np.ndarray, weights: np.ndarray) -> float:
 def classify_wires(labels: np.ndarray) -> WireClasses:
     """Class every object of `labels` (0 background, 1..n objects, e.g. `segment(grey).labels`) as nanowire or
     parasitic against the array's own typical rod; see the module docstring."""
-    table = regionprops_table(np.asarray(labels), properties=("label", "area", "orientation", "axis_major_length",
-                                                              "axis_minor_length"))
-    ids = table["label"]
+    table = _object_table(np.asarray(labels))
+    ids, area, length, width, angle = table["label"], table["area"], table["length"], table["width"], table["angle"]
     n = len(ids)
-    length = table["axis_major_length"].astype(float)
-    width = np.maximum(table["axis_minor_length"].astype(float), 1.0)
-    # regionprops: angle from the row axis (down) to the major axis, counter-clockwise in (row, column) coordinates,
-    # which is counter-clockwise on screen too; the row axis is 90 degrees on screen
-    angle = (90.0 + np.degrees(table["orientation"])) % 180.0
     elongated = length / width >= ELONGATED_ASPECT
 
     def no_array(why: str) -> WireClasses:
@@ -156,28 +150,26 @@ def classify_wires(labels: np.ndarray) -> WireClasses:
     # medians: the aligned set still holds a few fused pairs and chance-aligned lying wires, a minority
     rod_length, rod_width = float(np.median(length[aligned])), float(np.median(width[aligned]))
     wire = _like_the_rod(length, width, angle, direction, rod_length, rod_width)
-    area = table["area"].astype(float)
     wire_area = float(area[wire].sum() / area.sum())
     if wire_area < MIN_WIRE_AREA_SHARE:
         return no_array(f"{int(wire.sum())} rods of one direction and size cover {wire_area:.1%} of the segmented area "
                         f"(an array's wires cover at least {MIN_WIRE_AREA_SHARE:.0%}): fragments, not an array")
-    n_cut = 0
-    if (~wire).any():
-        labels = cut_rods(np.asarray(labels), ids[~wire], direction, rod_length, rod_width)
-        n_cut = int(labels.max() - ids.max())
-        if n_cut:
-            table = regionprops_table(labels, properties=("label", "orientation", "axis_major_length",
-                                                          "axis_minor_length"))
-            ids, n = table["label"], len(table["label"])
-            length = table["axis_major_length"].astype(float)
-            width = np.maximum(table["axis_minor_length"].astype(float), 1.0)
-            angle = (90.0 + np.degrees(table["orientation"])) % 180.0
-            wire = _like_the_rod(length, width, angle, direction, rod_length, rod_width)
+    labels, changed = cut_rods(np.asarray(labels), ids[~wire], direction, rod_length, rod_width)
+    n_cut = int(labels.max() - ids.max())
+    if n_cut:  # measure again only the objects the cuts changed
+        kept = ~np.isin(ids, changed)
+        new = _object_table(np.where(np.isin(labels, changed), labels, 0))
+        table = {k: np.concatenate([table[k][kept], new[k]]) for k in table}
+        order = np.argsort(table["label"])
+        table = {k: v[order] for k, v in table.items()}
+        ids, area, length, width, angle = (table[k] for k in ("label", "area", "length", "width", "angle"))
+        n = len(ids)
+        wire = _like_the_rod(length, width, angle, direction, rod_length, rod_width)
     classes = ["nanowire" if w else "parasitic" for w in wire]
     crystal = crystals(np.asarray(labels), ids, ~wire, int(round(CRYSTAL_GAP_RODS * rod_width)))
     n_wire, n_crystal = int(wire.sum()), int(crystal.max()) + 1
     note = f"{int(aligned.sum())} aligned rods define the array; "
-    sites = (array_sites(labels, ids, wire, crystal, direction, rod_length, rod_width)
+    sites = (array_sites(labels, table, wire, crystal, direction, rod_length, rod_width)
              if wire.sum() >= MIN_ARRAY_RODS else None)
     if sites is not None:
         n_crystal = sites.parasitic
@@ -213,7 +205,7 @@ class ArraySites:
                 f"{self.parasitic_off_site} crystals off the sites")
 
 
-def array_sites(labels: np.ndarray, ids: np.ndarray, wire: np.ndarray, crystal: np.ndarray, direction: float,
+def array_sites(labels: np.ndarray, table: dict, wire: np.ndarray, crystal: np.ndarray, direction: float,
                 rod_length: float, rod_width: float) -> ArraySites | None:
     """The sites of the array's lattice (maemi.measure.lattice), fitted to the nanowires' feet, and what each holds;
     None when the feet form no lattice (wires grown from scattered catalyst, not from patterned holes).
@@ -224,15 +216,13 @@ def array_sites(labels: np.ndarray, ids: np.ndarray, wire: np.ndarray, crystal: 
     by their `crystal` groups. The foot of an upright wire is its end nearer the bottom of the screen (a tilted view is
     shown with the tilt axis level and the tops of upright structures towards the top; for a level array, the left
     end)."""
-    table = regionprops_table(labels, properties=("label", "area", "centroid", "axis_major_length"))
-    order = np.searchsorted(table["label"], ids)
-    area, rod_area = table["area"][order].astype(float), np.pi / 4 * rod_length * rod_width
-    centre = np.stack([table["centroid-1"][order], table["centroid-0"][order]], 1)  # (x, y)
+    ids, area, centre = table["label"], table["area"], table["centre"]
+    rod_area = np.pi / 4 * rod_length * rod_width
     a = np.radians(direction)
     down = np.array([np.cos(a), -np.sin(a)])
     if down[1] < 0 or (down[1] == 0 and down[0] > 0):
         down = -down
-    feet = centre[wire] + down * table["axis_major_length"][order][wire, None] / 2
+    feet = centre[wire] + down * table["length"][wire, None] / 2
     lattice = fit_lattice(feet)
     if lattice is None:
         return None
@@ -264,6 +254,20 @@ def array_sites(labels: np.ndarray, ids: np.ndarray, wire: np.ndarray, crystal: 
     return ArraySites(lattice, len(in_field), len(wire_sites), occupied, orphans)
 
 
+def _object_table(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Per object of `labels`, in label order: label, area, centre (x, y), length and width (major and minor axis of
+    the fitted ellipse) and angle (degrees counter-clockwise from horizontal on screen)."""
+    t = regionprops_table(labels, properties=("label", "area", "centroid", "orientation", "axis_major_length",
+                                              "axis_minor_length"))
+    return {"label": t["label"], "area": t["area"].astype(float),
+            "centre": np.stack([t["centroid-1"], t["centroid-0"]], 1).reshape(-1, 2),
+            "length": t["axis_major_length"].astype(float),
+            "width": np.maximum(t["axis_minor_length"].astype(float), 1.0),
+            # regionprops: angle from the row axis (down) to the major axis, counter-clockwise in (row, column)
+            # coordinates, which is counter-clockwise on screen too; the row axis is 90 degrees on screen
+            "angle": (90.0 + np.degrees(t["orientation"])) % 180.0}
+
+
 def _like_the_rod(length, width, angle, direction, rod_length, rod_width) -> np.ndarray:
     """Per object: elongated, aligned with the array and of the typical rod's length and width within the factors."""
     return ((length / width >= ELONGATED_ASPECT) & (axial_difference(angle, direction) <= ALIGN_TOLERANCE_DEG)
@@ -284,21 +288,24 @@ def line_footprint(length: int, deg: float) -> np.ndarray:
     return footprint
 
 
-def cut_rods(labels: np.ndarray, ids: np.ndarray, direction: float, rod_length: float, rod_width: float) -> np.ndarray:
+def cut_rods(labels: np.ndarray, ids: np.ndarray, direction: float, rod_length: float,
+             rod_width: float) -> tuple[np.ndarray, list[int]]:
     """`labels` with the upright rods cut out of the objects `ids` they were segmented together with (a wire standing
-    on a lying one, or touching a crystal at its foot), each rod a new label after the existing ones.
+    on a lying one, or touching a crystal at its foot), each rod a new label after the existing ones; and the labels
+    that changed (the objects cut and the rods).
 
     A morphological opening with a line along the array's direction, as long as the shortest wire, keeps only what
     an upright wire could be; a part it keeps is cut free when it is the typical rod and it touches the rest of its
     object along at most MAX_ROD_CONTACT of its outline (a wire touches what it stands on at one place; a round
     crystal's middle, which the opening also keeps, is surrounded by the rest of it). What the opening trims off a
-    rod's outline (pieces under a rod's width squared) stays with the rod."""
+    rod's outline (pieces reaching less than half a rod's width from it) stays with the rod."""
     out = labels.copy()
     footprint = line_footprint(max(3, int(round(rod_length / LENGTH_FACTOR)) | 1), direction)
     across = line_footprint(max(3, int(round(rod_width)) | 1), direction + 90.0)
-    sliver = rod_width / 2
+    sliver_reach = rod_width / 2
     slices = ndimage.find_objects(labels)
     next_id = int(labels.max()) + 1
+    changed: list[int] = []
     for k in ids:
         if k > len(slices) or slices[k - 1] is None:
             continue
@@ -311,11 +318,8 @@ def cut_rods(labels: np.ndarray, ids: np.ndarray, direction: float, rod_length: 
         restored = np.zeros_like(parts)
         for j in range(1, n_parts + 1):
             restored[(restored == 0) & ndimage.binary_dilation(parts == j, structure=across) & mask] = j
-        table = regionprops_table(restored, properties=("label", "orientation", "axis_major_length",
-                                                        "axis_minor_length"))
-        rod = _like_the_rod(table["axis_major_length"].astype(float),
-                            np.maximum(table["axis_minor_length"].astype(float), 1.0),
-                            (90.0 + np.degrees(table["orientation"])) % 180.0, direction, rod_length, rod_width)
+        table = _object_table(restored)
+        rod = _like_the_rod(table["length"], table["width"], table["angle"], direction, rod_length, rod_width)
         if not rod.any():
             continue
         parts = restored
@@ -324,7 +328,7 @@ def cut_rods(labels: np.ndarray, ids: np.ndarray, direction: float, rod_length: 
         if n_rest == 0:
             continue
         reach = ndimage.maximum(ndimage.distance_transform_edt(~rods), rest, np.arange(1, n_rest + 1))
-        big = np.flatnonzero(np.asarray(reach) >= sliver) + 1
+        big = np.flatnonzero(np.asarray(reach) >= sliver_reach) + 1
         if big.size == 0:
             continue  # the object is one rod with a ragged outline: nothing to cut
         pieces = np.isin(rest, big)
@@ -337,8 +341,9 @@ def cut_rods(labels: np.ndarray, ids: np.ndarray, direction: float, rod_length: 
             # the rod and the slivers the opening trimmed off it (those that touch it)
             grown = ndimage.binary_dilation(this) & mask & ~pieces
             view[this | grown] = next_id
+            changed += [int(k), next_id]
             next_id += 1
-    return out
+    return out, sorted(set(changed))
 
 
 def crystals(labels: np.ndarray, ids: np.ndarray, parasitic: np.ndarray, gap_px: int) -> np.ndarray:
