@@ -169,8 +169,10 @@ def classify_wires(labels: np.ndarray) -> WireClasses:
     crystal = crystals(np.asarray(labels), ids, ~wire, int(round(CRYSTAL_GAP_RODS * rod_width)))
     n_wire, n_crystal = int(wire.sum()), int(crystal.max()) + 1
     note = f"{int(aligned.sum())} aligned rods define the array; "
-    sites = (array_sites(labels, table, wire, crystal, direction, rod_length, rod_width)
-             if wire.sum() >= MIN_ARRAY_RODS else None)
+    feet = wire_feet(table, wire, direction)
+    lattice = fit_lattice(feet) if wire.sum() >= MIN_ARRAY_RODS else None
+    sites = (array_sites(labels, table, wire, feet, crystal, lattice, np.pi / 4 * rod_length * rod_width)
+             if lattice is not None else None)
     if sites is not None:
         n_crystal = sites.parasitic
         note += (f"{n_cut} cut free from what they touched; " if n_cut else "") + sites.describe()
@@ -205,27 +207,25 @@ class ArraySites:
                 f"{self.parasitic_off_site} crystals off the sites")
 
 
-def array_sites(labels: np.ndarray, table: dict, wire: np.ndarray, crystal: np.ndarray, direction: float,
-                rod_length: float, rod_width: float) -> ArraySites | None:
-    """The sites of the array's lattice (maemi.measure.lattice), fitted to the nanowires' feet, and what each holds;
-    None when the feet form no lattice (wires grown from scattered catalyst, not from patterned holes).
-
-    A crystal that grew on a site is counted once however many pieces its facets were segmented into, and two crystals
-    on neighbouring sites are two even where they touch: an expert counts crystals by the sites they grew on. Parasitic
-    pieces that reach no site at all (a wire that fell off its site, a crystal whose site lies outside the field) count
-    by their `crystal` groups. The foot of an upright wire is its end nearer the bottom of the screen (a tilted view is
-    shown with the tilt axis level and the tops of upright structures towards the top; for a level array, the left
-    end)."""
-    ids, area, centre = table["label"], table["area"], table["centre"]
-    rod_area = np.pi / 4 * rod_length * rod_width
+def wire_feet(table: dict, wire: np.ndarray, direction: float) -> np.ndarray:
+    """(x, y) of each wire's foot: its end nearer the bottom of the screen (a tilted view is shown with the tilt axis
+    level and the tops of upright structures towards the top; for a level array, the left end)."""
     a = np.radians(direction)
     down = np.array([np.cos(a), -np.sin(a)])
     if down[1] < 0 or (down[1] == 0 and down[0] > 0):
         down = -down
-    feet = centre[wire] + down * table["length"][wire, None] / 2
-    lattice = fit_lattice(feet)
-    if lattice is None:
-        return None
+    return table["centre"][wire] + down * table["length"][wire, None] / 2
+
+
+def array_sites(labels: np.ndarray, table: dict, wire: np.ndarray, feet: np.ndarray, crystal: np.ndarray,
+                lattice: Lattice, rod_area: float) -> ArraySites:
+    """What each site of the array's lattice (maemi.measure.lattice, fitted to the nanowires' feet) holds.
+
+    A crystal that grew on a site is counted once however many pieces its facets were segmented into, and two crystals
+    on neighbouring sites are two even where they touch: an expert counts crystals by the sites they grew on. Parasitic
+    pieces that reach no site at all (a wire that fell off its site, a crystal whose site lies outside the field) count
+    by their `crystal` groups when they hold at least OFF_SITE_MIN_RODS of a wire's area."""
+    ids, area = table["label"], table["area"]
     height, width = labels.shape
     in_field = {tuple(s) for s in lattice.sites_within(width, height).tolist()}
     wire_sites = in_field & {tuple(s) for s in lattice.nearest_site(feet).tolist()}
