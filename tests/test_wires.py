@@ -3,6 +3,8 @@ and an image without such an array says so instead of guessing."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from skimage.draw import disk, polygon
@@ -178,6 +180,7 @@ def test_a_patterned_array_counts_crystals_by_site_and_cuts_wires_free(seed):
     result = classify_wires(labels)
     assert result.array_found and result.sites is not None, result.note
     assert result.counts == {"nanowire": truth["nanowire"], "parasitic": truth["parasitic"]}, result.note
+    json.dumps(result.counts)  # plain ints: measurements go out as JSON
     assert abs(result.sites.empty - truth["empty"]) <= 1  # a site on the border may fall either way
     assert result.sites.lattice.spacing_px == pytest.approx(27.1, abs=0.5)
     assert "cut free" in result.note and "lattice" in result.describe()

@@ -250,7 +250,7 @@ def array_sites(labels: np.ndarray, table: dict, wire: np.ndarray, feet: np.ndar
     touching = np.unique(group[labels[near_site & pieces]])
     group_area = np.bincount(crystal[~wire], weights=area[~wire], minlength=int(crystal.max()) + 1)
     off_site = set(crystal[~wire].tolist()) - set(touching.tolist())
-    orphans = sum(group_area[g] >= OFF_SITE_MIN_RODS * rod_area for g in off_site)
+    orphans = int(sum(group_area[g] >= OFF_SITE_MIN_RODS * rod_area for g in off_site))
     return ArraySites(lattice, len(in_field), len(wire_sites), occupied, orphans)
 
 
