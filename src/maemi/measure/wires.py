@@ -203,8 +203,8 @@ class ArraySites:
 
     def describe(self) -> str:
         return (f"a lattice of {self.sites} sites {self.lattice.spacing_px:.0f} px apart: {self.nanowire} with a "
-                f"nanowire, {self.parasitic_on_site} with a parasitic crystal, {self.empty} empty; "
-                f"{self.parasitic_off_site} crystals off the sites")
+                f"nanowire, {self.parasitic_on_site} with a parasitic crystal, {self.empty} empty; parasitic "
+                f"crystals off the sites: {self.parasitic_off_site}")
 
 
 def wire_feet(table: dict, wire: np.ndarray, direction: float) -> np.ndarray:
