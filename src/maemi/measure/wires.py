@@ -82,7 +82,7 @@ class WireClasses:
     ids: np.ndarray  # the objects' labels, ascending
     classes: list[str]  # "nanowire" or "parasitic"; "object" for all when no array was found
     array_found: bool
-    crystal: np.ndarray | None = None  # per object, the parasitic crystal it is a piece of (0, 1, ...); -1 for wires
+    crystal: np.ndarray | None = None  # per object, its crystal by the gap grouping (0, 1, ...); -1 for wires
     direction_deg: float | None = None  # the array's rod direction
     rod_length_px: float | None = None  # the typical upright rod: major axis of the fitted ellipse
     rod_width_px: float | None = None  # minor axis
@@ -168,14 +168,15 @@ def classify_wires(labels: np.ndarray) -> WireClasses:
     classes = ["nanowire" if w else "parasitic" for w in wire]
     crystal = crystals(np.asarray(labels), ids, ~wire, int(round(CRYSTAL_GAP_RODS * rod_width)))
     n_wire, n_crystal = int(wire.sum()), int(crystal.max()) + 1
-    note = f"{int(aligned.sum())} aligned rods define the array; "
+    note = f"{int(aligned.sum())} aligned rods define the array; " + (f"{n_cut} cut free from what they touched; "
+                                                                       if n_cut else "")
     feet = wire_feet(table, wire, direction)
     lattice = fit_lattice(feet) if wire.sum() >= MIN_ARRAY_RODS else None
     sites = (array_sites(labels, table, wire, feet, crystal, lattice, np.pi / 4 * rod_length * rod_width)
              if lattice is not None else None)
     if sites is not None:
         n_crystal = sites.parasitic
-        note += (f"{n_cut} cut free from what they touched; " if n_cut else "") + sites.describe()
+        note += sites.describe()
     else:
         note += f"{n - n_wire} parasitic pieces make {n_crystal} crystals"
     return WireClasses(ids, classes, True, crystal, direction, rod_length, rod_width,
