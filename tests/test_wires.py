@@ -188,3 +188,12 @@ def test_a_patterned_array_counts_crystals_by_site_and_cuts_wires_free(seed):
     assert result.labels.max() > labels.max()
     # without the lattice, the pieces of cut crystals (two at least) would count twice and the touching pair once
     assert int(result.crystal.max()) + 1 > truth["parasitic"]
+
+
+def test_an_array_shown_upside_down_is_counted_the_same():
+    """Feet are taken at the bottom end on screen unless the crystals sit on the other end's lattice: an image turned
+    upside down (scan rotation) counts the same."""
+    labels, truth = _patterned_array(0)
+    upright, flipped = classify_wires(labels), classify_wires(np.ascontiguousarray(labels[::-1]))
+    assert flipped.counts == upright.counts == {"nanowire": truth["nanowire"], "parasitic": truth["parasitic"]}
+    assert flipped.sites.empty == upright.sites.empty

@@ -170,10 +170,17 @@ def classify_wires(labels: np.ndarray) -> WireClasses:
     n_wire, n_crystal = int(wire.sum()), int(crystal.max()) + 1
     note = f"{int(aligned.sum())} aligned rods define the array; " + (f"{n_cut} cut free from what they touched; "
                                                                        if n_cut else "")
-    feet = wire_feet(table, wire, direction)
-    lattice = fit_lattice(feet) if wire.sum() >= MIN_ARRAY_RODS else None
-    sites = (array_sites(labels, table, wire, feet, crystal, lattice, np.pi / 4 * rod_length * rod_width)
-             if lattice is not None else None)
+    # Which end is the foot: the crystals grew on the sites, so the lattice through the feet is the one whose free sites
+    # the parasitic pieces cover (the tops' lattice is the same, shifted by a wire's length, off the crystals). The
+    # bottom end on screen, as tilted views are shown, unless the other covers more.
+    sites = None
+    for end in (1, -1) if wire.sum() >= MIN_ARRAY_RODS else ():
+        feet = wire_feet(table, wire, direction, end)
+        lattice = fit_lattice(feet)
+        if lattice is not None:
+            found = array_sites(labels, table, wire, feet, crystal, lattice, np.pi / 4 * rod_length * rod_width)
+            if sites is None or found.parasitic_on_site > sites.parasitic_on_site:
+                sites = found
     if sites is not None:
         n_crystal = sites.parasitic
         note += sites.describe()
@@ -208,14 +215,14 @@ class ArraySites:
                 f"crystals off the sites: {self.parasitic_off_site}")
 
 
-def wire_feet(table: dict, wire: np.ndarray, direction: float) -> np.ndarray:
-    """(x, y) of each wire's foot: its end nearer the bottom of the screen (a tilted view is shown with the tilt axis
-    level and the tops of upright structures towards the top; for a level array, the left end)."""
+def wire_feet(table: dict, wire: np.ndarray, direction: float, end: int = 1) -> np.ndarray:
+    """(x, y) of one end of each wire: with end=1 the end nearer the bottom of the screen (for a level array, the
+    left one), where a tilted view, shown with the tilt axis level, puts the feet; end=-1 the other."""
     a = np.radians(direction)
     down = np.array([np.cos(a), -np.sin(a)])
     if down[1] < 0 or (down[1] == 0 and down[0] > 0):
         down = -down
-    return table["centre"][wire] + down * table["length"][wire, None] / 2
+    return table["centre"][wire] + end * down * table["length"][wire, None] / 2
 
 
 def array_sites(labels: np.ndarray, table: dict, wire: np.ndarray, feet: np.ndarray, crystal: np.ndarray,
