@@ -3,6 +3,7 @@ and an image without such an array says so instead of guessing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -197,3 +198,23 @@ def test_an_array_shown_upside_down_is_counted_the_same():
     upright, flipped = classify_wires(labels), classify_wires(np.ascontiguousarray(labels[::-1]))
     assert flipped.counts == upright.counts == {"nanowire": truth["nanowire"], "parasitic": truth["parasitic"]}
     assert flipped.sites.empty == upright.sites.empty
+
+
+def test_the_measurements_of_a_patterned_array_carry_its_sites():
+    """measure() on the rendered patterned array: counts by class, the sites of the field and the empty ones; an
+    image of scattered particles has no sites."""
+    from maemi.measure.measurements import measure
+
+    labels, truth = _patterned_array(0)
+    noise = np.random.default_rng(0).normal(0, 0.02, labels.shape)
+    m = measure(np.where(labels > 0, 0.75, 0.15) + noise, method="classical")
+    assert (m.nanowire_count, m.parasitic_count) == (truth["nanowire"], truth["parasitic"])
+    # every site of the field holds one wire, one crystal or nothing here (no crystal lies off the sites)
+    assert m.array_site_count == m.nanowire_count + m.parasitic_count + m.empty_site_count
+    assert abs(m.empty_site_count - truth["empty"]) <= 1
+    json.dumps(dataclasses.asdict(m))
+    particles = np.full((200, 200), 0.15)
+    for r, c in np.random.default_rng(1).uniform(20, 180, (15, 2)):
+        particles[disk((r, c), 5, shape=particles.shape)] = 0.75
+    p = measure(particles + noise[:200, :200], method="classical")
+    assert p.array_site_count is None and p.empty_site_count is None

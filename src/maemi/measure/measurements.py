@@ -143,6 +143,8 @@ class Measurements:
     fibre_diameter_mean_px: float | None = None  # the counted fibres' diameters, length-weighted
     nanowire_count: int | None = None  # upright wires of a tilted array (maemi.measure.wires), when there is one
     parasitic_count: int | None = None  # the array's other objects: parasitic crystals, lying or fused wires
+    array_site_count: int | None = None  # the sites of the array's lattice in the field, when its wires stand on one
+    empty_site_count: int | None = None  # of those, the sites where nothing grew
     segmenter: str = "classical"  # what found the objects: "classical", "spots" or "learned" (never "auto")
     phase_separation: float = 100.0  # how far apart the thresholded phases lie, in their standard deviations
     objects_uncertain: bool = False  # phase_separation < SEPARATION_MIN: one threshold cannot separate the objects
@@ -596,8 +598,10 @@ def _elongated_counts(seg: Segmentation) -> dict:
         if (wires.array_found and wires.counts.get("nanowire", 0) >= MIN_ARRAY_RODS
                 and wires.rod_length_px <= ARRAY_ROD_MAX_FIELD * min(seg.labels.shape)
                 and largest_piece_share(seg.mask) <= NETWORK_SHARE):
+            sites = {} if wires.sites is None else {"array_site_count": wires.sites.sites,
+                                                    "empty_site_count": wires.sites.empty}
             return {"nanowire_count": wires.counts.get("nanowire", 0),
-                    "parasitic_count": wires.counts.get("parasitic", 0)}
+                    "parasitic_count": wires.counts.get("parasitic", 0), **sites}
     fibres = seg.fibres
     if fibres is None:
         return {}
