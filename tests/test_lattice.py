@@ -46,6 +46,14 @@ def test_scattered_points_are_no_lattice(seed):
     assert fit_lattice(np.random.default_rng(seed).uniform(0, 340, (80, 2))) is None
 
 
+def test_some_sites_found_twice():
+    """Two wires on one site (or one found twice) give a null difference vector; it is no lattice vector."""
+    rng = np.random.default_rng(0)
+    sites = _sites() + rng.normal(0, 0.8, (len(_sites()), 2))
+    lattice = fit_lattice(np.r_[sites, sites[:40] + 1.0])
+    assert lattice is not None and _same_lattice(lattice.basis)
+
+
 def test_too_few_points_and_one_row():
     assert fit_lattice(_sites()[:5]) is None
     row = np.stack([np.arange(20) * 25.0, np.full(20, 50.0)], 1)  # one line of points spans no two directions

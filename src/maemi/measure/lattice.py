@@ -96,12 +96,16 @@ def fit_lattice(points: np.ndarray) -> Lattice | None:
     # v and -v are the same lattice vector: keep the one pointing down the screen (to the right when level)
     flip = (vectors[:, 1] < 0) | ((vectors[:, 1] == 0) & (vectors[:, 0] < 0))
     vectors[flip] *= -1
-    near = cKDTree(vectors).query_ball_point(vectors, tolerance)
-    votes = np.array([len(n) for n in near])
-    # peaks: vectors with the most votes among their neighbours (not the jittered flanks of a peak) and enough votes
-    local_max = np.array([votes[i] >= votes[n].max() for i, n in enumerate(near)])
-    peaks = np.flatnonzero(local_max & (votes >= PEAK_SHARE * votes.max()))
-    peaks = peaks[np.argsort(np.linalg.norm(vectors[peaks], axis=1))]
+    agreeing = cKDTree(vectors).query_ball_point(vectors, tolerance)
+    votes = np.array([len(n) for n in agreeing])
+    # peaks: vectors with the most votes among their neighbours (not the jittered flanks of a peak) and enough votes;
+    # not the null vector of a point found twice
+    local_max = np.array([votes[i] >= votes[n].max() for i, n in enumerate(agreeing)])
+    length = np.linalg.norm(vectors, axis=1)
+    peaks = np.flatnonzero(local_max & (votes >= PEAK_SHARE * votes.max()) & (length > tolerance))
+    if len(peaks) < 2:
+        return None
+    peaks = peaks[np.argsort(length[peaks])]
 
     def mean_near(v: np.ndarray) -> np.ndarray:
         return vectors[np.linalg.norm(vectors - v, axis=1) <= tolerance].mean(0)
