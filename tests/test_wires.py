@@ -218,3 +218,14 @@ def test_the_measurements_of_a_patterned_array_carry_its_sites():
         particles[disk((r, c), 5, shape=particles.shape)] = 0.75
     p = measure(particles + noise[:200, :200], method="classical")
     assert p.array_site_count is None and p.empty_site_count is None
+
+
+def test_aligned_rods_that_cross_the_field_are_no_array():
+    """Aligned fibres or lying wires as long as half the field are not an array's upright wires (and no rod is cut
+    out of them)."""
+    labels = np.zeros((300, 300), int)
+    for k in range(1, 9):
+        _rod(labels, k, (150, 20 + 33 * k), 180, 6, 88 + k % 3)
+    result = classify_wires(labels)
+    assert not result.array_found and "cross" in result.note
+    assert result.labels.max() == labels.max()

@@ -56,7 +56,6 @@ SMOOTHING_NOISE_GAIN = 1 / (2 * math.sqrt(math.pi))  # white noise's standard de
 # by this many standard errors of pixel noise; a speck that noise made passes the threshold but not this.
 ROSE_SNR = 5.0
 ROSE_RING_PX = 3  # the surroundings: a ring this wide around the object, outside every object
-ARRAY_ROD_MAX_FIELD = 0.25  # an array's rods are at most a quarter of the field's short side long
 # An array's wires stand apart (each grows from its own site; they touch in projection in twos and threes), a mat's
 # fibres lie on one another: the largest connected piece of an array's foreground holds a few per cent of it (31 real
 # nanowire tiles: 2-5%; rendered arrays at 256 and 512 px: 2-16%), of a dense mat most of it (the rendered mat whose
@@ -594,9 +593,8 @@ def _elongated_counts(seg: Segmentation) -> dict:
         return {}
     if np.mean(seg.shapes.aspect >= WIRE_ASPECT) >= ELONGATED_SHARE:
         wires = classify_wires(seg.labels)
-        # an array is many short upright wires per field; aligned fibres or lying wires that cross the field are not
+        # (classify_wires says no array where the rods cross the field: aligned fibres, lying wires)
         if (wires.array_found and wires.counts.get("nanowire", 0) >= MIN_ARRAY_RODS
-                and wires.rod_length_px <= ARRAY_ROD_MAX_FIELD * min(seg.labels.shape)
                 and largest_piece_share(seg.mask) <= NETWORK_SHARE):
             sites = {} if wires.sites is None else {"array_site_count": wires.sites.sites,
                                                     "empty_site_count": wires.sites.empty}

@@ -58,6 +58,9 @@ MIN_ALIGNED_SHARE = 2 * (2 * ALIGN_TOLERANCE_DEG / 180)
 # the upright wires cover 26-61% (one poorly segmented tile 9.6%). 2% sits between, a factor of 4-5 from each.
 MIN_WIRE_AREA_SHARE = 0.02
 HISTOGRAM_BIN_DEG = 5.0
+# An array is many short upright wires per field: its rods are at most a quarter of the field's short side long;
+# aligned fibres or lying wires that cross the field are not one (and cutting rods that long would be slow).
+ROD_MAX_FIELD = 0.25
 # Pieces of one parasitic crystal closer than this many rod widths are one crystal: the gap a dim facet leaves is a
 # few pixels, narrower than a wire, while separate crystals on the substrate usually lie further apart. Chosen on the
 # even-numbered half of the 31 DeepSEM tiles (parasitic count error 0.10 there; touching pieces only 0.23, a whole
@@ -149,6 +152,9 @@ def classify_wires(labels: np.ndarray) -> WireClasses:
                         f"direction (an array needs {MIN_ARRAY_RODS} and {MIN_ALIGNED_SHARE:.0%})")
     # medians: the aligned set still holds a few fused pairs and chance-aligned lying wires, a minority
     rod_length, rod_width = float(np.median(length[aligned])), float(np.median(width[aligned]))
+    if rod_length > ROD_MAX_FIELD * min(np.shape(labels)):
+        return no_array(f"the aligned rods are {rod_length:.0f} px long, over {ROD_MAX_FIELD:g} of the field: fibres "
+                        f"or wires that cross it, not an array's upright wires")
     wire = _like_the_rod(length, width, angle, direction, rod_length, rod_width)
     wire_area = float(area[wire].sum() / area.sum())
     if wire_area < MIN_WIRE_AREA_SHARE:
