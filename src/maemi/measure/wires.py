@@ -180,13 +180,17 @@ def classify_wires(labels: np.ndarray) -> WireClasses:
     # the parasitic pieces cover (the tops' lattice is the same, shifted by a wire's length, off the crystals). The
     # bottom end on screen, as tilted views are shown, unless the other covers more.
     sites = None
-    for end in (1, -1) if wire.sum() >= MIN_ARRAY_RODS else ():
-        feet = wire_feet(table, wire, direction, end)
-        lattice = fit_lattice(feet)
-        if lattice is not None:
-            found = array_sites(labels, table, wire, feet, crystal, lattice, np.pi / 4 * rod_length * rod_width)
-            if sites is None or found.parasitic_on_site > sites.parasitic_on_site:
-                sites = found
+    if wire.sum() >= MIN_ARRAY_RODS:
+        pieces = np.isin(labels, ids[~wire])  # the parasitic pixels, and how far each pixel is from one
+        distance = ndimage.distance_transform_edt(~pieces)
+        for end in (1, -1):
+            feet = wire_feet(table, wire, direction, end)
+            lattice = fit_lattice(feet)
+            if lattice is not None:
+                found = array_sites(labels, table, wire, feet, crystal, lattice,
+                                    np.pi / 4 * rod_length * rod_width, pieces, distance)
+                if sites is None or found.parasitic_on_site > sites.parasitic_on_site:
+                    sites = found
     if sites is not None:
         n_crystal = sites.parasitic
         note += sites.describe()
@@ -232,7 +236,7 @@ def wire_feet(table: dict, wire: np.ndarray, direction: float, end: int = 1) -> 
 
 
 def array_sites(labels: np.ndarray, table: dict, wire: np.ndarray, feet: np.ndarray, crystal: np.ndarray,
-                lattice: Lattice, rod_area: float) -> ArraySites:
+                lattice: Lattice, rod_area: float, pieces: np.ndarray, distance: np.ndarray) -> ArraySites:
     """What each site of the array's lattice (maemi.measure.lattice, fitted to the nanowires' feet) holds.
 
     A crystal that grew on a site is counted once however many pieces its facets were segmented into, and two crystals
@@ -245,10 +249,8 @@ def array_sites(labels: np.ndarray, table: dict, wire: np.ndarray, feet: np.ndar
     wire_sites = in_field & {tuple(s) for s in lattice.nearest_site(feet).tolist()}
     free = np.array(sorted(in_field - wire_sites), int).reshape(-1, 2)
     reach = SITE_REACH * lattice.spacing_px
-    pieces = np.isin(labels, ids[~wire])
     if not pieces.any():
         return ArraySites(lattice, len(in_field), len(wire_sites), 0, 0)
-    distance = ndimage.distance_transform_edt(~pieces)
 
     def at(sites: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         xy = np.round(lattice.position(sites)).astype(int)
