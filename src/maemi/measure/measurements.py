@@ -28,6 +28,7 @@ from skimage.morphology import remove_small_holes, remove_small_objects, skeleto
 from skimage.segmentation import watershed
 from skimage.transform import resize
 
+from maemi.measure.size_distribution import frame_extents, size_distribution
 from maemi.measure.wires import MIN_ARRAY_RODS, classify_wires
 
 if TYPE_CHECKING:
@@ -147,6 +148,14 @@ class Measurements:
     segmenter: str = "classical"  # what found the objects: "classical", "spots" or "learned" (never "auto")
     phase_separation: float = 100.0  # how far apart the thresholded phases lie, in their standard deviations
     objects_uncertain: bool = False  # phase_separation < SEPARATION_MIN: one threshold cannot separate the objects
+    # The equivalent diameters' distribution as particle sizing reports it, over the objects wholly inside the frame,
+    # each weighted for the frame's bias against large objects (maemi.measure.size_distribution); None without objects.
+    diameter_d10_px: float | None = None
+    diameter_d50_px: float | None = None
+    diameter_d90_px: float | None = None
+    diameter_geometric_mean_px: float | None = None  # the log-normal's median
+    diameter_geometric_std: float | None = None  # the log-normal's spread, a factor (at least 1)
+    edge_object_count: int = 0  # objects the image frame cuts: left out of the distribution above
 
     def to_nm(self, px: float) -> float | None:
         return None if self.nm_per_pixel is None else px * self.nm_per_pixel
@@ -552,6 +561,13 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     def stat(values: np.ndarray, fn) -> float:
         return float(fn(values)) if len(values) else 0.0
 
+    extent, on_edge = frame_extents(labels, ids)
+    sizes = size_distribution(diameters, extent, on_edge, (h, w))
+    distribution = {} if sizes is None else {
+        "diameter_d10_px": sizes.d10, "diameter_d50_px": sizes.d50, "diameter_d90_px": sizes.d90,
+        "diameter_geometric_mean_px": sizes.geometric_mean, "diameter_geometric_std": sizes.geometric_std,
+        "edge_object_count": sizes.objects_on_edge}
+
     return Measurements(
         width_px=w,
         height_px=h,
@@ -583,6 +599,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         segmenter=seg.method,
         phase_separation=seg.phase_separation,
         objects_uncertain=seg.phase_separation < SEPARATION_MIN,
+        **distribution,
     )
 
 
