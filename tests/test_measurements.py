@@ -219,6 +219,40 @@ def test_a_textured_field_without_objects_is_flagged_and_auto_counts_no_more_tha
         assert size_spread(segment(grey, "classical").labels) > MIXTURE_SPREAD
 
 
+@pytest.mark.parametrize("radius, gradient", [(80, 0.0), (120, 0.3), (180, 0.3)])
+def test_large_well_separated_particles_are_not_flattened_into_rings(radius, gradient):
+    """Discs as large as the background's window (a quarter of the short side), under a detector gradient: the first
+    background rises under them; measured again without them, each disc is one object of its own size."""
+    rng = np.random.default_rng(radius)
+    h, w = 768, 1024
+    yy, xx = np.mgrid[:h, :w]
+    image = 0.25 + gradient * (xx / w - 0.5)
+    centres = []
+    for _ in range(3000):
+        centre = rng.uniform([radius + 5, radius + 5], [h - radius - 5, w - radius - 5])
+        if all(np.hypot(*(centre - c)) > 2 * radius + 15 for c in centres):
+            centres.append(centre)
+    for cy, cx in centres:
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] += 0.45
+    image = np.clip(image + rng.normal(0, 0.03, image.shape), 0, 1).astype(np.float32)
+    m = measure(image)
+    assert m.segmenter == "classical" and m.object_count == len(centres) >= 2
+    assert m.diameter_mean_px == pytest.approx(2 * radius, rel=0.03)
+    assert m.phase_separation >= SEPARATION_MIN and not m.objects_uncertain
+
+
+@pytest.mark.skipif(not STEM_IMAGES.is_dir(), reason="needs ../shared/data/stem-particles")
+def test_the_background_measured_without_the_objects_leaves_real_stem_images_as_they_were():
+    """The second background is kept only where it separates the phases far better: on no real STEM image."""
+    import maemi.measure.measurements as measurements
+
+    for path in sorted(STEM_IMAGES.glob("*.jpg")):
+        smooth = ndimage.gaussian_filter(measurements._as_grey(np.asarray(Image.open(path).convert("L"))), 1.0)
+        flat, separation = measurements._flatten(smooth)
+        first = smooth - measurements._background(smooth)
+        assert np.array_equal(flat, first) and separation == phase_separation(first), path.name
+
+
 def test_size_spread_tells_like_objects_from_a_mixture():
     labels = np.zeros((200, 200), np.int32)
     for i in range(5):  # five like disks: spread 1
