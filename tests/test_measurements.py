@@ -13,6 +13,7 @@ from PIL import Image
 from maemi.data.synth import make_micrograph
 from maemi.measure.boxes import annotated_images
 from maemi.measure.scenes import render_scene
+from maemi.measure import measurements
 from maemi.measure.measurements import (MIXTURE_SPREAD, SEPARATION_MIN, Measurements, measure, phase_separation,
                                         segment, size_spread)
 
@@ -241,11 +242,50 @@ def test_large_well_separated_particles_are_not_flattened_into_rings(radius, gra
     assert m.phase_separation >= SEPARATION_MIN and not m.objects_uncertain
 
 
+@pytest.mark.parametrize("material", [1.0, 1.3])
+def test_secondary_electron_spheres_with_dark_tops_are_measured_whole(material):
+    """SE yield rises as 1 / cos(tilt) towards a sphere's rim; its top, facing the beam, is as bright as a substrate of
+    like yield (material 1) or a little brighter. One threshold keeps the rims; each ring is filled to its disc."""
+    rng = np.random.default_rng(7)
+    h, w, radius, level = 480, 640, 30, 0.2
+    yy, xx = np.mgrid[:h, :w]
+    image = np.full((h, w), level)
+    centres = []
+    while len(centres) < 12:
+        centre = rng.uniform([radius + 5, radius + 5], [h - radius - 5, w - radius - 5])
+        if all(np.hypot(*(centre - c)) > 2 * radius + 20 for c in centres):
+            centres.append(centre)
+    for cy, cx in centres:
+        rho = np.hypot(yy - cy, xx - cx) / radius
+        inside = rho < 1
+        image[inside] = np.minimum(level * material / np.sqrt(1 - np.minimum(rho[inside], 0.995) ** 2), 0.95)
+    image = np.clip(ndimage.gaussian_filter(image, 1.5) + rng.normal(0, 0.02, image.shape), 0, 1).astype(np.float32)
+    m = measure(image)
+    assert m.object_count == 12
+    assert m.diameter_mean_px == pytest.approx(2 * radius, rel=0.08)  # the rims alone: 43-53 px
+
+
+def test_a_mats_pores_and_a_sponges_stay_open():
+    """Filling rings leaves pores alone: a sponge's porosity holds, a network over much of the field keeps its pores,
+    and a pore with debris in it is no particle's hole."""
+    grey, truth = _micrograph("Porous_Sponge", 2)
+    m = measure(grey)
+    porosity = m.area_fraction if m.foreground == "dark" else 1 - m.area_fraction
+    assert porosity == pytest.approx(truth["porosity"], abs=0.1)
+    network = np.zeros((200, 200), bool)
+    network[20:180, 20:26] = network[20:180, 100:106] = network[20:180, 174:180] = True
+    network[20:26, 20:180] = network[174:180, 20:180] = network[97:103, 20:180] = True  # a grid: four pores
+    assert measurements._fill_rings(network).sum() == network.sum()
+    radius = np.hypot(*np.mgrid[-100:100, -100:100])
+    ring = (radius < 30) & (radius >= 22)
+    assert np.array_equal(measurements._fill_rings(ring), radius < 30)  # a particle's rim: filled to its disc
+    ring[100, 100] = True  # something inside it
+    assert measurements._fill_rings(ring).sum() == ring.sum()
+
+
 @pytest.mark.skipif(not STEM_IMAGES.is_dir(), reason="needs ../shared/data/stem-particles")
 def test_the_background_measured_without_the_objects_leaves_real_stem_images_as_they_were():
     """The second background is kept only where it separates the phases far better: on no real STEM image."""
-    import maemi.measure.measurements as measurements
-
     for path in sorted(STEM_IMAGES.glob("*.jpg")):
         smooth = ndimage.gaussian_filter(measurements._as_grey(np.asarray(Image.open(path).convert("L"))), 1.0)
         flat, separation = measurements._flatten(smooth)
