@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import edt
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
+from scipy.spatial import ConvexHull, cKDTree
 from skimage.feature import canny, graycomatrix, graycoprops, structure_tensor
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops_table
-from skimage.morphology import convex_hull_image, remove_small_holes, remove_small_objects, skeletonize
+from skimage.morphology import remove_small_holes, remove_small_objects, skeletonize
 from skimage.segmentation import watershed
 from skimage.transform import resize
 
@@ -512,22 +512,34 @@ def _fill_rings(mask: np.ndarray) -> np.ndarray:
     objects = label(mask, connectivity=2)
     # the objects next to each hole, their labels spread one pixel into it: the one around it, and any island inside
     # (debris in a pore), in which case it is left as it is
-    index = np.arange(1, n + 1)
-    spread = ndimage.grey_dilation(objects, size=3).astype(np.int64)
-    owner = np.asarray(ndimage.maximum(spread, holes, index), np.int64)
-    lowest = np.asarray(ndimage.minimum(np.where(spread > 0, spread, owner.max() + 1), holes, index), np.int64)
+    in_hole = holes > 0
+    hole_of = holes[in_hole]
+    next_to = ndimage.grey_dilation(objects, size=3)[in_hole].astype(np.int64)
+    owner = np.zeros(n + 1, np.int64)
+    np.maximum.at(owner, hole_of, next_to)
+    lowest = np.full(n + 1, np.iinfo(np.int64).max)
+    np.minimum.at(lowest, hole_of[next_to > 0], next_to[next_to > 0])
     owner[lowest != owner] = 0
     if not owner.any():
         return mask
     filled = objects.copy()
-    filled[holes > 0] = owner[holes[holes > 0] - 1]
+    filled[in_hole] = owner[hole_of]
+    area = np.bincount(filled.ravel(), minlength=int(objects.max()) + 1)
     boxes = ndimage.find_objects(filled)
     compact = np.zeros(int(objects.max()) + 1, bool)
     for k in np.unique(owner[owner > 0]):
-        region = filled[boxes[k - 1]] == k
-        area = int(region.sum())
-        compact[k] = area <= RING_MAX_FIELD * mask.size and area >= RING_SOLIDITY * convex_hull_image(region).sum()
-    return mask | ((holes > 0) & compact[filled])
+        if area[k] <= RING_MAX_FIELD * mask.size:  # the hull only where the area allows it
+            compact[k] = area[k] >= RING_SOLIDITY * _hull_area(filled[boxes[k - 1]] == k)
+    return mask | (in_hole & compact[filled])
+
+
+def _hull_area(region: np.ndarray) -> float:
+    """The area of the convex hull of a mask's pixels (as squares: their corners), px. From the outline's corners with
+    scipy's ConvexHull: skimage's convex_hull_image rasterises the hull, 60 ms for one object 500 px across."""
+    edge = region & ~ndimage.binary_erosion(region)
+    rows, cols = np.nonzero(edge)
+    corners = np.concatenate([np.stack([rows + dr, cols + dc], axis=1) for dr in (-0.5, 0.5) for dc in (-0.5, 0.5)])
+    return float(ConvexHull(corners).volume)
 
 
 def _visible(image: np.ndarray, labels: np.ndarray, sigma: float) -> tuple[np.ndarray, int]:
