@@ -5,7 +5,7 @@ direction (the tilt axis fixes it), the same width (the wires grow from holes of
 length (one growth time). Parasitic crystals are whatever breaks that pattern: irregular blobs, wires lying on the
 substrate at random angles, wires grown far longer or kinked, and clusters that fused in the segmentation.
 
-So, from the label image (regionprops: orientation, major and minor axis of the fitted ellipse):
+So, from the label image (maemi.measure.moments: the orientation, major and minor axis of the fitted ellipse):
 1. the array's direction is the mode of the orientations of the elongated objects (weighted by their length), refined
    as the axial mean of those within the tolerance of that mode;
 2. the typical rod is the median length and width of the elongated objects along that direction;
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 from skimage.draw import line as draw_line
-from skimage.measure import regionprops_table
 
 from maemi.measure.lattice import Lattice, fit_lattice
+from maemi.measure.moments import ellipse_moments
 
 # An upright wire is several times longer than wide even after the tilt foreshortens it (the DeepSEM tiles: rods about
 # 28 x 5 px); blobs and droplets have aspect below ~1.5. 2 separates the two with room for a noisy ellipse fit.
@@ -273,15 +273,14 @@ def array_sites(labels: np.ndarray, table: dict, wire: np.ndarray, feet: np.ndar
 def _object_table(labels: np.ndarray) -> dict[str, np.ndarray]:
     """Per object of `labels`, in label order: label, area, centre (x, y), length and width (major and minor axis of
     the fitted ellipse) and angle (degrees counter-clockwise from horizontal on screen)."""
-    t = regionprops_table(labels, properties=("label", "area", "centroid", "orientation", "axis_major_length",
-                                              "axis_minor_length"))
-    return {"label": t["label"], "area": t["area"].astype(float),
-            "centre": np.stack([t["centroid-1"], t["centroid-0"]], 1).reshape(-1, 2),
-            "length": t["axis_major_length"].astype(float),
-            "width": np.maximum(t["axis_minor_length"].astype(float), 1.0),
-            # regionprops: angle from the row axis (down) to the major axis, counter-clockwise in (row, column)
-            # coordinates, which is counter-clockwise on screen too; the row axis is 90 degrees on screen
-            "angle": (90.0 + np.degrees(t["orientation"])) % 180.0}
+    m = ellipse_moments(labels)
+    return {"label": m.ids, "area": m.area,
+            "centre": m.centroids[:, ::-1].reshape(-1, 2),
+            "length": m.major,
+            "width": np.maximum(m.minor, 1.0),
+            # regionprops' orientation: from the row axis (down) to the major axis, counter-clockwise in (row,
+            # column) coordinates, which is counter-clockwise on screen too; the row axis is 90 degrees on screen
+            "angle": (90.0 + np.degrees(m.orientation)) % 180.0}
 
 
 def _like_the_rod(length, width, angle, direction, rod_length, rod_width) -> np.ndarray:
