@@ -265,6 +265,47 @@ def test_secondary_electron_spheres_with_dark_tops_are_measured_whole(material):
     assert m.diameter_mean_px == pytest.approx(2 * radius, rel=0.08)  # the rims alone: 43-53 px
 
 
+def _monolayer(radius: float, gap: float, dark: bool, shape=(384, 512), seed=0) -> tuple[np.ndarray, int]:
+    """A hexagonal monolayer of like particles, jittered, blurred and noisy, and how many of them the field shows."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    cover = np.zeros(shape, bool)
+    pitch, shown = 2 * radius + gap, 0
+    for i, y in enumerate(np.arange(-pitch, shape[0] + pitch, pitch * np.sqrt(3) / 2)):
+        for x in np.arange(-pitch, shape[1] + pitch, pitch):
+            cy, cx = y + rng.normal(0, 0.5), x + (pitch / 2 if i % 2 else 0) + rng.normal(0, 0.5)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= (radius * rng.normal(1, 0.05)) ** 2
+            shown += int(disc.sum() >= 20)
+            cover |= disc
+    image = ndimage.gaussian_filter(cover.astype(np.float32), 1.2)
+    image = 0.75 - 0.45 * image if dark else 0.25 + 0.45 * image
+    return np.clip(image + rng.normal(0, 0.04, shape), 0, 1).astype(np.float32), shown
+
+
+@pytest.mark.parametrize("radius, gap", [(12, 5), (20, 4)])
+@pytest.mark.parametrize("dark", [True, False])
+def test_a_packed_monolayer_counts_its_particles_not_the_gaps_between_them(radius, gap, dark):
+    """Particles over most of the field (here 62-73%): the minority phase is the network of gaps between them, and
+    the particles are the majority phase's many convex pieces of one size. Before, the gaps were counted."""
+    image, shown = _monolayer(radius, gap, dark)
+    m = measure(image)
+    assert m.foreground == ("dark" if dark else "bright") and m.area_fraction > 0.5
+    assert m.object_count == pytest.approx(shown, rel=0.1)
+    assert m.diameter_d50_px == pytest.approx(2 * radius, rel=0.1)  # the whole particles', frame-cut ones left out
+
+
+def test_a_mats_convex_pores_are_not_taken_for_a_packed_film():
+    """A rendered mat whose fibres are one network around 110 convex pores (they fill 0.95 of their hulls): the pores
+    of crossing lines are of every size, a film's particles of one, so the fibres stay the objects."""
+    scene = render_scene(214, "fibres", shape=(768, 1024))
+    grey = measurements._as_grey(scene.image)
+    pores = ~segment(grey, "classical").mask
+    assert measurements.largest_piece_share(~pores) > measurements.NETWORK_SHARE
+    assert not measurements._packing(pores)
+    m = measure(grey)
+    assert m.fibre_count is not None and m.foreground == "bright"
+
+
 def test_a_mats_pores_and_a_sponges_stay_open():
     """Filling rings leaves pores alone: a sponge's porosity holds, a network over much of the field keeps its pores,
     and a pore with debris in it is no particle's hole."""
