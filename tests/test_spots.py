@@ -62,3 +62,17 @@ def test_outline_size_and_the_measure_teacher_path():
     assert m.segmenter == "spots" and abs(m.object_count - len(centres)) <= 2
     # the outline at a fifth of the height: a Gaussian profile's 4-sigma diameter within a third
     assert m.diameter_mean_px == pytest.approx(diameters.mean(), rel=0.35)
+
+
+def test_a_textured_particle_is_outlined_whole():
+    """Lattice fringes or noise inside a particle dip below the outline level: the dips are the particle's own, so
+    its outline has no holes and its area is the disc's."""
+    yy, xx = np.mgrid[:160, :160]
+    disc = (yy - 80) ** 2 + (xx - 80) ** 2 <= 20 ** 2
+    # dark lines 3 px wide inside it, clear of its edge and of its centre
+    fringes = ((xx - 80) % 8 >= 4) & ((xx - 80) % 8 <= 6) & ((yy - 80) ** 2 + (xx - 80) ** 2 <= 14 ** 2)
+    image = np.where(disc & ~fringes, 0.8, 0.2).astype(np.float32)
+    labels = spots.outline(image, np.array([[80.0, 80.0, 20 / np.sqrt(2), 10.0]]))
+    assert labels.max() == 1
+    assert ndimage.binary_fill_holes(labels > 0).sum() == (labels > 0).sum()
+    assert (labels > 0).sum() == pytest.approx(disc.sum(), rel=0.1)

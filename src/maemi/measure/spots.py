@@ -140,7 +140,11 @@ def outline(image: np.ndarray, spots: np.ndarray) -> np.ndarray:
         if centre == 0:
             continue
         n += 1
-        labels[top:top + window.shape[0], left:left + window.shape[1]][parts == centre] = n
+        # a particle is one piece without holes: its own texture (lattice fringes, noise) dips below the outline level
+        # inside it, and those pixels are the particle's too (not where another spot already lies)
+        free = labels[top:top + window.shape[0], left:left + window.shape[1]] == 0
+        labels[top:top + window.shape[0], left:left + window.shape[1]][
+            ndimage.binary_fill_holes(parts == centre) & free] = n
     return labels
 
 
