@@ -377,3 +377,28 @@ def test_distance_and_shapes_equal_scipy_and_skimage():
     assert np.array_equal(shapes.ids, table["label"]) and np.array_equal(shapes.area, table["area"])
     assert np.allclose(shapes.centroids, np.stack([table["centroid-0"], table["centroid-1"]], 1))
     assert np.allclose(shapes.aspect, table["axis_major_length"] / np.maximum(table["axis_minor_length"], 1))
+
+
+def test_touching_pairs_in_a_field_of_like_particles_are_cut_apart():
+    """Pairs whose centres lie 1.4 radii apart (a neck 0.71 of the radius wide, too wide for the distance peaks above
+    0.4 of the top to part) among single particles of the same size: each pair is two particles."""
+    rng = np.random.default_rng(5)
+    h, w, radius = 480, 640, 14
+    yy, xx = np.mgrid[:h, :w]
+    image = np.full((h, w), 0.25)
+    groups = []
+    while len(groups) < 30:
+        centre = rng.uniform([40, 40], [h - 40, w - 40])
+        if all(np.hypot(*(centre - c)) > 6 * radius for c, _ in groups):
+            groups.append((centre, len(groups) % 3 == 0))  # every third a pair
+    discs = 0
+    for (cy, cx), pair in groups:
+        angle = rng.uniform(0, np.pi)
+        offsets = [(-0.7, 0.0), (0.7, 0.0)] if pair else [(0.0, 0.0)]
+        for a, _ in offsets:
+            dy, dx = a * radius * np.sin(angle), a * radius * np.cos(angle)
+            image[(yy - cy - dy) ** 2 + (xx - cx - dx) ** 2 <= radius ** 2] = 0.7
+            discs += 1
+    image = np.clip(ndimage.gaussian_filter(image, 1.2) + rng.normal(0, 0.03, image.shape), 0, 1).astype(np.float32)
+    m = measure(image)
+    assert discs == 40 and m.object_count == discs
