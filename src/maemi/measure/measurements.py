@@ -535,11 +535,9 @@ def _packing(phase: np.ndarray) -> bool:
     if not phase.any() or largest_piece_share(phase) > NETWORK_SHARE:
         return False
     labels = _split_touching(phase, distance_to_background(phase))
-    on_frame = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     area = np.bincount(labels.ravel()).astype(float)
-    area[0] = 0.0
-    area[on_frame] = 0.0
-    inner = np.flatnonzero(area)
+    ids = np.flatnonzero(area[1:]) + 1
+    inner = ids[~frame_extents(labels, ids)[1]]
     if len(inner) < PACKED_MIN_PIECES:
         return False
     if not _one_size(area[inner]):
@@ -572,8 +570,7 @@ def _split_clumps(labels: np.ndarray, distance: np.ndarray) -> np.ndarray:
         return labels
     # the size of the object a pixel of the foreground lies in, typically: the area-weighted median (a field of specks
     # around a few large objects has specks for its plain median, and every large object would be a clump)
-    ordered = np.sort(present)
-    typical = float(ordered[np.searchsorted(np.cumsum(ordered), ordered.sum() / 2)])
+    typical = float(np.percentile(present, 50, weights=present, method="inverted_cdf"))
     boxes = ndimage.find_objects(labels)
     next_label = int(labels.max()) + 1
     for k in np.flatnonzero(area >= CLUMP_AREA * typical) + 1:
