@@ -179,6 +179,27 @@ def test_round_particles_get_no_wire_or_fibre_counts():
     grey, _ = _micrograph("Particles", 0)
     m = measure(grey, method="classical")
     assert m.fibre_count is m.nanowire_count is None
+    # nor a wire's width and length: along the skeleton of a round blob the distance to the edge is a fraction of
+    # its radius (the 0.4-0.7 of the diameter this read on real STEM spots), so it is not a size to state
+    assert m.width_mean_px is m.length_mean_px is None and m.diameter_mean_px > 0
+
+
+def test_rods_have_their_width_and_length():
+    """Nanorods (spherocylinders 14 px wide, 42 long) lying on a grid: their width and length are measured."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:480, :640].astype(np.float32)
+    grey = np.full((480, 640), 0.2, np.float32)
+    for row in range(40, 460, 60):
+        for col in range(40, 620, 70):
+            angle, centre = rng.uniform(0, np.pi), np.array([row, col]) + rng.integers(-5, 6, 2)
+            axis = 14 * np.array([np.sin(angle), np.cos(angle)])  # half the core's length: 42 = 28 + 2 x 7
+            t = np.clip(((yy - centre[0]) * axis[0] + (xx - centre[1]) * axis[1]) / (axis @ axis), -1, 1)
+            grey[np.hypot(yy - centre[0] - t * axis[0], xx - centre[1] - t * axis[1]) <= 7] = 0.8
+    grey = ndimage.gaussian_filter(grey, 1.0) + rng.normal(0, 0.02, grey.shape).astype(np.float32)
+    m = measure(grey, method="classical")
+    assert m.object_count == 63
+    assert m.width_mean_px == pytest.approx(14, rel=0.1)
+    assert m.length_mean_px == pytest.approx(28 + 7 * np.pi / 2, rel=0.1)  # area / width: the caps count pi/4
 
 
 def test_phase_separation_has_its_textbook_values_and_ignores_how_much_the_objects_cover():

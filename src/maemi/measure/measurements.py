@@ -167,8 +167,11 @@ class Measurements:
     diameter_std_px: float
     diameter_min_px: float
     diameter_max_px: float
-    width_mean_px: float  # local thickness, twice the distance from the centre line to the edge: a wire's width
-    length_mean_px: float  # area / width: a wire's length (pi/4 of the diameter for a disk)
+    # Wires, fibres and rods only (rod_like; None for round objects, whose size is their diameter: along the skeleton
+    # of an irregular blob the distance to the edge is a fraction of its radius): the local thickness, twice the
+    # distance from the centre line to the edge, and area / width, the length.
+    width_mean_px: float | None
+    length_mean_px: float | None
     circularity_mean: float  # 4 pi A / P^2, 1 for a disk
     aspect_ratio_mean: float  # major / minor axis of the fitted ellipse
     orientation_deg: float | None  # dominant orientation, 0-180 degrees counter-clockwise from horizontal
@@ -774,8 +777,8 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         diameter_std_px=stat(diameters, np.std),
         diameter_min_px=stat(diameters, np.min),
         diameter_max_px=stat(diameters, np.max),
-        width_mean_px=stat(widths, np.mean),
-        length_mean_px=stat(area / np.maximum(widths, 1.0), np.mean),
+        width_mean_px=stat(widths, np.mean) if rod_like(shapes.aspect) else None,
+        length_mean_px=stat(area / np.maximum(widths, 1.0), np.mean) if rod_like(shapes.aspect) else None,
         circularity_mean=stat(shapes.circularity, np.mean),
         aspect_ratio_mean=stat(shapes.aspect, np.mean),
         orientation_deg=orientation,
@@ -793,6 +796,14 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         objects_uncertain=seg.phase_separation < SEPARATION_MIN,
         **distribution,
     )
+
+
+def rod_like(aspect: np.ndarray) -> bool:
+    """Whether objects of these aspect ratios are wires, fibres or rods, whose width and length are their sizes: a
+    third of them at least twice as long as wide (the wire array's gate), or FIBRE_ASPECT on average (what the answers
+    call elongated)."""
+    return len(aspect) > 0 and bool(np.mean(aspect >= WIRE_ASPECT) >= ELONGATED_SHARE
+                                    or np.mean(aspect) >= FIBRE_ASPECT)
 
 
 def _elongated_counts(seg: Segmentation) -> dict:

@@ -29,7 +29,8 @@ from maemi.data.images import ImageReadError, find_info_bar, load_image
 from maemi.measure.annotations import find_annotations, without_annotations
 from maemi.measure.scale import Scale, read_scale
 from maemi.measure.slots import fill, indexed, slot
-from maemi.measure.measurements import DEFAULT_SEGMENTER, Measurements, Segmentation, measure_segmentation, segment
+from maemi.measure.measurements import (DEFAULT_SEGMENTER, FIBRE_ASPECT, Measurements, Segmentation,
+                                        measure_segmentation, segment)
 from maemi.teachers.questions import Profile, Question, TeacherReply, get_profile
 
 # Every adjective the teacher uses comes from one of these cut-offs.
@@ -41,7 +42,8 @@ THRESHOLDS = {
     "ordered_r": 1.3,  # above: evenly spaced
     "round_circularity": 0.8,  # 4*pi*area/perimeter^2 at or above (with a low aspect ratio): round
     "irregular_circularity": 0.5,  # below: irregular outline
-    "elongated_aspect": 3.0,  # major/minor axis at or above: elongated (wire-, fibre-like)
+    # mean major/minor axis at or above: elongated (wire-, fibre-like); measurements.rod_like then gives their width
+    "elongated_aspect": FIBRE_ASPECT,
     "oblong_aspect": 1.5,  # at or above: oblong
     "touching_nn_ratio": 1.15,  # nearest-neighbour distance / mean diameter below: touching or fused
     "separated_nn_ratio": 2.0,  # above: well separated
@@ -171,7 +173,6 @@ class ImageFacts:
             "field_width": length(m.width_px), "field_height": length(m.height_px),
             "diameter_mean": length(m.diameter_mean_px), "diameter_std": length(m.diameter_std_px),
             "diameter_min": length(m.diameter_min_px), "diameter_max": length(m.diameter_max_px),
-            "width_mean": length(m.width_mean_px), "length_mean": length(m.length_mean_px),
             "area_fraction": _pct(m.area_fraction), "background_fraction": _pct(1 - m.area_fraction),
             "circularity_mean": f"{m.circularity_mean:.2f}", "aspect_ratio_mean": f"{m.aspect_ratio_mean:.2f}",
             "glcm_contrast": f"{m.glcm_contrast:.2f}", "glcm_homogeneity": f"{m.glcm_homogeneity:.2f}",
@@ -183,6 +184,8 @@ class ImageFacts:
             "scale_note": (f"(at {fmt_number(m.nm_per_pixel)} nm per pixel)" if m.nm_per_pixel
                            else "(in pixels: the image's scale is not known)"),
         }
+        if m.width_mean_px is not None:  # wires, fibres and rods only
+            v["width_mean"], v["length_mean"] = length(m.width_mean_px), length(m.length_mean_px)
         if m.fibre_count is not None:
             v["fibre_count"] = str(m.fibre_count)
         if m.fibre_diameter_mean_px is not None:
