@@ -503,7 +503,7 @@ def screen(
 
 @app.command()
 def measure(
-    images: list[Path] = typer.Argument(..., help="Image files."),
+    images: list[Path] = typer.Argument(..., help="Image files, or folders: every image under them."),
     nm_per_pixel: Optional[float] = typer.Option(None, "--nm-per-pixel", min=0.0, help="The scale, when you know it "
                                                                                       "better than the files do."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write a table: results.csv or results.jsonl."),
@@ -518,6 +518,10 @@ def measure(
                                              "on a fibre mat, of the fibres' diameters."),
     segmenter: str = typer.Option("auto", "--segmenter", help=_SEGMENTER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: the images already in --out "
+                                "are skipped, and every table is continued without repeats."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Measure this many images at once, in separate "
+                                "processes (at most one per CPU core); the tables keep the input order."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is
     known; with --objects, --fibres, --overlay and --histogram, each object and a picture of what was counted.
@@ -531,97 +535,59 @@ def measure(
     mean diameter are those of the measurements. On a fibre mat the objects counted are its fibres, traced through
     their crossings: the fibres table has one row per fibre (length and mean diameter), the objects table the
     segmented regions. Overlays show the whole image, the info bar (not measured) dimmed.
-    """
-    import dataclasses
 
-    from maemi.data.images import ImageReadError
-    from maemi.measure.figures import histogram_png, output_names, overlay_image, write_png
-    from maemi.measure.objects import (FIBRE_COLUMNS, fibre_rows, measure_objects_file, object_table, table_rows,
-                                       write_table)
-    from maemi.serve.rows import RowWriter, check_table_path
-    from maemi.measure.measurements import Measurements
+    Each image's rows are written as soon as it is measured: a run killed halfway keeps every finished image, and
+    --resume continues it.
+    """
+    from maemi.measure.batch import MeasureJob, check_outputs, image_paths, measure_many
+    from maemi.measure.figures import output_names
+    from maemi.serve.rows import RowFileError
 
     if nm_per_pixel is not None and nm_per_pixel <= 0:
         _fail("--nm-per-pixel must be positive")
     _check_segmenter(segmenter)
-    tables = [p for p in (out, objects, fibres) if p is not None]
-    if len({p.resolve() for p in tables}) < len(tables):
-        _fail("--out, --objects and --fibres must be different files")
-    for table_path in tables:
-        try:
-            check_table_path(table_path, resume=False)
-        except FileExistsError:  # its message suggests --resume, which measure has not
-            _fail(f"{table_path}: already exists; choose another output path (a table is never overwritten)")
-        except ValueError as e:
-            _fail(str(e))
+    try:
+        check_outputs(out, objects, fibres, resume)
+        paths = image_paths(images)
+    except (FileExistsError, ValueError) as e:  # an existing table without --resume, a bad suffix, no images
+        _fail(str(e))
     for folder in [f for f in (overlay, histogram) if f is not None]:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             _fail(f"{folder}: cannot create the folder: {e.strerror or e}")
-    rows, object_rows, fibre_table = [], [], []
-    for image, name in zip(images, output_names(images)):
-        row = {"path": str(image), "nm_per_pixel": None, "scale_source": None, "scale_detail": None, "scale_notes": [],
-               "magnification": None, "info_bar_px": None, "left_out": [], "measurements": None, "error": None}
-        rows.append(row)
-        try:
-            result = measure_objects_file(image, nm_per_pixel=nm_per_pixel, segmenter=segmenter)
-        except (ImageReadError, ValueError) as e:  # unreadable, or too small to measure
-            row["error"] = str(e)
-            continue
-        measured, scale = result.measured, result.measured.scale
-        row.update(nm_per_pixel=scale.nm_per_pixel, scale_source=scale.source, scale_detail=scale.detail or None,
-                   scale_notes=list(scale.notes), magnification=scale.magnification,
-                   info_bar_px=measured.info_bar_px, left_out=[list(box) for box in measured.left_out],
-                   measurements=dataclasses.asdict(measured.m))
-        labels = result.segmentation.labels
-        mat = measured.m.fibre_count is not None
-        if objects is not None or (histogram is not None and not mat):
-            table = table_rows(str(image), object_table(labels), scale.nm_per_pixel, scale.source)
-            object_rows.extend(table if objects is not None else [])
-        if mat and (fibres is not None or histogram is not None):
-            mat_table = fibre_rows(str(image), result.segmentation, scale.nm_per_pixel, scale.source)
-            fibre_table.extend(mat_table if fibres is not None else [])
-        if overlay is not None:
-            write_png(overlay / f"{name}.overlay.png", overlay_image(result.whole, labels, left_out=measured.left_out))
-        if histogram is not None:
-            unit = "nm" if scale.known else "px"
-            if mat:
-                picture = histogram_png([r[f"diameter_{unit}"] for r in mat_table], unit, image.name, "fibre")
-            else:
-                picture = histogram_png([r[f"equivalent_diameter_{unit}"] for r in table], unit, image.name)
-            write_png(histogram / f"{name}.histogram.png", picture)
-    if out is not None:
-        columns = [c for c in rows[0] if c != "measurements"]
-        columns[-1:-1] = [f"measurements.{f.name}" for f in dataclasses.fields(Measurements)]
-        with RowWriter(out, columns) as writer:
-            writer.write(rows)
-    if objects is not None:
-        write_table(objects, object_rows)
-    if fibres is not None:
-        write_table(fibres, fibre_table, FIBRE_COLUMNS)
+    jobs = [MeasureJob(path, name, nm_per_pixel, segmenter, objects is not None, fibres is not None, overlay,
+                       histogram) for path, name in zip(paths, output_names(paths))]
+    printed = not as_json and (out is None or len(jobs) == 1)
+    try:
+        skipped, results = measure_many(jobs, out, objects, fibres, resume, workers,
+                                        on_done=(lambda r: _print_measurement(r.row)) if printed else None)
+    except (RowFileError, FileExistsError) as e:
+        _fail(str(e))
+    rows = [r.row for r in results]
     if as_json:
         _echo_json(rows)
-    elif out is None or len(rows) == 1:
-        for row in rows:
-            _print_measurement(row)
-    if as_json or (out is not None and len(rows) > 1):  # not printed above: name the skipped files
+    if not printed:  # name the skipped files
         for row in rows:
             if row["error"]:
                 typer.echo(f"{row['path']}: skipped: {row['error']}", err=True)
     errors = sum(r["error"] is not None for r in rows)
     measured_count = len(rows) - errors
+    if skipped:
+        typer.echo(f"{skipped} image(s) already in {out}: not measured again", err=True)
     if out is not None:
-        typer.echo(f"{out}: {len(rows)} rows, {errors} with an error", err=True)
+        typer.echo(f"{out}: {len(rows)} rows written, {errors} with an error", err=True)
     if objects is not None:
-        typer.echo(f"{objects}: {len(object_rows)} objects from {measured_count} images", err=True)
+        typer.echo(f"{objects}: {sum(len(r.objects) for r in results)} objects from {measured_count} images",
+                   err=True)
     if fibres is not None:
         mats = sum(r["measurements"] is not None and r["measurements"]["fibre_count"] is not None for r in rows)
-        typer.echo(f"{fibres}: {len(fibre_table)} fibres from {mats} fibre mat(s) of {measured_count} images", err=True)
+        typer.echo(f"{fibres}: {sum(len(r.fibres) for r in results)} fibres from {mats} fibre mat(s) of "
+                   f"{measured_count} images", err=True)
     for folder, kind in ((overlay, "overlays"), (histogram, "histograms")):
         if folder is not None:
             typer.echo(f"{folder}: {measured_count} {kind}", err=True)
-    if all(r["error"] for r in rows):
+    if rows and all(r["error"] for r in rows):
         raise typer.Exit(1)
 
 

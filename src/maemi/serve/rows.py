@@ -65,9 +65,12 @@ def _lines(data: bytes) -> tuple[list[bytes], bytes]:
 
 
 class RowWriter:
-    """Append rows (dicts keyed by `columns`) to a CSV or JSONL table; `done()` lists the `key` values written."""
+    """Append rows (dicts keyed by `columns`) to a CSV or JSONL table; `done()` lists the `key` values written.
+    `key` is a column, or several (a tuple) where an item has many rows, as an image has its objects: then each key is
+    the tuple of those values, as text (a CSV cell reads back as text)."""
 
-    def __init__(self, path: str | os.PathLike, columns: list[str], key: str = "path", resume: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, columns: list[str], key: str | tuple[str, ...] = "path",
+                 resume: bool = False) -> None:
         self.path = Path(path)
         self.format = table_format(self.path)
         self.columns, self.key, self.resume = list(columns), key, resume
@@ -90,9 +93,16 @@ class RowWriter:
             os.close(self._fd)
             self._fd = None
 
-    def done(self) -> set[str]:
+    def done(self) -> set:
         """Keys of the rows already in the table, those written by this writer included."""
         return set(self._done)
+
+    def _key_of(self, row) -> object:
+        """The key of a row: a dict (JSONL, or a row to write), or a CSV row's cells (a list in column order)."""
+        get = row.get if isinstance(row, dict) else lambda c: row[self.columns.index(c)]
+        if isinstance(self.key, str):
+            return get(self.key)
+        return tuple(str(get(c)) for c in self.key)
 
     def write(self, rows: Iterable[dict]) -> int:
         """Append the rows whose key is not in the table yet, in one write + fsync; returns how many were new."""
@@ -100,8 +110,9 @@ class RowWriter:
             raise RuntimeError("RowWriter is not open; use it as a context manager")
         new = []
         for row in rows:
-            if row[self.key] not in self._done:
-                self._done.add(row[self.key])
+            key = self._key_of(row)
+            if key not in self._done:
+                self._done.add(key)
                 new.append(row)
         if new:
             self._append(self._encode_csv(new) if self.format == "csv" else self._encode_jsonl(new))
@@ -161,7 +172,7 @@ class RowWriter:
                     raise RowFileError(f"{self.path}:{first_line}: {len(row)} fields, expected {len(self.columns)}")
                 break
             else:
-                keys.append(row[self.columns.index(self.key)])
+                keys.append(self._key_of(row))
             keep = ends[reader.line_num]
         return keys, keep
 
@@ -174,7 +185,7 @@ class RowWriter:
                 raise RowFileError(f"{self.path}:{n}: not valid JSON") from None
             if not isinstance(row, dict) or list(row) != self._top_level:
                 raise RowFileError(self._other_columns(list(row) if isinstance(row, dict) else row, line=n))
-            keys.append(row[self.key])
+            keys.append(self._key_of(row))
         return keys, sum(len(line) for line in lines)
 
     def _other_columns(self, found: object, line: int | None = None) -> str:
