@@ -1,7 +1,10 @@
-"""What this machine's CPU can do, where it decides how a model runs."""
+"""What this machine's CPU can do, where it decides how a model runs; and work spread over its cores."""
 
 from __future__ import annotations
 
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -24,3 +27,12 @@ def training_attention(device: torch.device, bf16: bool) -> AbstractContextManag
     if device.type == "cpu" and bf16:
         return sdpa_kernel([SDPBackend.MATH])
     return nullcontext()
+
+
+def map_in_processes(fn: Callable, items: Iterable, workers: int, chunksize: int = 1) -> Iterator:
+    """fn over items in `workers` processes of one torch thread each (they are the parallelism: N of them with N
+    threads each would oversubscribe the cores), results in item order. Spawned, not forked: a child forked from a
+    process whose PyTorch already ran its OpenMP threads hangs at the segmenter's first parallel region."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        yield from pool.map(fn, items, chunksize=chunksize)

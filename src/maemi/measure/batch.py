@@ -8,17 +8,15 @@ holds and measures the others again, and the object and fibre tables, keyed by (
 fibre_id), take only the rows they lack, so an image cut off halfway is neither lost nor counted twice. Measuring is
 deterministic, so the rows measured again are the ones a kill cut off.
 
-Workers are separate processes (spawned: the parent has torch loaded, and a fork of a process with threads is
-unsafe); the rows come back in input order whatever finishes first, each worker writes its image's pictures itself.
+Workers are separate processes (maemi.cpu.map_in_processes); the rows come back in input order whatever finishes first,
+and each worker writes its image's pictures itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,12 +122,6 @@ def check_outputs(out: Path | None, objects: Path | None, fibres: Path | None, r
         check_table_path(path, resume)
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # the workers are the parallelism: N of them with N threads each would oversubscribe
-
-
 def measure_many(jobs: list[MeasureJob], out: Path | None = None, objects: Path | None = None,
                  fibres: Path | None = None, resume: bool = False, workers: int = 1,
                  on_done: Callable[[Measured], None] | None = None) -> tuple[int, list[Measured]]:
@@ -166,7 +158,6 @@ def _run(jobs: list[MeasureJob], workers: int) -> Iterator[Measured]:
     if workers <= 1 or len(jobs) <= 1:
         yield from map(measure_one, jobs)
         return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs), os.cpu_count() or 1), mp_context=context,
-                             initializer=_worker_init) as pool:
-        yield from pool.map(measure_one, jobs)  # in job order
+    from maemi.cpu import map_in_processes
+
+    yield from map_in_processes(measure_one, jobs, min(workers, len(jobs), os.cpu_count() or 1))

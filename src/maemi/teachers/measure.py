@@ -10,20 +10,18 @@ Phrasing varies between images (choices seeded by the image's SHA-256) but a giv
 from __future__ import annotations
 
 import functools
-import multiprocessing
 import os
 import random
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from skimage.color import rgb2gray
 
+from maemi.cpu import map_in_processes
 from maemi.data.datasets import file_sha256
 from maemi.data.images import ImageReadError, find_info_bar, load_image
 from maemi.measure.annotations import find_annotations, without_annotations
@@ -946,12 +944,8 @@ def measure_in_parallel(items: list[tuple[Path, dict | None]], workers: int | No
     workers = min(os.cpu_count() or 1, len(items)) if workers is None else workers
     if workers <= 1 or len(items) < 2:
         return
-    # spawned, not forked: a child forked from a process whose PyTorch already ran its OpenMP threads hangs at the
-    # segmenter's first parallel region. One thread per worker process, as many workers as cores.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        todo = [(Path(path), metadata, segmenter) for path, metadata in items]
-        yield from zip((path for path, _, _ in todo), pool.map(_measure_or_none, todo, chunksize=4))
+    todo = [(Path(path), metadata, segmenter) for path, metadata in items]
+    yield from zip((path for path, _, _ in todo), map_in_processes(_measure_or_none, todo, workers, chunksize=4))
 
 
 class MeasureTeacher:
