@@ -133,6 +133,24 @@ def test_csv_holds_the_same_rows_flat(assistant, folder, tmp_path):
             assert c[f"measurements.{name}"] == ("" if value is None else str(value))
 
 
+def test_measuring_ahead_on_every_core_gives_the_rows_of_measuring_inline(assistant, folder, tmp_path, monkeypatch):
+    """Screening measures each chunk of images in worker processes before the model reads them; the rows are those
+    of measuring each image as it comes (one core), the unreadable and too-small files' included."""
+    config = ScreenConfig(batch_size=3, caption=True, measure=True)
+    taken = []
+    take = assistant._take_measured_ahead
+    monkeypatch.setattr(assistant, "_take_measured_ahead", lambda *a: taken.append(take(*a)) or taken[-1])
+    rows = {}
+    for cores in (1, 2):
+        monkeypatch.setattr(os, "cpu_count", lambda: cores)
+        screen_folder(assistant, folder, tmp_path / f"{cores}.jsonl", config, progress=False)
+        rows[cores] = read_jsonl(tmp_path / f"{cores}.jsonl")
+        used = sum(facts is not None for facts in taken)
+        assert used == (0 if cores == 1 else 9), used  # the 9 images that can be measured, measured ahead
+        taken.clear()
+    assert rows[1] == rows[2]
+
+
 def test_the_segmenter_asked_for_measures_the_folder(tiny, folder, tmp_path):
     out = tmp_path / "spots.jsonl"
     result = invoke("screen", str(tiny["run"]), str(folder), "--out", str(out), "--measure", "--segmenter", "spots",

@@ -266,8 +266,9 @@ class Assistant:
         file it was decoded from, for the instrument's scale in its metadata; `metadata`, its metadata.jsonl row)."""
         pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
         name = Path(path).name if path else "the image"
-        facts = _facts_or_reason(lambda: measure_pixels(pixels, Path(path) if path else None, metadata,
-                                                        segmenter=self.segmenter), metadata, name)
+        facts = self._take_measured_ahead(path, metadata) or _facts_or_reason(
+            lambda: measure_pixels(pixels, Path(path) if path else None, metadata, segmenter=self.segmenter),
+            metadata, name)
         # the image statistics only for a calibrated run: nothing else uses them
         statistics = pixel_statistics(pixels) if self.familiarity is not None else None
         return PreparedImage(to_model_input(pixels, self.image_config), facts, statistics)
@@ -288,6 +289,17 @@ class Assistant:
         for key, (_, result) in zip(keys, measured):
             if result is not None:
                 self._measured_ahead[key] = ImageFacts.unlabelled(result[0], todo[key])
+
+    def _take_measured_ahead(self, path: str | os.PathLike | None, metadata: dict | None) -> ImageFacts | None:
+        """What measure_ahead measured of this file, if it measured it with this metadata (once: it is then dropped)."""
+        if not path:
+            return None
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            return None
+        ahead = self._measured_ahead.pop((str(path), stat.st_mtime_ns, stat.st_size), None)
+        return ahead if ahead is not None and ahead.metadata == dict(metadata or {}) else None
 
     def _measure_file(self, path: str, mtime_ns: int, size: int) -> ImageFacts | str:
         ahead = self._measured_ahead.pop((path, mtime_ns, size), None)
