@@ -48,7 +48,7 @@ def _measure(*args):
 def test_a_folder_is_measured_image_by_image_and_workers_give_the_same_tables(tmp_path):
     root = _folder(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
-    _measure(root, "--out", one / "t.csv", "--objects", one / "o.csv", "--overlay", one / "pictures")
+    _measure(root, "--out", one / "t.csv", "--objects", one / "o.csv", "--overlay", one / "pictures", "--workers", "1")
     result = _measure(root, "--out", two / "t.csv", "--objects", two / "o.csv", "--overlay", two / "pictures",
                       "--workers", "2")
     rows = _rows(one / "t.csv")

@@ -520,8 +520,9 @@ def measure(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: the images already in --out "
                                 "are skipped, and every table is continued without repeats."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Measure this many images at once, in separate "
-                                "processes (at most one per CPU core); the tables keep the input order."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Measure this many images at once, in "
+                                          "separate processes (default: one per CPU core); the tables keep the "
+                                          "input order."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is
     known; with --objects, --fibres, --overlay and --histogram, each object and a picture of what was counted.

@@ -123,10 +123,10 @@ def check_outputs(out: Path | None, objects: Path | None, fibres: Path | None, r
 
 
 def measure_many(jobs: list[MeasureJob], out: Path | None = None, objects: Path | None = None,
-                 fibres: Path | None = None, resume: bool = False, workers: int = 1,
+                 fibres: Path | None = None, resume: bool = False, workers: int | None = None,
                  on_done: Callable[[Measured], None] | None = None) -> tuple[int, list[Measured]]:
-    """Measure the jobs in order, appending each image's rows to the tables as it is done. With resume, the images
-    already in `out` are skipped. Returns (how many were skipped as done, what this run measured, in job order);
+    """Measure the jobs in order, appending each image's rows to the tables as it is done, in `workers` processes
+    (default: one per CPU core, never more). With resume, the images already in `out` are skipped. Returns (how many were skipped as done, what this run measured, in job order);
     on_done is called with each as it comes."""
     from maemi.measure.objects import COLUMNS, FIBRE_COLUMNS
 
@@ -154,10 +154,11 @@ def measure_many(jobs: list[MeasureJob], out: Path | None = None, objects: Path 
     return len(jobs) - len(todo), results
 
 
-def _run(jobs: list[MeasureJob], workers: int) -> Iterator[Measured]:
-    if workers <= 1 or len(jobs) <= 1:
+def _run(jobs: list[MeasureJob], workers: int | None) -> Iterator[Measured]:
+    workers = min(workers or os.cpu_count() or 1, os.cpu_count() or 1, len(jobs))
+    if workers <= 1:
         yield from map(measure_one, jobs)
         return
     from maemi.cpu import map_in_processes
 
-    yield from map_in_processes(measure_one, jobs, min(workers, len(jobs), os.cpu_count() or 1))
+    yield from map_in_processes(measure_one, jobs, workers)
