@@ -126,8 +126,8 @@ def measure_many(jobs: list[MeasureJob], out: Path | None = None, objects: Path 
                  fibres: Path | None = None, resume: bool = False, workers: int | None = None,
                  on_done: Callable[[Measured], None] | None = None) -> tuple[int, list[Measured]]:
     """Measure the jobs in order, appending each image's rows to the tables as it is done, in `workers` processes
-    (default: one per CPU core, never more). With resume, the images already in `out` are skipped. Returns (how many were skipped as done, what this run measured, in job order);
-    on_done is called with each as it comes."""
+    (default: one per CPU core, never more). With resume, the images already in `out` are skipped. Returns (how
+    many were skipped as done, what this run measured, in job order); on_done is called with each as it comes."""
     from maemi.measure.objects import COLUMNS, FIBRE_COLUMNS
 
     check_outputs(out, objects, fibres, resume)
