@@ -315,6 +315,19 @@ def test_a_packed_monolayer_counts_its_particles_not_the_gaps_between_them(radiu
     assert m.diameter_d50_px == pytest.approx(2 * radius, rel=0.1)  # the whole particles', frame-cut ones left out
 
 
+@pytest.mark.parametrize("radius", [12, 20])
+@pytest.mark.parametrize("dark", [True, False])
+def test_a_monolayer_whose_particles_all_touch_counts_its_particles_not_the_interstices(radius, dark):
+    """Particles that all touch (80-86% of the field): the minority phase is the separate triangular interstices
+    between them, which were counted (twice as many objects as particles, a fifth of their diameter). They are many,
+    compact, concave and evenly spread, so the particles are taken, and cut apart between the interstices."""
+    image, shown = _monolayer(radius, 0, dark)
+    m = measure(image)
+    assert m.foreground == ("dark" if dark else "bright") and m.area_fraction > 0.75
+    assert m.object_count == pytest.approx(shown, rel=0.15)
+    assert m.diameter_d50_px == pytest.approx(2 * radius, rel=0.1)
+
+
 def test_a_mats_convex_pores_are_not_taken_for_a_packed_film():
     """A rendered mat whose fibres are one network around 110 convex pores (they fill 0.95 of their hulls): the pores
     of crossing lines are of every size, a film's particles of one, so the fibres stay the objects."""

@@ -97,6 +97,13 @@ RING_MAX_FIELD = 0.25
 # polygons: the pores of crossing lines are of every size. Measured (docs/measurement.md): packed films of particles
 # whose sizes vary by a CV of 0.1-0.3, 0.11-0.30; rendered mats with 20 pores or more, 0.53-1.65; dense mats
 # 0.77-1.85; the synthetic corpus's sponges 0.50-0.72 (and solidity 0.79-0.85; the films 0.89-0.95).
+# Where the particles all touch, the minority is not one network but the separate interstices between them, and they
+# were counted (a hexagonal monolayer of touching particles: twice as many objects as particles, a fifth of their
+# diameter). Taken for interstices (_interstices) where they are compact, spread more evenly than random points and
+# fill under INTERSTICE_SOLIDITY of their hulls (rendered packings 0.36-0.67; the synthetic corpus's compact,
+# evenly spread minorities are convex), and the majority, cut between the peaks of its distance (_split_packing), is
+# a packing as above. Measured in docs/measurement.md.
+INTERSTICE_SOLIDITY = 0.75
 PACKED_MIN_PIECES = 20
 PACKED_SIZE_SPREAD = 0.4
 PACKED_SOLIDITY = 0.85
@@ -511,7 +518,10 @@ def _classical(image: np.ndarray, flat: np.ndarray, separation: float) -> Segmen
     foreground = "bright"
     if mask.mean() > 0.5:  # objects are the minority phase: dark pores or pits on a bright surface
         mask, foreground = ~mask, "dark"
-    if largest_piece_share(mask) > NETWORK_SHARE and _packing(~mask):  # unless it is the gaps of a packed film
+    # ... unless the minority is the gaps of a packed film (one network), or the interstices of particles that all touch
+    gaps = largest_piece_share(mask) > NETWORK_SHARE
+    touching = not gaps and _interstices(mask) and _packing(~mask, touching=True)
+    if touching or (gaps and _packing(~mask)):
         mask, foreground = ~mask, "dark" if foreground == "bright" else "bright"
     sigma = noise_sigma(image)
     margin = NOISE_MARGIN * SMOOTHING_NOISE_GAIN * sigma
@@ -521,23 +531,51 @@ def _classical(image: np.ndarray, flat: np.ndarray, separation: float) -> Segmen
     else:
         mask = flat < min(threshold, background - margin)
     mask = remove_small_objects(mask, max_size=MIN_OBJECT_AREA_PX - 1)
-    mask = _fill_rings(remove_small_holes(mask, max_size=MIN_OBJECT_AREA_PX - 1))
+    if not touching:  # where particles all touch, the interstices are what separates them: they stay open
+        mask = _fill_rings(remove_small_holes(mask, max_size=MIN_OBJECT_AREA_PX - 1))
     distance = distance_to_background(mask)
-    labels, hidden = _visible(image, _split_touching(mask, distance), sigma)
+    labels, hidden = _visible(image, (_split_packing if touching else _split_touching)(mask, distance), sigma)
     if hidden:
         mask = labels > 0
         distance = distance_to_background(mask)
     return Segmentation(image, flat, mask, distance, labels, foreground, "classical", separation)
 
 
-def _packing(phase: np.ndarray) -> bool:
-    """Whether a phase is a packing of particles (PACKED_MIN_PIECES, PACKED_SIZE_SPREAD, PACKED_SOLIDITY): its pieces,
-    split at their necks as the objects are, many, of one size and convex, and no network of its own. Pieces the
-    frame cuts are left out: they are neither whole nor convex."""
-    phase = remove_small_objects(phase, max_size=MIN_OBJECT_AREA_PX - 1)
-    if not phase.any() or largest_piece_share(phase) > NETWORK_SHARE:
+def _interstices(phase: np.ndarray) -> bool:
+    """Whether a phase's pieces are the interstices of a packing of touching particles: many; not elongated (median
+    aspect under WIRE_ASPECT: the gaps between particles are triangles, where a nanowire array's rods are rods); spread
+    more evenly than random points (Clark-Evans ratio above 1: each sits between particles of one size, where the
+    pieces of a texture, of fibres or of a film's relief are random or clustered); and concave (INTERSTICE_SOLIDITY:
+    the triangle between three touching disks fills 0.5-0.7 of its hull, where pores, pits and particles are
+    convex). The cheap tests first: most images' minority is their particles."""
+    labels, n = ndimage.label(remove_small_objects(phase, max_size=MIN_OBJECT_AREA_PX - 1))
+    if n < PACKED_MIN_PIECES:
         return False
-    labels = _split_touching(phase, distance_to_background(phase))
+    moments = ellipse_moments(labels)
+    if float(np.median(moments.major / np.maximum(moments.minor, 1.0))) >= WIRE_ASPECT:
+        return False
+    nearest, _ = cKDTree(moments.centroids).query(moments.centroids, k=2)
+    if nearest[:, 1].mean() <= 0.5 * math.sqrt(phase.size / n):  # a Poisson pattern's expected nearest distance
+        return False
+    return _solidity(labels, np.arange(1, n + 1), np.bincount(labels.ravel()), 50) < INTERSTICE_SOLIDITY
+
+
+def _solidity(labels: np.ndarray, ids: np.ndarray, area: np.ndarray, pieces: int = 200) -> float:
+    """The pieces' area over their hulls', pooled (`area` by label); the hulls of at most `pieces` of them, evenly
+    spread over the ids: enough for a share, and 1 ms per hull."""
+    sample = ids[np.linspace(0, len(ids) - 1, min(len(ids), pieces)).astype(int)]
+    boxes = ndimage.find_objects(labels)
+    return float(area[sample].sum()) / sum(_hull_area(labels[boxes[k - 1]] == k) for k in sample)
+
+
+def _packing(phase: np.ndarray, touching: bool = False) -> bool:
+    """Whether a phase is a packing of particles (PACKED_MIN_PIECES, PACKED_SIZE_SPREAD, PACKED_SOLIDITY): its pieces,
+    split at their necks as the objects are, many, of one size and convex, and no network of its own (unless they
+    all touch). Pieces the frame cuts are left out: they are neither whole nor convex."""
+    phase = remove_small_objects(phase, max_size=MIN_OBJECT_AREA_PX - 1)
+    if not phase.any() or (not touching and largest_piece_share(phase) > NETWORK_SHARE):
+        return False
+    labels = (_split_packing if touching else _split_touching)(phase, distance_to_background(phase))
     area = np.bincount(labels.ravel()).astype(float)
     ids = np.flatnonzero(area[1:]) + 1
     inner = ids[~frame_extents(labels, ids)[1]]
@@ -545,11 +583,7 @@ def _packing(phase: np.ndarray) -> bool:
         return False
     if not _one_size(area[inner]):
         return False
-    # the hulls of at most 200 pieces, evenly spread over the labels: enough for a share, and 1 ms per hull
-    sample = inner[np.linspace(0, len(inner) - 1, min(len(inner), 200)).astype(int)]
-    boxes = ndimage.find_objects(labels)
-    hull = sum(_hull_area(labels[boxes[k - 1]] == k) for k in sample)
-    return float(area[sample].sum()) >= PACKED_SOLIDITY * hull
+    return _solidity(labels, inner, area) >= PACKED_SOLIDITY
 
 
 def _one_size(area: np.ndarray) -> bool:
@@ -557,6 +591,18 @@ def _one_size(area: np.ndarray) -> bool:
     PACKED_SIZE_SPREAD x 1.349 x their median (a normal's CV, robust to the few touching pairs left whole)."""
     low, median, high = np.percentile(np.sqrt(area), [25, 50, 75])  # 2 / sqrt(pi) cancels in the ratio
     return high - low <= PACKED_SIZE_SPREAD * 1.349 * median
+
+
+def _split_packing(mask: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """A packing of particles that all touch, cut between the peaks of its distance that stand h above their saddles
+    (h-maxima, as _split_clumps), h CLUMP_PEAK_DEPTH of a particle's top (the 95th percentile of the distance): the
+    particles are one network whose necks, as wide as the interstices leave them, are too wide for _split_touching's
+    cut at a fixed share of the top."""
+    d = distance.astype(np.float64)
+    h = max(CLUMP_PEAK_MIN_PX, CLUMP_PEAK_DEPTH * float(np.percentile(d[mask], 95)))
+    peaks, _ = ndimage.label(mask & (d - reconstruction(d - h, d, method="dilation") >= h - 1e-6),
+                             structure=np.ones((3, 3)))
+    return watershed(-d, peaks, mask=mask)
 
 
 def _split_clumps(labels: np.ndarray, distance: np.ndarray) -> np.ndarray:
