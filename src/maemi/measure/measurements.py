@@ -593,6 +593,13 @@ def _one_size(area: np.ndarray) -> bool:
     return high - low <= PACKED_SIZE_SPREAD * 1.349 * median
 
 
+def _h_maxima(d: np.ndarray, mask: np.ndarray, h: float) -> tuple[np.ndarray, int]:
+    """The peaks of `d` (labelled, and how many) that stand at least h above their saddle to any higher peak: `d` less
+    h, rebuilt under `d` by morphological reconstruction, lies exactly h below each such peak."""
+    return ndimage.label(mask & (d - reconstruction(d - h, d, method="dilation") >= h - 1e-6),
+                         structure=np.ones((3, 3)))
+
+
 def _split_packing(mask: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """A packing of particles that all touch, cut between the peaks of its distance that stand h above their saddles
     (h-maxima, as _split_clumps), h CLUMP_PEAK_DEPTH of a particle's top (the 95th percentile of the distance): the
@@ -600,16 +607,13 @@ def _split_packing(mask: np.ndarray, distance: np.ndarray) -> np.ndarray:
     cut at a fixed share of the top."""
     d = distance.astype(np.float64)
     h = max(CLUMP_PEAK_MIN_PX, CLUMP_PEAK_DEPTH * float(np.percentile(d[mask], 95)))
-    peaks, _ = ndimage.label(mask & (d - reconstruction(d - h, d, method="dilation") >= h - 1e-6),
-                             structure=np.ones((3, 3)))
-    return watershed(-d, peaks, mask=mask)
+    return watershed(-d, _h_maxima(d, mask, h)[0], mask=mask)
 
 
 def _split_clumps(labels: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """`labels` with the clumps of a field of like objects cut into their particles (CLUMP_AREA, CLUMP_PEAK_DEPTH,
-    CLUMP_PEAK_MIN_PX, CLUMP_PART_AREA, CLUMP_COMPACT), new labels after the existing ones. A peak at least h deep
-    below its saddle is an h-maximum: the object's distance less h, rebuilt under it by morphological reconstruction,
-    lies exactly h below each such peak."""
+    CLUMP_PEAK_MIN_PX, CLUMP_PART_AREA, CLUMP_COMPACT), new labels after the existing ones, between the peaks of
+    their distance at least h deep below their saddle (_h_maxima)."""
     area = np.bincount(labels.ravel()).astype(float)[1:]
     present = area[area > 0]
     if len(present) < PACKED_MIN_PIECES or not _one_size(present):
@@ -627,8 +631,7 @@ def _split_clumps(labels: np.ndarray, distance: np.ndarray) -> np.ndarray:
         own = labels[box] == k
         d = np.where(own, distance[box], 0).astype(np.float64)
         h = max(CLUMP_PEAK_MIN_PX, CLUMP_PEAK_DEPTH * float(d.max()))
-        peaks, n = ndimage.label(own & (d - reconstruction(d - h, d, method="dilation") >= h - 1e-6),
-                                 structure=np.ones((3, 3)))
+        peaks, n = _h_maxima(d, own, h)
         if n < 2:
             continue
         parts = watershed(-d, peaks, mask=own)
