@@ -605,6 +605,8 @@ def _split_packing(mask: np.ndarray, distance: np.ndarray) -> np.ndarray:
     (h-maxima, as _split_clumps), h CLUMP_PEAK_DEPTH of a particle's top (the 95th percentile of the distance): the
     particles are one network whose necks, as wide as the interstices leave them, are too wide for _split_touching's
     cut at a fixed share of the top."""
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
     d = distance.astype(np.float64)
     h = max(CLUMP_PEAK_MIN_PX, CLUMP_PEAK_DEPTH * float(np.percentile(d[mask], 95)))
     return watershed(-d, _h_maxima(d, mask, h)[0], mask=mask)
