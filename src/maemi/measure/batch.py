@@ -1,5 +1,5 @@
 """Measuring many micrographs (`maemi measure`): one row per image, written as each image is done, resumable after a
-kill, in parallel worker processes when asked.
+kill, on every CPU core.
 
 A lab points it at a folder of hundreds of 4-megapixel images (a few seconds each), so nothing may wait for the end:
 each image's object and fibre rows are appended first, then its row of the image table, each batch with one write
