@@ -19,6 +19,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+import maemi.cpu
 from maemi.assistant import Assistant
 from maemi.data.datasets import scan_dataset
 from maemi.serve.rows import RowFileError, RowWriter
@@ -137,6 +138,7 @@ def test_measuring_ahead_on_every_core_gives_the_rows_of_measuring_inline(assist
     """Screening measures each chunk of images in worker processes before the model reads them; the rows are those
     of measuring each image as it comes (one core), the unreadable and too-small files' included."""
     config = ScreenConfig(batch_size=3, caption=True, measure=True)
+    monkeypatch.setattr(maemi.cpu, "MIN_ITEMS_PER_WORKER", 1)  # a worker for every few of these 11 small images
     taken = []
     take = assistant._take_measured_ahead
     monkeypatch.setattr(assistant, "_take_measured_ahead", lambda *a: taken.append(take(*a)) or taken[-1])

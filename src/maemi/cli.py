@@ -521,8 +521,8 @@ def measure(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: the images already in --out "
                                 "are skipped, and every table is continued without repeats."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Measure this many images at once, in "
-                                          "separate processes (default: one per CPU core); the tables keep the "
-                                          "input order."),
+                                          "separate processes (default: one per CPU core while each gets 8 images); "
+                                          "the tables keep the input order."),
 ) -> None:
     """Measure micrographs: the scale (with its source) and the measure teacher's numbers, in nm when the scale is
     known; with --objects, --fibres, --overlay and --histogram, each object and a picture of what was counted.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -27,6 +28,20 @@ def training_attention(device: torch.device, bf16: bool) -> AbstractContextManag
     if device.type == "cpu" and bf16:
         return sdpa_kernel([SDPBackend.MATH])
     return nullcontext()
+
+
+# Starting a spawned worker takes 1.5-4 s (torch and the measuring code imported afresh): a few images' measuring.
+# With fewer items than this per worker, one process is as fast.
+MIN_ITEMS_PER_WORKER = 8
+
+
+def worker_count(items: int, requested: int | None = None) -> int:
+    """How many processes to spread `items` over: `requested` (at most one per core and per item), else one per core
+    while each gets MIN_ITEMS_PER_WORKER items; 1 means work in this process."""
+    cores = os.cpu_count() or 1
+    if requested is not None:
+        return max(1, min(requested, cores, items))
+    return max(1, min(cores, items // MIN_ITEMS_PER_WORKER))
 
 
 def map_in_processes(fn: Callable, items: Iterable, workers: int, chunksize: int = 1) -> Iterator:

@@ -1,5 +1,5 @@
 """Measuring many micrographs (`maemi measure`): one row per image, written as each image is done, resumable after a
-kill, on every CPU core.
+kill, on every CPU core when there are enough images to pay for starting the processes.
 
 A lab points it at a folder of hundreds of 4-megapixel images (a few seconds each), so nothing may wait for the end:
 each image's object and fibre rows are appended first, then its row of the image table, each batch with one write
@@ -15,7 +15,6 @@ and each worker writes its image's pictures itself.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -126,7 +125,7 @@ def measure_many(jobs: list[MeasureJob], out: Path | None = None, objects: Path 
                  fibres: Path | None = None, resume: bool = False, workers: int | None = None,
                  on_done: Callable[[Measured], None] | None = None) -> tuple[int, list[Measured]]:
     """Measure the jobs in order, appending each image's rows to the tables as it is done, in `workers` processes
-    (default: one per CPU core, never more). With resume, the images already in `out` are skipped. Returns (how
+    (default: maemi.cpu.worker_count's). With resume, the images already in `out` are skipped. Returns (how
     many were skipped as done, what this run measured, in job order); on_done is called with each as it comes."""
     from maemi.measure.objects import COLUMNS, FIBRE_COLUMNS
 
@@ -155,10 +154,7 @@ def measure_many(jobs: list[MeasureJob], out: Path | None = None, objects: Path 
 
 
 def _run(jobs: list[MeasureJob], workers: int | None) -> Iterator[Measured]:
-    workers = min(workers or os.cpu_count() or 1, os.cpu_count() or 1, len(jobs))
-    if workers <= 1:
-        yield from map(measure_one, jobs)
-        return
-    from maemi.cpu import map_in_processes
+    from maemi.cpu import map_in_processes, worker_count
 
-    yield from map_in_processes(measure_one, jobs, workers)
+    workers = worker_count(len(jobs), workers)
+    yield from map(measure_one, jobs) if workers <= 1 else map_in_processes(measure_one, jobs, workers)

@@ -10,7 +10,6 @@ Phrasing varies between images (choices seeded by the image's SHA-256) but a giv
 from __future__ import annotations
 
 import functools
-import os
 import random
 import threading
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from typing import Callable
 import numpy as np
 from skimage.color import rgb2gray
 
-from maemi.cpu import map_in_processes
+from maemi.cpu import map_in_processes, worker_count
 from maemi.data.datasets import file_sha256
 from maemi.data.images import ImageReadError, find_info_bar, load_image
 from maemi.measure.annotations import find_annotations, without_annotations
@@ -939,10 +938,10 @@ def _measure_or_none(item: tuple[Path, dict | None, str]) -> tuple[MeasuredImage
 def measure_in_parallel(items: list[tuple[Path, dict | None]], workers: int | None = None,
                         segmenter: str = DEFAULT_SEGMENTER) -> Iterator[tuple[Path, tuple[MeasuredImage, str] | None]]:
     """(path, (the measured image, its sha256) or None where it could not be measured) for each (path, metadata), in
-    `workers` processes (default: one per CPU core): measuring is pure per image. Nothing when one worker would do:
-    the caller measures as it goes."""
-    workers = min(os.cpu_count() or 1, len(items)) if workers is None else workers
-    if workers <= 1 or len(items) < 2:
+    `workers` processes (default: maemi.cpu.worker_count's, one per core where there are enough images to pay for
+    starting them): measuring is pure per image. Nothing when one worker would do: the caller measures as it goes."""
+    workers = worker_count(len(items), workers)
+    if workers <= 1:
         return
     todo = [(Path(path), metadata, segmenter) for path, metadata in items]
     yield from zip((path for path, _, _ in todo), map_in_processes(_measure_or_none, todo, workers, chunksize=4))
@@ -970,8 +969,9 @@ class MeasureTeacher:
         return result
 
     def measure_all(self, items: list[tuple[Path, dict | None]], workers: int | None = None) -> None:
-        """Measure many images ahead of answering, in `workers` processes (default: one per CPU core): measuring is
-        the teacher's whole cost and is pure per image. Unreadable images are left for answer() to report."""
+        """Measure many images ahead of answering, in `workers` processes (default: maemi.cpu.worker_count's):
+        measuring is the teacher's whole cost and is pure per image. Unreadable images are left for answer() to
+        report."""
         todo = [(Path(path), metadata) for path, metadata in items if str(path) not in self._cache]
         for path, result in measure_in_parallel(todo, workers):
             if result is not None:

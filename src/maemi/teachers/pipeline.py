@@ -53,7 +53,7 @@ class TeachConfig:
     few_shot: int = 0  # few-shot classification records; 0: none
     shots: int = 3  # demonstrations per few-shot record
     concurrency: int = 1  # teacher requests in flight (threads)
-    workers: int | None = None  # processes measuring images for the measure teacher; None: one per CPU core
+    workers: int | None = None  # processes measuring images for the measure teacher; None: maemi.cpu.worker_count's
     limit: int | None = None  # first N images, taken from the classes in turn
     only: frozenset[str] | None = None  # relative paths to teach (one side of a split); None: every image
     price_per_1k_input: float | None = None  # for the cost estimate, in the user's currency
