@@ -130,7 +130,9 @@ def outline(image: np.ndarray, spots: np.ndarray) -> np.ndarray:
         ring = window[(distance >= RING[0]) & (distance <= RING[1])]
         peak = float(smooth[row, col])
         background = float(np.median(ring)) if ring.size else float(window.min())
-        inside = (distance <= OUTLINE_RADIUS) & (labels[top:top + window.shape[0], left:left + window.shape[1]] == 0)
+        view = labels[top:top + window.shape[0], left:left + window.shape[1]]
+        free = view == 0
+        inside = (distance <= OUTLINE_RADIUS) & free
         if peak > background:
             inside &= window >= background + OUTLINE_LEVEL * (peak - background)
         else:  # no height over the ring (a spot on a slope): the disc the LoG scale implies
@@ -142,9 +144,7 @@ def outline(image: np.ndarray, spots: np.ndarray) -> np.ndarray:
         n += 1
         # a particle is one piece without holes: its own texture (lattice fringes, noise) dips below the outline level
         # inside it, and those pixels are the particle's too (not where another spot already lies)
-        free = labels[top:top + window.shape[0], left:left + window.shape[1]] == 0
-        labels[top:top + window.shape[0], left:left + window.shape[1]][
-            ndimage.binary_fill_holes(parts == centre) & free] = n
+        view[ndimage.binary_fill_holes(parts == centre) & free] = n
     return labels
 
 
