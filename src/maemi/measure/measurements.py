@@ -803,6 +803,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     orientation, coherence, anisotropy = _orientation(flat)
     contrast, homogeneity, edge_density = _texture(image)
     elongated = _elongated_counts(seg)
+    rods = rod_like(shapes.aspect)  # a wire's width and length are sizes for these only
 
     def stat(values: np.ndarray, fn) -> float:
         return float(fn(values)) if len(values) else 0.0
@@ -828,8 +829,8 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         diameter_std_px=stat(diameters, np.std),
         diameter_min_px=stat(diameters, np.min),
         diameter_max_px=stat(diameters, np.max),
-        width_mean_px=stat(widths, np.mean) if rod_like(shapes.aspect) else None,
-        length_mean_px=stat(area / np.maximum(widths, 1.0), np.mean) if rod_like(shapes.aspect) else None,
+        width_mean_px=stat(widths, np.mean) if rods else None,
+        length_mean_px=stat(area / np.maximum(widths, 1.0), np.mean) if rods else None,
         circularity_mean=stat(shapes.circularity, np.mean),
         aspect_ratio_mean=stat(shapes.aspect, np.mean),
         orientation_deg=orientation,
