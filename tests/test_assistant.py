@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+import maemi.cpu
 from maemi.assistant import (DIHEDRAL_VIEWS, Assistant, RunError, dihedral_view, measurement_record, objects_caveat,
                              question_prompt)
 from maemi.teachers.records import few_shot_prompt
@@ -402,7 +403,8 @@ def test_counts_and_sizes_where_one_threshold_cannot_split_the_image_carry_a_cav
     assert objects_caveat({"object_count#1": "3"}, [squares, grain]) is None
 
 
-def test_measuring_ahead_in_worker_processes_gives_the_same_facts(tiny, assistant, tmp_path):
+def test_measuring_ahead_in_worker_processes_gives_the_same_facts(tiny, assistant, tmp_path, monkeypatch):
+    monkeypatch.setattr(maemi.cpu, "MIN_ITEMS_PER_WORKER", 1)  # workers even for these few images
     fresh = Assistant.load(tiny["run"], device="cpu")
     images = paths(tiny, tiny["test"])
     fresh.measure_ahead(images + [tmp_path / "missing.png"])  # a missing file is left for image_facts to report
