@@ -86,6 +86,28 @@ def test_measure_says_when_the_objects_do_not_stand_apart(tmp_path):
     assert not particles["objects_uncertain"] and particles["segmenter"] == "classical"
 
 
+def test_particles_on_a_holey_film_say_the_vacuum_was_left_out(tmp_path):
+    import numpy as np
+    from scipy import ndimage
+
+    from test_measurements import _film_with_vacuum
+
+    image, shown, vacuum = _film_with_vacuum(3, dark_field=False, lacey=False)
+    Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "holey.png")
+    _, plain, _ = _images(tmp_path)
+    printed = CliRunner().invoke(app, ["measure", str(tmp_path / "holey.png"), str(plain)])
+    assert printed.exit_code == 0, printed.output
+    holey_part, particles_part = printed.stdout.split(str(plain))
+    assert f"object count: {shown}" in holey_part
+    assert f"note: {vacuum:.0%} of the field is vacuum beyond the support film" in holey_part
+    assert "vacuum" not in particles_part
+    result = CliRunner().invoke(app, ["measure", str(tmp_path / "holey.png"), "--overlay", str(tmp_path / "ov")])
+    assert result.exit_code == 0, result.output
+    overlay = np.asarray(Image.open(tmp_path / "ov" / "holey.overlay.png").convert("L"), float) / 255
+    far = ndimage.binary_erosion(image > 0.75, iterations=5)  # inside the holes: dimmed, not measured
+    assert overlay[far].mean() == pytest.approx(0.5 * image[far].mean(), abs=0.03)
+
+
 def test_a_fibre_mat_counts_its_fibres_and_says_what_the_table_lists(tmp_path):
     import numpy as np
 

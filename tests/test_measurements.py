@@ -436,3 +436,58 @@ def test_touching_pairs_in_a_field_of_like_particles_are_cut_apart():
     image = np.clip(ndimage.gaussian_filter(image, 1.2) + rng.normal(0, 0.03, image.shape), 0, 1).astype(np.float32)
     m = measure(image)
     assert discs == 40 and m.object_count == discs
+
+
+def _film_with_vacuum(seed: int, dark_field: bool, lacey: bool, holes: bool = True,
+                      shape=(384, 512)) -> tuple[np.ndarray, int, float]:
+    """Particles resting on a support film with vacuum beyond it (holes, or a lace of strands), under a slope of
+    illumination, blurred and noisy: bright field (vacuum brightest, particles darkest) or its dark-field negative.
+    Returns the image, how many particles it shows and the vacuum's share of the field."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), 12 if lacey else 30)
+    if lacey:
+        vacuum = ~ndimage.binary_dilation(np.abs(field - np.median(field)) < 0.25 * field.std(), iterations=3)
+    else:
+        vacuum = field > np.quantile(field, 0.7) if holes else np.zeros(shape, bool)
+    yy, xx = np.mgrid[:h, :w]
+    image = np.where(vacuum, 0.85, 0.6) + 0.15 * (xx / w - 0.5) + 0.05 * (yy / h - 0.5)
+    taken = np.zeros(shape, bool)
+    shown = 0
+    for _ in range(3000):
+        if shown == 40:
+            break
+        cy, cx, radius = rng.uniform(8, h - 8), rng.uniform(8, w - 8), rng.lognormal(np.log(6.0), 0.25)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+        if vacuum[disc].mean() > 0.3 or (ndimage.binary_dilation(disc, iterations=2) & taken).any():
+            continue
+        taken |= disc
+        image[disc] -= 0.35
+        shown += 1
+    image = ndimage.gaussian_filter(image, 1.0) + rng.normal(0, 0.03, shape)
+    image = 1 - image if dark_field else image
+    return np.clip(image, 0, 1).astype(np.float32), shown, float(vacuum.mean())
+
+
+@pytest.mark.parametrize("lacey", [False, True])
+@pytest.mark.parametrize("dark_field", [False, True])
+def test_particles_on_a_film_with_vacuum_beyond_it_are_counted_not_the_holes(lacey, dark_field):
+    """Three phases: one threshold split the vacuum from the film and the holes (or the lace's strands) were counted.
+    The vacuum is left out, filled with the film's level, and the particles are what is counted."""
+    image, shown, vacuum = _film_with_vacuum(3, dark_field, lacey)
+    m = measure(image)
+    assert m.foreground == ("bright" if dark_field else "dark")
+    assert m.object_count == pytest.approx(shown, rel=0.1)
+    assert m.empty_fraction == pytest.approx(vacuum, abs=0.05)
+    assert m.diameter_mean_px == pytest.approx(12, rel=0.15)
+    assert not m.objects_uncertain
+
+
+@pytest.mark.parametrize("dark_field", [False, True])
+def test_a_film_without_vacuum_under_a_slope_of_illumination_keeps_its_whole_field(dark_field):
+    """A slope across the film splits it at Otsu's threshold like a vacuum's edge would, but with no step there."""
+    image, shown, _ = _film_with_vacuum(3, dark_field, lacey=False, holes=False)
+    smooth = ndimage.gaussian_filter(image, 1.0)
+    assert measurements._empty_space(smooth) is None
+    m = measure(image)
+    assert m.empty_fraction == 0 and m.object_count == pytest.approx(shown, rel=0.1)

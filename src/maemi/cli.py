@@ -621,6 +621,10 @@ def _print_measurement(row: dict) -> None:
         typer.echo(f"  note: a fibre mat: its {m['object_count']} objects are the fibres traced through their crossings, "
                    f"from {m['region_count']} segmented region(s), which --objects and --overlay list; --fibres lists "
                    "the fibres")
+    if m["empty_fraction"]:
+        typer.echo(f"  note: {m['empty_fraction']:.0%} of the field is vacuum beyond the support film (its holes or the "
+                   "gaps of a lace), left out: the objects are what lies on the film, and the area fraction is of the "
+                   "rest")
     if m["objects_uncertain"]:
         typer.echo(f"  note: one threshold does not separate the objects from the background here (phase separation "
                    f"{m['phase_separation']:.2f} < {SEPARATION_MIN}): counts and sizes may be far off")

@@ -89,7 +89,7 @@ def measure_one(job: MeasureJob) -> Measured:
         fibres = fibre_rows(str(job.image), result.segmentation, scale.nm_per_pixel, scale.source)
     if job.overlay is not None:
         write_png(job.overlay / f"{job.name}.overlay.png",
-                  overlay_image(result.whole, labels, left_out=measured.left_out))
+                  overlay_image(result.whole, labels, left_out=measured.left_out, empty=result.segmentation.empty))
     if job.histogram is not None:
         unit = "nm" if scale.known else "px"
         if mat:

@@ -22,11 +22,11 @@ INFO_BAR_DIM = 0.5  # the info bar is shown dimmed: it was not measured
 
 
 def overlay_image(whole: np.ndarray, labels: np.ndarray, numbers: bool = True,
-                  left_out: tuple[tuple[int, int, int, int], ...] = ()) -> Image.Image:
+                  left_out: tuple[tuple[int, int, int, int], ...] = (), empty: np.ndarray | None = None) -> Image.Image:
     """The whole grey image ([H, W] in [0, 1], info bar included) with each object of `labels` (the segmentation of
     the top labels.shape[0] rows) outlined and tinted in its own colour and numbered with its object_id; the info bar
-    below and the `left_out` boxes (left, top, right, bottom: drawn scale bars) are dimmed. Background pixels keep
-    their grey value."""
+    below, the `left_out` boxes (left, top, right, bottom: drawn scale bars) and the vacuum beyond a support film
+    (`empty`, the shape of `labels`) are dimmed. Background pixels keep their grey value."""
     top = labels.shape[0]
     rgb = np.repeat(whole[..., None], 3, axis=2).astype(np.float32)  # [H, W, 3]
     colours = label2rgb(labels, bg_label=0)  # [top, W, 3]: one colour per object, cycling through a fixed palette
@@ -36,6 +36,8 @@ def overlay_image(whole: np.ndarray, labels: np.ndarray, numbers: bool = True,
     outline = find_boundaries(labels, mode="inner")  # on the object's own pixels, so touching objects keep both
     measured[outline] = colours[outline]
     rgb[top:] *= INFO_BAR_DIM
+    if empty is not None:
+        measured[empty] *= INFO_BAR_DIM
     for left, top_, right, bottom in left_out:
         rgb[top_:bottom, left:right] *= INFO_BAR_DIM
     picture = Image.fromarray(np.round(rgb * 255).astype(np.uint8), "RGB")

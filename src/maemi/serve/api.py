@@ -168,7 +168,7 @@ def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: 
         except ValueError as e:  # too small, or no finite pixels
             raise UploadError(422, f"upload {upload_name(name)}: {e}") from None
     scale = measured.scale
-    overlay = overlay_image(whole, seg.labels, numbers=False, left_out=measured.left_out)
+    overlay = overlay_image(whole, seg.labels, numbers=False, left_out=measured.left_out, empty=seg.empty)
     return MeasureResponse(info_bar_px=measured.info_bar_px, left_out=[list(box) for box in measured.left_out],
                            scale=ScaleResponse(nm_per_pixel=scale.nm_per_pixel, source=scale.source,
                                                detail=scale.detail, magnification=scale.magnification,
