@@ -150,6 +150,20 @@ def test_page_previews_a_16_bit_tiff_and_reports_a_bad_file(browser, served, tmp
     field.send_keys(Keys.DELETE, Keys.TAB)  # emptied: the scale goes back to the file's
     wait_for(browser, lambda d: d.find_element(By.ID, "nm").get_attribute("value") == "4.75", "the file's scale again")
 
+    # particles on a holey film: the vacuum left out, and said so
+    from test_measurements import _film_with_vacuum
+
+    holey, shown, vacuum = _film_with_vacuum(3, dark_field=False, lacey=False)
+    Image.fromarray((holey * 255).astype(np.uint8)).save(tmp_path / "holey.png")
+    assert not browser.find_element(By.ID, "vacuum-note").is_displayed()
+    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "holey.png"))
+    note = wait_for(browser, lambda d: d.find_element(By.ID, "vacuum-note").is_displayed() and
+                    d.find_element(By.ID, "vacuum-note"), "the vacuum note")
+    percent, rest = note.text.split("%", 1)
+    assert int(percent) == pytest.approx(100 * vacuum, abs=2) and rest.startswith(" of the field is vacuum beyond")
+    count = browser.find_element(By.ID, "m-object_count").find_elements(By.TAG_NAME, "td")[-1].text
+    assert count == str(shown)
+
     not_image = tmp_path / "notes.png"
     not_image.write_text("these are notes, not a micrograph")
     browser.find_element(By.ID, "file").send_keys(str(not_image))

@@ -348,10 +348,12 @@ def _split_touching(mask: np.ndarray, distance: np.ndarray) -> np.ndarray:
         box = boxes[region - 1]
         own = labels[box] == region
         parts = watershed(-distance[box], np.where(own, peaks[box], 0), mask=own)
-        view = labels[box]
-        for k in np.unique(parts[own])[1:]:  # the first part keeps the object's label
-            view[parts == k] = next_label
-            next_label += 1
+        found = np.unique(parts[own])
+        renamed = np.zeros(int(found[-1]) + 1, labels.dtype)  # one lookup: a network's box is the whole field
+        renamed[found[0]] = region  # the first part keeps the object's label
+        renamed[found[1:]] = np.arange(next_label, next_label + len(found) - 1)
+        labels[box][own] = renamed[parts[own]]
+        next_label += len(found) - 1
     return _split_clumps(labels, distance)
 
 
