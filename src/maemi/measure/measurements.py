@@ -135,22 +135,20 @@ BACKGROUND_RECHECK_BELOW = SEPARATION_MIN
 # threshold splits the vacuum from the film, and the holes were counted as the objects: 6-21 for 60-80 particles on
 # rendered holey and lacey films, some at a phase separation that was trusted. The vacuum is left out (filled with the
 # film's level and the vacuum's own pixel noise, for every segmenter) where one phase of Otsu's threshold (on the
-# image less its least-squares plane), taken again relative to the film's local level (EMPTY_PASSES), is large pieces
-# (EMPTY_SCALE times the objects', area-weighted medians) beyond a film that itself covers EMPTY_SUPPORT_SHARE of the
-# field in pieces as large and splits again into film and objects SEPARATION_MIN apart at the far end of the grey
-# range, and where the vacuum's edge is a step: the median gradient on it EMPTY_STEP times the film's own (noise and
-# texture). On 72 rendered films with vacuum (holes over a quarter or half of the field, or a lace) and 24 of the
-# tests' the step is 3.9-11.8 (one low-contrast film under a slope, 1.6, is missed), on laces whose vacuum stands only
-# 0.08-0.12 above the film 2.7-3.9; where a slope of illumination across a film with no vacuum is split by the
-# threshold, 1.35-1.75. docs/measurement.md has what it changes. Not told apart: large objects beside small specks of
-# the opposite contrast on a background between (the specks would be taken for the particles and the objects for
-# vacuum); where a particle hangs over the vacuum, its part on the vacuum's side of the film's level goes with the
-# vacuum.
+# image less its least-squares plane), taken again relative to the film's local level, is large pieces (EMPTY_SCALE
+# times the objects', area-weighted medians) beyond a film that itself covers EMPTY_SUPPORT_SHARE of the field in
+# pieces as large and splits again into film and objects SEPARATION_MIN apart at the far end of the grey range, and
+# where the vacuum's edge is a step: the median gradient on it EMPTY_STEP times the film's own (noise and texture). On
+# 72 rendered films with vacuum (holes over a quarter or half of the field, or a lace) and 24 of the tests' the step
+# is 3.9-11.8 (one low-contrast film under a slope, 1.6, is missed), on laces whose vacuum stands only 0.08-0.12 above
+# the film 2.7-3.9; where a slope of illumination across a film with no vacuum is split by the threshold, 1.35-1.75.
+# docs/measurement.md has what it changes. Not told apart: large objects beside small specks of the opposite contrast
+# on a background between (the specks would be taken for the particles and the objects for vacuum); where a particle
+# hangs over the vacuum, its part on the vacuum's side of the film's level goes with the vacuum.
 EMPTY_SUPPORT_SHARE = 0.1
 EMPTY_SCALE = 10.0
 EMPTY_STEP = 2.5
 EMPTY_RIM_PX = 2  # the vacuum's blurred edge, filled with it on its side of the film's level (_with_rim)
-EMPTY_PASSES = 2  # the vacuum's edge found again against the film's level measured without it
 EMPTY_TEST_SIDE = 256  # the vacuum is looked for on block means to about this short side (most images have none)
 FILL_MIN_WEIGHT = 0.05  # the vacuum's level is the film's nearby where this share of the reach is film
 # A traced network is fibres only when they are long and keep their width: fibres traced at least this many of their
@@ -478,27 +476,24 @@ def _vacuum(smooth: np.ndarray, min_area: float) -> tuple[np.ndarray, float] | N
 
     Otsu's threshold is taken on the image less its least-squares plane (a slope of illumination steeper than the
     vacuum's step splits the field along the slope), and a phase again as what lies beyond half its median height
-    above the film's level (EMPTY_PASSES), so that what is left of the slope does not move the vacuum's edge. It is
-    vacuum where the rest, less the film's level, splits again (Otsu on its pixels alone) into the film and, at the
-    far end of the grey range from the vacuum, objects SEPARATION_MIN from it covering less than the film; where
-    both the vacuum and the film lie in pieces EMPTY_SCALE times larger than the objects' (_piece_scale): the film
-    is a sheet or a lace, the vacuum its holes, the particles small islands on it; and where the vacuum's edge is a
-    step (_step). `min_area`: the least area of a piece at this resolution."""
+    above the film's level measured without it, so that what is left of the slope does not move the vacuum's edge.
+    It is vacuum where the rest, less the film's level, splits again (Otsu on its pixels alone) into the film and,
+    at the far end of the grey range from the vacuum, objects SEPARATION_MIN from it covering less than the film;
+    where both the vacuum and the film lie in pieces EMPTY_SCALE times larger than the objects' (_piece_scale): the
+    film is a sheet or a lace, the vacuum its holes, the particles small islands on it; and where the vacuum's edge
+    is a step (_step). `min_area`: the least area of a piece at this resolution."""
     if smooth.max() <= smooth.min():
         return None
-    flat = smooth - _plane(smooth)  # a slope of illumination across the field would split the film
-    low = flat <= threshold_otsu(flat)
+    levelled = smooth - _plane(smooth)  # a slope of illumination across the field would split the film
+    low = levelled <= threshold_otsu(levelled)
     for first, bright in ((low, False), (~low, True)):
-        if _piece_scale(first, min_area) < EMPTY_SCALE * min_area:
+        if (np.count_nonzero(~first) < EMPTY_SUPPORT_SHARE * first.size  # cheap tests first: most images have none
+                or _piece_scale(first, min_area) < EMPTY_SCALE * min_area):
             continue
-        empty = first
-        for _ in range(EMPTY_PASSES):
-            level = _film_level(smooth, empty)
-            flat = smooth - level
-            height = float(np.median(flat[empty]))
-            empty = flat > height / 2 if bright else flat < height / 2
-            if not empty.any() or empty.all():
-                break
+        level = _film_level(smooth, first)
+        flat = smooth - level
+        height = float(np.median(flat[first]))
+        empty = flat > height / 2 if bright else flat < height / 2
         empty_scale = _piece_scale(empty, min_area)
         if empty_scale < EMPTY_SCALE * min_area or np.count_nonzero(~empty) < EMPTY_SUPPORT_SHARE * empty.size:
             continue
