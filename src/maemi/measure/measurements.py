@@ -150,6 +150,7 @@ EMPTY_SCALE = 10.0
 EMPTY_STEP = 2.5
 EMPTY_RIM_PX = 2  # the vacuum's blurred edge, filled with it on its side of the film's level (_with_rim)
 EMPTY_TEST_SIDE = 256  # the vacuum is looked for on block means to about this short side (most images have none)
+EMPTY_TEST_MAX_BLOCK = 4  # ... of at most 4x4 pixels: a lace of thin strands in a large image stays resolved
 FILL_MIN_WEIGHT = 0.05  # the vacuum's level is the film's nearby where this share of the reach is film
 # A traced network is fibres only when they are long and keep their width: fibres traced at least this many of their
 # own diameters long on average, with the width along them varying by at most this coefficient of variation. Set
@@ -460,7 +461,7 @@ def _phase_distance(low: np.ndarray, high: np.ndarray) -> float:
 def _empty_space(smooth: np.ndarray) -> np.ndarray | None:
     """The vacuum beyond a support film (beyond half its height above the film's level) as a mask; None where there
     is none (_vacuum, looked for at a resolution of EMPTY_TEST_SIDE)."""
-    factor = max(1, min(smooth.shape) // EMPTY_TEST_SIDE)
+    factor = min(max(1, min(smooth.shape) // EMPTY_TEST_SIDE), EMPTY_TEST_MAX_BLOCK)
     found = _vacuum(_block_mean(smooth, factor), MIN_OBJECT_AREA_PX / factor**2)
     if found is None:
         return None
