@@ -274,8 +274,9 @@ class Assistant:
         return PreparedImage(to_model_input(pixels, self.image_config), facts, statistics)
 
     def measure_ahead(self, images: Sequence[str | os.PathLike]) -> None:
-        """Measure many image files at once, a process per CPU core, for the answers about them to come (maemi eval:
-        the test images). A file that cannot be measured is left to image_facts, which says why."""
+        """Measure many image files at once, in worker processes (maemi.cpu.worker_count: one per core where each
+        gets enough images), for the answers about them to come (maemi eval: the test images, maemi screen: the
+        batches ahead). A file that cannot be measured is left to image_facts, which says why."""
         todo = {}
         for image in images:
             try:

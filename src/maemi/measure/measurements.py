@@ -148,7 +148,7 @@ BACKGROUND_RECHECK_BELOW = SEPARATION_MIN
 EMPTY_SUPPORT_SHARE = 0.1
 EMPTY_SCALE = 10.0
 EMPTY_STEP = 2.5
-EMPTY_RIM_PX = 2  # the vacuum's blurred edge, filled with it on its side of the film's level (_with_rim)
+EMPTY_RIM_PX = 2  # the vacuum's blurred edge, filled with it on its side of the film's level
 EMPTY_TEST_SIDE = 256  # the vacuum is looked for on block means to about this short side (most images have none)
 EMPTY_TEST_MAX_BLOCK = 4  # ... of at most 4x4 pixels: a lace of thin strands in a large image stays resolved
 FILL_MIN_WEIGHT = 0.05  # the vacuum's level is the film's nearby where this share of the reach is film
@@ -458,17 +458,22 @@ def _phase_distance(low: np.ndarray, high: np.ndarray) -> float:
     return SEPARATION_CAP if difference >= SEPARATION_CAP * within else difference / within
 
 
-def _empty_space(smooth: np.ndarray) -> np.ndarray | None:
-    """The vacuum beyond a support film (beyond half its height above the film's level) as a mask; None where there
-    is none (_vacuum, looked for at a resolution of EMPTY_TEST_SIDE)."""
+def _empty_space(smooth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The vacuum beyond a support film (beyond half its height above the film's level), what to fill (the vacuum and
+    its blurred edge: the pixels within EMPTY_RIM_PX of it on its side of the film's level, a faint outline of every
+    hole otherwise, which the learned segmenter counted on a lace) and the film's level measured without the vacuum,
+    each [H, W]; None where there is no vacuum (_vacuum, looked for at a resolution of EMPTY_TEST_SIDE)."""
     factor = min(max(1, min(smooth.shape) // EMPTY_TEST_SIDE), EMPTY_TEST_MAX_BLOCK)
     found = _vacuum(_block_mean(smooth, factor), MIN_OBJECT_AREA_PX / factor**2)
     if found is None:
         return None
     level, height = found
-    above = smooth - resize(level, smooth.shape, order=1, mode="edge")  # signed: toward the vacuum when positive
-    above = above if height > 0 else -above
-    return remove_small_objects(above > abs(height) / 2, max_size=MIN_OBJECT_AREA_PX - 1)
+    toward = np.sign(height)  # the vacuum's side of the film's level
+    above = (smooth - resize(level, smooth.shape, order=1, mode="edge")) * toward
+    empty = remove_small_objects(above > abs(height) / 2, max_size=MIN_OBJECT_AREA_PX - 1)
+    level = _film_level(smooth, empty)
+    fill = ndimage.binary_dilation(empty, iterations=EMPTY_RIM_PX) & ((smooth - level) * toward > 0)
+    return empty, fill, level
 
 
 def _vacuum(smooth: np.ndarray, min_area: float) -> tuple[np.ndarray, float] | None:
@@ -549,13 +554,6 @@ def _piece_scale(phase: np.ndarray, min_area: float) -> float:
     return float(area[np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
-def _with_rim(empty: np.ndarray, smooth: np.ndarray, level: np.ndarray) -> np.ndarray:
-    """The vacuum and its blurred edge: the pixels within EMPTY_RIM_PX of it on its side of the film's level (a faint
-    outline of every hole left in the film otherwise; the learned segmenter counted a lace's as objects)."""
-    side = np.sign(np.median(smooth[empty] - level[empty]))
-    return ndimage.binary_dilation(empty, iterations=EMPTY_RIM_PX) & ((smooth - level) * side > 0)
-
-
 def _film_level(smooth: np.ndarray, empty: np.ndarray) -> np.ndarray:
     """The level of the film (with its particles) everywhere, the vacuum left out: a normalised convolution over a
     sixteenth of the short side at low resolution (as _background), and beyond its reach (the middle of a large hole)
@@ -630,14 +628,14 @@ def segment(grey: np.ndarray, method: str = DEFAULT_SEGMENTER) -> Segmentation:
         raise ValueError(f"unknown segmentation method {method!r}: choose from {', '.join(SEGMENTERS)}")
     image = _as_grey(grey)
     smooth = ndimage.gaussian_filter(image, 1.0)
-    empty = _empty_space(smooth)
-    seen = image
-    if empty is not None:  # the vacuum as film: the film's level there, with the vacuum's own pixel noise
-        level = _film_level(smooth, empty)
-        seen = np.where(_with_rim(empty, smooth, level), level + (image - smooth), image)
+    vacuum = _empty_space(smooth)
+    empty, seen = None, image
+    if vacuum is not None:  # the vacuum as film: the film's level there, with the vacuum's own pixel noise
+        empty, fill, level = vacuum
+        seen = np.where(fill, level + (image - smooth), image)
         smooth = ndimage.gaussian_filter(seen, 1.0)
     seg = _segment(seen, smooth, method, empty)
-    seg.image = image  # what the image shows, for its brightness and texture
+    seg.image = image  # what the image shows, for its brightness and texture (nothing derived so far reads it)
     return seg
 
 
