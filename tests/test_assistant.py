@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import maemi.cpu
-from maemi.assistant import (DIHEDRAL_VIEWS, Assistant, RunError, dihedral_view, measurement_record, objects_caveat,
-                             question_prompt)
+from maemi.assistant import (DIHEDRAL_VIEWS, Assistant, RunError, caveats, dihedral_view, measurement_record,
+                             objects_caveat, question_prompt, vacuum_caveat)
 from maemi.teachers.records import few_shot_prompt
 from maemi.cli import app
 from maemi.data.datasets import scan_dataset
@@ -401,6 +401,23 @@ def test_counts_and_sizes_where_one_threshold_cannot_split_the_image_carry_a_cav
     assert objects_caveat({"object_count": "3"}, [squares]) is None
     assert "of image 2 " in objects_caveat({"object_count#1": "3", "diameter_mean#2": "3 px"}, [squares, grain])
     assert objects_caveat({"object_count#1": "3"}, [squares, grain]) is None
+
+
+def test_area_fractions_of_a_film_with_vacuum_beyond_it_say_they_are_of_the_film(tiny, assistant):
+    """With vacuum beyond a holey film left out, an area fraction is a share of the film: an answer that quotes one
+    says so (without a number of its own); a count, or an image with no vacuum, needs no such caveat."""
+    from test_measurements import _film_with_vacuum
+
+    holey, _, vacuum = _film_with_vacuum(3, dark_field=False, lacey=False)
+    holey = measurement_record(assistant.image_facts(holey))
+    plain = measurement_record(assistant.image_facts(paths(tiny, [tiny["test"][0]])[0]))
+    assert holey["empty_fraction"] == pytest.approx(vacuum, abs=0.05) and plain["empty_fraction"] == 0
+    caveat = caveats({"area_fraction": "4.1%"}, [holey])
+    assert caveat == "(The area fractions of this image are of the support film: the vacuum beyond it is left out.)"
+    assert caveats({"object_count": "40"}, [holey]) is None and vacuum_caveat({"coverage": "sparse"}, [plain]) is None
+    assert "of image 2 " in vacuum_caveat({"background_fraction#2": "90%", "area_fraction#1": "5%"}, [plain, holey])
+    both = caveats({"object_count": "2", "area_fraction": "3%"}, [{**holey, "objects_uncertain": True}])
+    assert both.startswith("(Uncertain:") and both.endswith("is left out.)")
 
 
 def test_measuring_ahead_in_worker_processes_gives_the_same_facts(tiny, assistant, tmp_path, monkeypatch):

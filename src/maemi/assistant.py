@@ -122,7 +122,7 @@ def measurement_record(facts: ImageFacts | str) -> dict:
         return {"error": facts}
     return {"values": dict(facts.values), "scale": facts.scale.to_dict() if facts.scale else None,
             "segmenter": facts.m.segmenter, "phase_separation": round(facts.m.phase_separation, 2),
-            "objects_uncertain": facts.m.objects_uncertain}
+            "objects_uncertain": facts.m.objects_uncertain, "empty_fraction": round(facts.m.empty_fraction, 3)}
 
 
 def objects_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
@@ -135,6 +135,30 @@ def objects_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None
     where = "this image" if len(per_image) == 1 else "image " + ", ".join(str(i) for i in sorted(uncertain & quoted))
     return (f"(Uncertain: the objects of {where} do not stand apart from the background by grey level, so their "
             f"counts and sizes may be far off.)")
+
+
+# The slots that are shares of the field's area: with vacuum beyond a support film (Measurements.empty_fraction),
+# shares of the film, not of the whole field.
+AREA_SLOTS = frozenset({"area_fraction", "background_fraction", "coverage"})
+
+
+def vacuum_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
+    """What an answer must add when it quotes an area fraction of an image that shows vacuum beyond its support film
+    (a holey or lacey film, or one that ends in the field): the fraction is of the film, the vacuum left out. No
+    number in it, so a reference answer with it scores the same numbers (evaluate.as_the_assistant_says_it)."""
+    with_vacuum = {i + 1 for i, m in enumerate(per_image) if m.get("empty_fraction")}
+    quoted = {int(name.partition("#")[2] or 1) for name in used if name.partition("#")[0] in AREA_SLOTS}
+    if not with_vacuum & quoted:
+        return None
+    where = "this image" if len(per_image) == 1 else "image " + ", ".join(str(i) for i in sorted(with_vacuum & quoted))
+    return f"(The area fractions of {where} are of the support film: the vacuum beyond it is left out.)"
+
+
+def caveats(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
+    """Every caveat an answer quoting the slots `used` must carry, in one string (None when there is none)."""
+    used = list(used)
+    found = [c for c in (objects_caveat(used, per_image), vacuum_caveat(used, per_image)) if c]
+    return " ".join(found) or None
 
 
 def _facts_or_reason(measure: Callable[[], MeasuredImage], metadata: dict | None = None, name: str = "the image"
@@ -359,7 +383,7 @@ class Assistant:
                     text += f" (Not measured: {'; '.join(errors)}.)"
                 elif filled.missing:  # say why a number is "unknown" rather than leave the reader to guess
                     text += f" (Unknown: no {', '.join(s.replace('_', ' ') for s in filled.missing)} on this image.)"
-                caveat = None if errors else objects_caveat(filled.used, per_image)
+                caveat = None if errors else caveats(filled.used, per_image)
                 if caveat:
                     text += " " + caveat
                 answers.append(Answer(text, template, filled.used, filled.missing, per_image))

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maemi.assistant import Assistant, objects_caveat
+from maemi.assistant import Assistant, caveats
 from maemi.evaluate.calibration import expected_calibration_error, probabilities, reliability_png
 from maemi.evaluate.classification import classification_metrics
 from maemi.evaluate.metrics import generation_metrics
@@ -98,13 +98,13 @@ def _fits(assistant: Assistant, n_images: int, prompt: str) -> str | None:
 
 
 def as_the_assistant_says_it(record: dict, assistant: Assistant, root: Path) -> str:
-    """The teacher's answer, with the caveat the assistant adds where it quotes a count or size of objects that its
-    image does not separate from the background (assistant.objects_caveat): the same rule on both sides, so that a
-    right answer with its caveat scores as right. The caveat has no numbers."""
+    """The teacher's answer, with the caveats the assistant adds (assistant.caveats: a count or size of objects that
+    its image does not separate from the background; an area fraction of a film with vacuum beyond it): the same
+    rule on both sides, so that a right answer with its caveat scores as right. The caveats have no numbers."""
     turn = record["conversations"][1]
     if not assistant.measured_answers or not turn.get("slots"):
         return turn["value"]
-    caveat = objects_caveat(turn["slots"], assistant.measure_item([root / p for p in record["images"]])[2])
+    caveat = caveats(turn["slots"], assistant.measure_item([root / p for p in record["images"]])[2])
     return f"{turn['value']} {caveat}" if caveat else turn["value"]
 
 
