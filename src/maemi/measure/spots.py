@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from statistics import NormalDist
 
 import numpy as np
 from scipy import ndimage
@@ -39,6 +40,12 @@ THRESHOLD = 4.5
 # ... and this many standard deviations of what pixel noise alone gives at its scale: a million pixels over nine
 # scales reach 5 to 6 by chance, so a pure-noise image yields no spots (Rose's criterion with room for that search).
 NOISE_THRESHOLD = 6.5
+# Pixel noise is measured per block of this many pixels (of the original image) and the bar set where each spot lies:
+# a dark-field image's noise grows with its signal (shot noise), so one figure for the whole field, dominated by a
+# dark vacuum, was 2-16 times too low on its bright supports (../shared/data/stem-particles), and zero where the dark
+# is clipped to black.
+NOISE_BLOCK_PX = 32
+NOISE_TRIM = 0.8  # each block's estimate from its 80% smallest neighbour differences: edges of objects are left out
 TRUNCATE = 6.0  # the LoG kernels' radius in sigmas
 PEAK_NEIGHBOURHOOD = 5  # px: two maxima closer than this are one spot
 OUTLINE_RADIUS = 2.5  # a spot's outline stays within this many sigmas of its centre
@@ -74,6 +81,46 @@ def noise_gain(factor: float) -> np.ndarray:
     return np.array([math.sqrt(float(np.mean(r[inner] ** 2))) for r in responses])
 
 
+def noise_map(grey: np.ndarray, block: int = NOISE_BLOCK_PX) -> np.ndarray:
+    """The standard deviation of pixel noise per block of `block` x `block` pixels of a grey image ([H // block,
+    W // block], at least 1 x 1). From horizontal neighbour differences as measurements.noise_sigma, but (1) per
+    block, since shot noise follows the signal; (2) the mean of each block's smallest NOISE_TRIM of them (a
+    half-normal's truncated mean, corrected) rather than their median, which 8-bit quantisation sets to 0 or 1 grey
+    level where noise is below a few levels; (3) differences that touch the image's lowest or highest value are left
+    out: where a detector clips its dark to black, only the noise above the clip is seen, and the clipped pixels
+    would say the field is noiseless. A block with too few differences left (clipped, or the frame's last column)
+    takes the median of the others; each is then the median of its 3 x 3 blocks, so one block filled by an object's
+    edge does not stand for its neighbourhood. By hand: skimage's estimate_sigma is one figure per image (and needs
+    PyWavelets)."""
+    grey = np.asarray(grey, np.float32)
+    lo, hi = float(grey.min()), float(grey.max())
+    left, right = grey[:, :-1], grey[:, 1:]
+    clipped = (left <= lo) | (left >= hi) | (right <= lo) | (right >= hi)
+    d = np.where(clipped, np.inf, np.abs(right - left))
+    h, w = d.shape
+    rows, cols = max(h // block, 1), max(w // block, 1)
+    bh, bw = min(block, h), min(block, w)
+    blocks = d[:rows * bh, :cols * bw].reshape(rows, bh, cols, bw).transpose(0, 2, 1, 3).reshape(rows * cols, -1)
+    seen = np.isfinite(blocks).sum(axis=1)
+    enough = seen >= blocks.shape[1] // 8
+    if not enough.any():  # a blank or wholly clipped image: no noise to see
+        return np.zeros((rows, cols), np.float32)
+    kept = np.sort(blocks[enough], axis=1)  # the clipped (inf) last
+    k = np.maximum((NOISE_TRIM * seen[enough]).astype(int), 1)
+    smallest = np.cumsum(np.where(np.isfinite(kept), kept, 0), axis=1, dtype=np.float64)[np.arange(len(k)), k - 1]
+    sigma = np.empty(rows * cols)
+    sigma[enough] = smallest / k / (_TRIMMED_HALF_NORMAL * math.sqrt(2))
+    sigma[~enough] = np.median(sigma[enough])
+    sigma = sigma.reshape(rows, cols)
+    padded = np.pad(sigma, 1, mode="edge")
+    return np.median(np.lib.stride_tricks.sliding_window_view(padded, (3, 3)), axis=(2, 3)).astype(np.float32)
+
+
+# E|Z| over the smallest NOISE_TRIM of a standard half-normal's values: a difference of two pixels is sigma sqrt 2 Z
+_Z_TRIM = NormalDist().inv_cdf(0.5 + NOISE_TRIM / 2)
+_TRIMMED_HALF_NORMAL = math.sqrt(2 / math.pi) * (1 - math.exp(-_Z_TRIM ** 2 / 2)) / NOISE_TRIM
+
+
 def local_rms(response: np.ndarray, window: float) -> np.ndarray:
     """sqrt of the Gaussian-weighted mean of response^2 over a window (its sigma, px). The window is at least 24 px,
     so the mean is smooth: taken on a grid a quarter of the window's sigma apart and interpolated back, which costs a
@@ -88,9 +135,11 @@ def local_rms(response: np.ndarray, window: float) -> np.ndarray:
     return np.sqrt(np.maximum(fine, 0.0))
 
 
-def detect(image: np.ndarray, noise: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+def detect(image: np.ndarray, gain: np.ndarray, sigma: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     """Spots of a working-size image: [N, 4] (row, column, sigma, strength in local spreads), strongest first.
-    noise: per scale, the standard deviation of the response that pixel noise alone gives."""
+    gain: per scale, the standard deviation of the response to pixel noise of unit standard deviation (noise_gain);
+    sigma: [H, W] the pixel noise's standard deviation where each pixel lies (noise_map, at the working size)."""
+    noise = gain[:, None, None] * sigma[None]  # per scale and pixel, what pixel noise alone gives
     # bright bump: positive. Kernels to 6 sigma: cut at scipy's default 4, their sum is 2e-3 off zero, so a bright
     # flat region would read as a bump.
     stack = np.stack([-(s ** 2) * ndimage.gaussian_laplace(image, s, truncate=TRUNCATE) for s in SIGMAS])
@@ -98,13 +147,13 @@ def detect(image: np.ndarray, noise: np.ndarray, threshold: float = THRESHOLD) -
     # dips (sqrt 2 x their RMS), so a field crowded with particles does not raise its own bar.
     spread = np.stack([math.sqrt(2) * local_rms(np.minimum(r, 0), max(LOCAL_WINDOW * s, MIN_WINDOW_PX))
                        for r, s in zip(stack, SIGMAS)])
-    strength = stack / np.maximum(spread, noise[:, None, None])  # never a smaller spread than pixel noise gives
+    strength = stack / np.maximum(spread, noise)  # never a smaller spread than pixel noise gives
     best, scale = strength.max(axis=0), strength.argmax(axis=0)
     peaks = (best == ndimage.maximum_filter(best, size=PEAK_NEIGHBOURHOOD)) & (best > threshold)
     # the filters mirror the image at its edges, where noise then adds up with itself: no maxima on the frame
     peaks[[0, -1], :] = peaks[:, [0, -1]] = False
     rows, cols = np.nonzero(peaks)
-    above_noise = stack[scale[rows, cols], rows, cols] > NOISE_THRESHOLD * noise[scale[rows, cols]]
+    above_noise = stack[scale[rows, cols], rows, cols] > NOISE_THRESHOLD * noise[scale[rows, cols], rows, cols]
     rows, cols = rows[above_noise], cols[above_noise]
     spots = np.stack([rows, cols, np.asarray(SIGMAS)[scale[rows, cols]], best[rows, cols]], axis=1)
     return spots[np.argsort(-spots[:, 3], kind="stable")]
@@ -166,9 +215,11 @@ def instances(grey: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     if dark_particles(grey):
         grey = 1.0 - grey
     image, factor = working_image(grey)
-    # at least 1e-4 of full scale: a blank or noiseless image has no noise to measure, and a real one has more
-    noise = max(noise_sigma(grey), 1e-4) * noise_gain(round(factor, 4))
-    labels = outline(image, detect(image, noise, threshold))
+    # never below the whole image's figure, nor 1e-4 of full scale: a blank or noiseless image has no noise to
+    # measure, and a real one has more
+    sigma = resize(noise_map(grey), image.shape, order=1, mode="edge", preserve_range=True)
+    sigma = np.maximum(sigma, max(noise_sigma(grey), 1e-4)).astype(np.float32)
+    labels = outline(image, detect(image, noise_gain(round(factor, 4)), sigma, threshold))
     if factor != 1.0:
         labels = resize(labels, grey.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
     return labels
