@@ -334,7 +334,8 @@ def markdown(results: dict) -> str:
     if weights:
         lines += ["", f"Learned weights: {weights.get('path')}, trained {weights.get('steps')} steps of "
                   f"{weights.get('batch')} scenes of {weights.get('crop')} px in {weights.get('train_seconds')} s "
-                  f"(target <= 1200 s on this 2-core CPU); synthetic validation F1 {weights.get('val_f1')}, "
+                  f"as recorded by that run (target <= 1200 s on a 2-core CPU; the recipe run alone: "
+                  f"segmenter_runs.md, run 18); synthetic validation F1 {weights.get('val_f1')}, "
                   f"median count error {weights.get('val_count_error')}."]
     separation = results.get("phase_separation")
     if separation:
