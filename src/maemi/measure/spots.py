@@ -41,9 +41,9 @@ THRESHOLD = 4.5
 # scales reach 5 to 6 by chance, so a pure-noise image yields no spots (Rose's criterion with room for that search).
 NOISE_THRESHOLD = 6.5
 # Pixel noise is measured per block of this many pixels (of the original image) and the bar set where each spot lies:
-# a dark-field image's noise grows with its signal (shot noise), so one figure for the whole field, dominated by a
-# dark vacuum, was 2-16 times too low on its bright supports (../shared/data/stem-particles), and zero where the dark
-# is clipped to black.
+# a dark-field image's noise grows with its signal (shot noise), so one figure for the whole field, set by a dark
+# vacuum, was up to 16 times too low on the bright supports of ../shared/data/stem-particles, and a black clipped at
+# the vacuum's mean hides half its noise (benchmarks/results/spots_tuning.md, "Pixel noise measured where ...").
 NOISE_BLOCK_PX = 32
 NOISE_TRIM = 0.8  # each block's estimate from its 80% smallest neighbour differences: edges of objects are left out
 TRUNCATE = 6.0  # the LoG kernels' radius in sigmas
@@ -88,10 +88,9 @@ def noise_map(grey: np.ndarray, block: int = NOISE_BLOCK_PX) -> np.ndarray:
     half-normal's truncated mean, corrected) rather than their median, which 8-bit quantisation sets to 0 or 1 grey
     level where noise is below a few levels; (3) differences that touch the image's lowest or highest value are left
     out: where a detector clips its dark to black, only the noise above the clip is seen, and the clipped pixels
-    would say the field is noiseless. A block with too few differences left (clipped, or the frame's last column)
-    takes the median of the others; each is then the median of its 3 x 3 blocks, so one block filled by an object's
-    edge does not stand for its neighbourhood. By hand: skimage's estimate_sigma is one figure per image (and needs
-    PyWavelets)."""
+    would say the field is noiseless. A block with too few differences left (clipped) takes the median of the others;
+    each is then the median of its 3 x 3 blocks, so one block filled by an object's edge does not stand for its
+    neighbourhood. By hand: skimage's estimate_sigma is one figure per image (and needs PyWavelets)."""
     grey = np.asarray(grey, np.float32)
     lo, hi = float(grey.min()), float(grey.max())
     left, right = grey[:, :-1], grey[:, 1:]
@@ -135,11 +134,11 @@ def local_rms(response: np.ndarray, window: float) -> np.ndarray:
     return np.sqrt(np.maximum(fine, 0.0))
 
 
-def detect(image: np.ndarray, gain: np.ndarray, sigma: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
+def detect(image: np.ndarray, gain: np.ndarray, pixel_noise: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     """Spots of a working-size image: [N, 4] (row, column, sigma, strength in local spreads), strongest first.
     gain: per scale, the standard deviation of the response to pixel noise of unit standard deviation (noise_gain);
-    sigma: [H, W] the pixel noise's standard deviation where each pixel lies (noise_map, at the working size)."""
-    noise = gain[:, None, None] * sigma[None]  # per scale and pixel, what pixel noise alone gives
+    pixel_noise: [H, W] the pixel noise's standard deviation where each pixel lies (noise_map, at the working size)."""
+    noise = gain[:, None, None] * pixel_noise[None]  # per scale and pixel, what pixel noise alone gives
     # bright bump: positive. Kernels to 6 sigma: cut at scipy's default 4, their sum is 2e-3 off zero, so a bright
     # flat region would read as a bump.
     stack = np.stack([-(s ** 2) * ndimage.gaussian_laplace(image, s, truncate=TRUNCATE) for s in SIGMAS])
@@ -217,9 +216,9 @@ def instances(grey: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
     image, factor = working_image(grey)
     # never below the whole image's figure, nor 1e-4 of full scale: a blank or noiseless image has no noise to
     # measure, and a real one has more
-    sigma = resize(noise_map(grey), image.shape, order=1, mode="edge", preserve_range=True)
-    sigma = np.maximum(sigma, max(noise_sigma(grey), 1e-4)).astype(np.float32)
-    labels = outline(image, detect(image, noise_gain(round(factor, 4)), sigma, threshold))
+    pixel_noise = resize(noise_map(grey), image.shape, order=1, mode="edge", preserve_range=True)
+    pixel_noise = np.maximum(pixel_noise, max(noise_sigma(grey), 1e-4)).astype(np.float32)
+    labels = outline(image, detect(image, noise_gain(round(factor, 4)), pixel_noise, threshold))
     if factor != 1.0:
         labels = resize(labels, grey.shape, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
     return labels
