@@ -40,6 +40,9 @@ def test_noise_clipped_at_black_makes_no_spots(seed):
     25-29 spots here. The noise is measured where it is seen, above the clip."""
     assert spots.instances(_on_clipped_black(seed, 0)).max() <= 1
     assert spots.instances(_on_clipped_black(seed, 25)).max() == pytest.approx(25, abs=1)
+    # bright field: dark particles, the vacuum clipped at white
+    assert spots.instances(1 - _on_clipped_black(seed, 0)).max() <= 1
+    assert spots.instances(1 - _on_clipped_black(seed, 25)).max() == pytest.approx(25, abs=1)
 
 
 def support_scene(seed: int, n: int = 40, shape=(512, 512)):
