@@ -148,6 +148,12 @@ BACKGROUND_RECHECK_BELOW = SEPARATION_MIN
 EMPTY_SUPPORT_SHARE = 0.1
 EMPTY_SCALE = 10.0
 EMPTY_STEP = 2.5
+# ... or where the vacuum is flat: its level this many of its own standard deviations from the film's (_flatness). A
+# support whose edge tapers over tens of pixels (bright-field TEM of flakes over vacuum) makes no step, but nothing
+# lies in the vacuum beyond it: ../shared/data/stem-particles' PtC1, 11.5 (its step 0.9); rendered flakes tapering
+# over 6-15 px 4-27; one side of a slope, a soft step, a bowl or a vignetting of illumination across a film with no
+# vacuum (75 renders) 4.3 at most (benchmarks/results/segmenter_runs.md, "A vacuum beyond a tapered support").
+EMPTY_FLAT = 8.0
 EMPTY_RIM_PX = 2  # the vacuum's blurred edge, filled with it on its side of the film's level
 EMPTY_TEST_SIDE = 256  # the vacuum is looked for on block means to about this short side (most images have none)
 EMPTY_TEST_MAX_BLOCK = 4  # ... of at most 4x4 pixels: a lace of thin strands in a large image stays resolved
@@ -487,7 +493,7 @@ def _vacuum(smooth: np.ndarray, min_area: float) -> tuple[np.ndarray, float] | N
     at the far end of the grey range from the vacuum, objects SEPARATION_MIN from it covering less than the film;
     where both the vacuum and the film lie in pieces EMPTY_SCALE times larger than the objects' (_piece_scale): the
     film is a sheet or a lace, the vacuum its holes, the particles small islands on it; and where the vacuum's edge
-    is a step (_step). `min_area`: the least area of a piece at this resolution."""
+    is a step (_step) or the vacuum is flat (_flatness). `min_area`: the least area of a piece at this resolution."""
     if smooth.max() <= smooth.min():
         return None
     levelled = smooth - _plane(smooth)  # a slope of illumination across the field would split the film
@@ -517,7 +523,7 @@ def _vacuum(smooth: np.ndarray, min_area: float) -> tuple[np.ndarray, float] | N
         objects_scale = _piece_scale(objects, min_area)
         if objects_scale == 0 or min(_piece_scale(film, min_area), empty_scale) < EMPTY_SCALE * objects_scale:
             continue
-        if _step(smooth, empty, film) < EMPTY_STEP:
+        if _step(smooth, empty, film) < EMPTY_STEP and _flatness(levelled, empty, film) < EMPTY_FLAT:
             continue
         return level, height
     return None
@@ -541,6 +547,20 @@ def _step(smooth: np.ndarray, empty: np.ndarray, film: np.ndarray) -> float:
     if not edge.any() or not inside.any():
         return 0.0
     return float(np.median(gradient[edge]) / max(float(np.median(gradient[inside])), 1e-9))
+
+
+def _flatness(levelled: np.ndarray, empty: np.ndarray, film: np.ndarray) -> float:
+    """How flat the vacuum is beside the film: the difference of their median grey levels (inside each, 2 px from
+    its edge) over the vacuum's own spread (1.48 median absolute deviations: the support's tapering edge, which
+    the vacuum's outer part holds, is left out). Nothing lies in a vacuum, so it is as flat as its noise; one side of
+    a slope of illumination is not."""
+    vacuum, inside = ndimage.binary_erosion(empty, iterations=2), ndimage.binary_erosion(film, iterations=2)
+    if not vacuum.any() or not inside.any():
+        return 0.0
+    levels = levelled[vacuum]
+    middle = float(np.median(levels))
+    spread = 1.4826 * float(np.median(np.abs(levels - middle)))
+    return abs(middle - float(np.median(levelled[inside]))) / max(spread, 1e-9)
 
 
 def _piece_scale(phase: np.ndarray, min_area: float) -> float:
