@@ -452,21 +452,31 @@ def _film_with_vacuum(seed: int, dark_field: bool, lacey: bool, holes: bool = Tr
         vacuum = field > np.quantile(field, 0.7) if holes else np.zeros(shape, bool)
     yy, xx = np.mgrid[:h, :w]
     image = np.where(vacuum, 0.85, 0.85 - step) + 0.15 * (xx / w - 0.5) + 0.05 * (yy / h - 0.5)
-    taken = np.zeros(shape, bool)
+    image, shown = _particles_on(image, rng, lambda disc: vacuum[disc].mean() <= 0.3, 0.35, 0.03, dark_field)
+    return image, shown, float(vacuum.mean())
+
+
+def _particles_on(image: np.ndarray, rng, on_support, depth: float, noise: float, dark_field: bool
+                  ) -> tuple[np.ndarray, int]:
+    """Up to 40 dark particles (radii log-normal around 6 px, none touching) where on_support(disc) holds, `depth`
+    deep; then a 1-px blur and pixel noise, and the dark-field negative if asked. The image and how many it shows."""
+    h, w = image.shape
+    yy, xx = np.mgrid[:h, :w]
+    taken = np.zeros(image.shape, bool)
     shown = 0
     for _ in range(3000):
         if shown == 40:
             break
         cy, cx, radius = rng.uniform(8, h - 8), rng.uniform(8, w - 8), rng.lognormal(np.log(6.0), 0.25)
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
-        if vacuum[disc].mean() > 0.3 or (ndimage.binary_dilation(disc, iterations=2) & taken).any():
+        if not on_support(disc) or (ndimage.binary_dilation(disc, iterations=2) & taken).any():
             continue
         taken |= disc
-        image[disc] -= 0.35
+        image[disc] -= depth
         shown += 1
-    image = ndimage.gaussian_filter(image, 1.0) + rng.normal(0, 0.03, shape)
+    image = ndimage.gaussian_filter(image, 1.0) + rng.normal(0, noise, image.shape)
     image = 1 - image if dark_field else image
-    return np.clip(image, 0, 1).astype(np.float32), shown, float(vacuum.mean())
+    return np.clip(image, 0, 1).astype(np.float32), shown
 
 
 @pytest.mark.parametrize("lacey", [False, True])
@@ -488,26 +498,11 @@ def _flakes_over_vacuum(seed: int, dark_field: bool, share: float, texture: floa
     particles on the flakes: bright field (vacuum brightest) or its negative. The image, how many particles it shows
     and the vacuum's share of the field (where the flakes are less than half their full thickness)."""
     rng = np.random.default_rng(seed)
-    h, w = shape
     field = ndimage.gaussian_filter(rng.standard_normal(shape), 40)
     thickness = ndimage.gaussian_filter((field > np.quantile(field, 1 - share)).astype(float), 10)
     image = 0.85 - thickness * (0.3 + texture * ndimage.gaussian_filter(rng.standard_normal(shape), 2))
-    yy, xx = np.mgrid[:h, :w]
-    taken = np.zeros(shape, bool)
-    shown = 0
-    for _ in range(3000):
-        if shown == 40:
-            break
-        cy, cx, radius = rng.uniform(8, h - 8), rng.uniform(8, w - 8), rng.lognormal(np.log(6.0), 0.25)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
-        if thickness[disc].min() < 0.9 or (ndimage.binary_dilation(disc, iterations=2) & taken).any():
-            continue
-        taken |= disc
-        image[disc] -= 0.3
-        shown += 1
-    image = ndimage.gaussian_filter(image, 1.0) + rng.normal(0, 0.02, shape)
-    image = 1 - image if dark_field else image
-    return np.clip(image, 0, 1).astype(np.float32), shown, float((thickness < 0.5).mean())
+    image, shown = _particles_on(image, rng, lambda disc: thickness[disc].min() >= 0.9, 0.3, 0.02, dark_field)
+    return image, shown, float((thickness < 0.5).mean())
 
 
 @pytest.mark.parametrize("dark_field", [False, True])
