@@ -138,17 +138,18 @@ BACKGROUND_RECHECK_BELOW = SEPARATION_MIN
 # image less its least-squares plane), taken again relative to the film's local level, is large pieces (EMPTY_SCALE
 # times the objects', area-weighted medians) beyond a film that itself covers EMPTY_SUPPORT_SHARE of the field in
 # pieces as large and splits again into film and objects SEPARATION_MIN apart at the far end of the grey range, and
-# where the vacuum's edge is a step: the median gradient on it EMPTY_STEP times the film's own (noise and texture). On
-# 72 rendered films with vacuum (holes over a quarter or half of the field, or a lace) and 24 of the tests' the step
-# is 3.9-11.8 (one low-contrast film under a slope, 1.6, is missed), on laces whose vacuum stands only 0.08-0.12 above
-# the film 2.7-3.9; where a slope of illumination across a film with no vacuum is split by the threshold, 1.35-1.75.
-# docs/measurement.md has what it changes. Not told apart: large objects beside small specks of the opposite contrast
-# on a background between (the specks would be taken for the particles and the objects for vacuum); where a particle
-# hangs over the vacuum, its part on the vacuum's side of the film's level goes with the vacuum.
+# where the vacuum's edge is a step: the median gradient on it EMPTY_STEP times the film's own (noise and texture) (or
+# where the vacuum is flat, below). On 72 rendered films with vacuum (holes over a quarter or half of the field, or a
+# lace) and 24 of the tests' the step is 3.9-11.8 (one low-contrast film under a slope, 1.6, is missed), on laces
+# whose vacuum stands only 0.08-0.12 above the film 2.7-3.9; where a slope of illumination across a film with no
+# vacuum is split by the threshold, 1.35-1.75. docs/measurement.md has what it changes. Not told apart: large objects
+# beside small specks of the opposite contrast on a background between (the specks would be taken for the particles
+# and the objects for vacuum); where a particle hangs over the vacuum, its part on the vacuum's side of the film's
+# level goes with the vacuum.
 EMPTY_SUPPORT_SHARE = 0.1
 EMPTY_SCALE = 10.0
 EMPTY_STEP = 2.5
-# ... or where the vacuum is flat: its level this many of its own standard deviations from the film's (_flatness). A
+# ... or where the vacuum is flat: its level this many of its own spreads (1.48 MADs) from the film's (_flatness). A
 # support whose edge tapers over tens of pixels (bright-field TEM of flakes over vacuum) makes no step, but nothing
 # lies in the vacuum beyond it: ../shared/data/stem-particles' PtC1, 11.5 (its step 0.9); rendered flakes tapering
 # over 6-15 px 4-27; one side of a slope, a soft step, a bowl or a vignetting of illumination across a film with no
