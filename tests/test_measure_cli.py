@@ -108,6 +108,28 @@ def test_particles_on_a_holey_film_say_the_vacuum_was_left_out(tmp_path):
     assert overlay[far].mean() == pytest.approx(0.5 * image[far].mean(), abs=0.03)
 
 
+def test_an_image_clipped_at_black_says_how_much_of_it_is(tmp_path):
+    """Half the field of a dark-field image whose black level sits at the vacuum's mean is 0: nothing can be seen
+    there, and `maemi measure` says how much; an image with its whole range in use says nothing."""
+    import numpy as np
+
+    from test_spots import _on_clipped_black
+
+    pixels = (_on_clipped_black(0, 25) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "clipped.png")
+    _, plain, _ = _images(tmp_path)
+    printed = CliRunner().invoke(app, ["measure", str(tmp_path / "clipped.png"), str(plain), "--json"])
+    assert printed.exit_code == 0, printed.output
+    rows = {r["path"]: r["measurements"] for r in json.loads(printed.stdout)}
+    share = float(np.mean((pixels == pixels.min()) | (pixels == pixels.max())))
+    assert rows[str(tmp_path / "clipped.png")]["clipped_fraction"] == pytest.approx(share) and share > 0.4
+    assert rows[str(plain)]["clipped_fraction"] < 0.01
+    printed = CliRunner().invoke(app, ["measure", str(tmp_path / "clipped.png"), str(plain)])
+    clipped_part, plain_part = printed.stdout.split(str(plain))
+    assert f"note: {share:.0%} of the pixels sit at the image's darkest or brightest level" in clipped_part
+    assert "darkest or brightest" not in plain_part
+
+
 def test_a_fibre_mat_counts_its_fibres_and_says_what_the_table_lists(tmp_path):
     import numpy as np
 

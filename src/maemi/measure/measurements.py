@@ -243,6 +243,10 @@ class Measurements:
     diameter_geometric_std: float | None = None  # the log-normal's spread, a factor (at least 1)
     edge_object_count: int = 0  # objects the image frame cuts: left out of the distribution above
     empty_fraction: float = 0.0  # the field's share of vacuum beyond the support (holes in its film), left out
+    # The share of pixels at the image's own darkest or brightest grey level: clipped or saturated by the detector or
+    # its settings, where nothing can be seen (a dark-field vacuum set to black, a particle's core burnt to white).
+    # At the extremes of the image rather than of 0 and 1: 16-bit and float images are stretched to their range.
+    clipped_fraction: float = 0.0
 
     def to_nm(self, px: float) -> float | None:
         return None if self.nm_per_pixel is None else px * self.nm_per_pixel
@@ -1036,7 +1040,15 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         objects_uncertain=seg.phase_separation < SEPARATION_MIN,
         **distribution,
         empty_fraction=empty_px / mask.size,
+        clipped_fraction=clipped_fraction(image),
     )
+
+
+def clipped_fraction(image: np.ndarray) -> float:
+    """The share of pixels at the image's lowest or highest grey level (Measurements.clipped_fraction); 0 for a
+    flat image, which has no range to clip."""
+    low, high = float(image.min()), float(image.max())
+    return float(np.mean((image <= low) | (image >= high))) if high > low else 0.0
 
 
 def rod_like(aspect: np.ndarray) -> bool:
