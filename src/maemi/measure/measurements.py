@@ -696,7 +696,7 @@ def _fibre_network(seg: Segmentation) -> bool:
 
 
 def _spots(image: np.ndarray, flat: np.ndarray, separation: float, empty: np.ndarray | None) -> Segmentation:
-    from maemi.measure import spots  # it imports noise_sigma from here
+    from maemi.measure import spots  # it imports noise_sigma and clipped_pixels from here
 
     return _labelled_segmentation(image, flat, spots.instances(image), "spots", separation, empty)
 
@@ -1044,11 +1044,16 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     )
 
 
+def clipped_pixels(image: np.ndarray) -> np.ndarray:
+    """[H, W] bool: the pixels at the image's lowest or highest grey level, where a detector or its settings may have
+    clipped what was there (every pixel of a flat image)."""
+    return (image <= image.min()) | (image >= image.max())
+
+
 def clipped_fraction(image: np.ndarray) -> float:
     """The share of pixels at the image's lowest or highest grey level (Measurements.clipped_fraction); 0 for a
     flat image, which has no range to clip."""
-    low, high = float(image.min()), float(image.max())
-    return float(np.mean((image <= low) | (image >= high))) if high > low else 0.0
+    return float(clipped_pixels(image).mean()) if image.max() > image.min() else 0.0
 
 
 def rod_like(aspect: np.ndarray) -> bool:

@@ -26,7 +26,7 @@ from scipy import ndimage
 from scipy.stats import skew
 from skimage.transform import resize
 
-from maemi.measure.measurements import noise_sigma
+from maemi.measure.measurements import clipped_pixels, noise_sigma
 
 WORK_SIDE = 1024  # long side the detector works at, as the learned segmenter (particles of 3-35 px there)
 SIGMAS = tuple(float(s) for s in np.geomspace(1.5, 12.0, 9))  # LoG scales, px at the working size: radius ~ sqrt2 sigma
@@ -92,10 +92,9 @@ def noise_map(grey: np.ndarray, block: int = NOISE_BLOCK_PX) -> np.ndarray:
     each is then the median of its 3 x 3 blocks, so one block filled by an object's edge does not stand for its
     neighbourhood. By hand: skimage's estimate_sigma is one figure per image (and needs PyWavelets)."""
     grey = np.asarray(grey, np.float32)
-    lo, hi = float(grey.min()), float(grey.max())
-    left, right = grey[:, :-1], grey[:, 1:]
-    clipped = (left <= lo) | (left >= hi) | (right <= lo) | (right >= hi)
-    d = np.where(clipped, np.inf, np.abs(right - left))
+    clipped = clipped_pixels(grey)
+    clipped = clipped[:, :-1] | clipped[:, 1:]  # a difference that touches a clipped pixel
+    d = np.where(clipped, np.inf, np.abs(grey[:, 1:] - grey[:, :-1]))
     h, w = d.shape
     rows, cols = max(h // block, 1), max(w // block, 1)
     bh, bw = min(block, h), min(block, w)
