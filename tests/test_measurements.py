@@ -14,6 +14,7 @@ from maemi.data.synth import make_micrograph
 from maemi.measure.boxes import annotated_images
 from maemi.measure.scenes import render_scene
 from maemi.measure import measurements
+from maemi.measure.empty_space import find_vacuum
 from maemi.measure.measurements import (MIXTURE_SPREAD, SEPARATION_MIN, Measurements, measure, phase_separation,
                                         segment, size_spread)
 
@@ -544,7 +545,7 @@ def test_a_film_without_vacuum_under_a_slope_of_illumination_keeps_its_whole_fie
     """A slope across the film splits it at Otsu's threshold like a vacuum's edge would, but with no step there."""
     image, shown, _ = _film_with_vacuum(3, dark_field, lacey=False, holes=False)
     smooth = ndimage.gaussian_filter(image, 1.0)
-    assert measurements._empty_space(smooth) is None
+    assert find_vacuum(smooth) is None
     m = measure(image)
     assert m.empty_fraction == 0 and m.object_count == pytest.approx(shown, rel=0.1)
 
