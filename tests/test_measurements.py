@@ -14,7 +14,7 @@ from maemi.data.synth import make_micrograph
 from maemi.measure.boxes import annotated_images
 from maemi.measure.scenes import render_scene
 from maemi.measure import measurements
-from maemi.measure.empty_space import find_vacuum
+from maemi.measure.empty_space import find_unlit, find_vacuum
 from maemi.measure.measurements import (MIXTURE_SPREAD, SEPARATION_MIN, Measurements, measure, phase_separation,
                                         segment, size_spread)
 
@@ -558,3 +558,65 @@ def test_a_faint_vacuum_under_a_steeper_slope_of_illumination_is_found_whole(lac
     m = measure(image)
     assert m.empty_fraction == pytest.approx(vacuum, abs=0.05)
     assert m.object_count == pytest.approx(shown, rel=0.1)
+
+
+def _beyond_a_beam(seed: int, radius: float, soft_px: float, black: float, rotate: float | None = None,
+                   shape=(384, 512)) -> tuple[np.ndarray, int, float, float]:
+    """Dark particles on a film lit by a TEM beam's disc (`radius` of the frame's diagonal, off-centre by up to 5%,
+    its edge ramping over `soft_px`) or, with `rotate`, a frame rotated by that many degrees and padded; beyond it
+    only the detector's `black` level and noise. The image, the particles it shows (those wholly lit), the share of
+    the frame that is dark and the particles' share of the lit field."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[:h, :w]
+    if rotate is None:
+        cy, cx = h / 2 + rng.uniform(-0.05, 0.05) * h, w / 2 + rng.uniform(-0.05, 0.05) * w
+        beam = np.clip((radius * np.hypot(h, w) - np.hypot(yy - cy, xx - cx)) / soft_px + 0.5, 0, 1)
+    else:
+        beam = np.clip(ndimage.rotate(np.ones(shape), rotate, reshape=False, order=1), 0, 1)
+    lit = beam > 0.5
+    film = np.full(shape, 0.6)
+    image, shown = _particles_on(film, rng, lambda disc: lit[ndimage.binary_dilation(disc, iterations=3)].all(),
+                                 0.3, 0.02, dark_field=False, n=50)
+    particles = (film < 0.45) & lit  # _particles_on lowered the film in place
+    image = image * beam + (black + 0.005 * rng.normal(size=shape)) * (1 - beam)
+    return np.clip(image, 0, 1).astype(np.float32), shown, 1 - float(lit.mean()), float(particles.sum() / lit.sum())
+
+
+@pytest.mark.parametrize("radius, soft_px, black", [(0.42, 4, 0.0), (0.36, 20, 0.05)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_dark_beyond_a_tem_beams_edge_is_left_out_not_counted(seed, radius, soft_px, black):
+    """Where the beam's disc does not fill the camera, one threshold took the dark corners (or sides) for the dark
+    objects of a bright-field image: 3-4 objects counted for ~60, at a phase separation that was trusted. Now the
+    dark is left out, as a vacuum is, and said apart from it; the area fraction is of the lit field."""
+    image, shown, dark, coverage = _beyond_a_beam(seed, radius, soft_px, black)
+    m = measure(image)
+    assert m.unlit_fraction == pytest.approx(dark, abs=0.02) and dark > 0.05
+    assert m.empty_fraction == 0
+    assert m.object_count == pytest.approx(shown, rel=0.1)
+    assert m.area_fraction == pytest.approx(coverage, rel=0.15)
+
+
+def test_the_black_padding_of_a_rotated_image_is_left_out():
+    image, shown, dark, _ = _beyond_a_beam(2, 0.0, 1.0, 0.0, rotate=15)
+    m = measure(image)
+    assert m.unlit_fraction == pytest.approx(dark, abs=0.02) and dark > 0.1
+    assert m.object_count == pytest.approx(shown, rel=0.1)
+
+
+@pytest.mark.parametrize("what", ["bright particles", "one large particle", "black pores"])
+def test_black_at_the_frame_that_is_specimen_is_not_taken_for_the_dark_beyond_a_beam(what):
+    """Black pieces at the frame that are not beyond a convex lit field spanning it: the background between bright
+    particles (the lit part is no one convex piece), around one large particle (it does not span the frame: one
+    that did would look like a beam's disc) and pores cut by the frame (notches the rest's hull covers)."""
+    rng = np.random.default_rng(0)
+    h, w = 384, 512
+    yy, xx = np.mgrid[:h, :w]
+    image = np.zeros((h, w)) if what != "black pores" else np.full((h, w), 0.6)
+    for _ in range(1 if what == "one large particle" else 30):
+        cy, cx, r = ((0.6 * h, 0.6 * w, 0.35 * w) if what == "one large particle"
+                     else (rng.uniform(0, h), rng.uniform(0, w), rng.uniform(8, 30)))
+        image[np.hypot(yy - cy, xx - cx) <= r] = 0.0 if what == "black pores" else 0.7
+    image = np.clip(ndimage.gaussian_filter(image, 1.0) + rng.normal(0, 0.02, image.shape), 0, 1)
+    assert find_unlit(ndimage.gaussian_filter(image, 1.0)) is None
+    assert measure(image).unlit_fraction == 0

@@ -209,6 +209,7 @@ class Measurements:
     diameter_geometric_std: float | None = None  # the log-normal's spread, a factor (at least 1)
     edge_object_count: int = 0  # objects the image frame cuts: left out of the distribution above
     empty_fraction: float = 0.0  # the field's share of vacuum beyond the support (holes in its film), left out
+    unlit_fraction: float = 0.0  # the field's share beyond the illumination's edge (dark, no signal), left out
     # The share of pixels at the image's own darkest or brightest grey level: clipped or saturated by the detector or
     # its settings, where nothing can be seen (a dark-field vacuum set to black, a particle's core burnt to white).
     # At the extremes of the image rather than of 0 and 1: 16-bit and float images are stretched to their range.
@@ -392,7 +393,8 @@ class Segmentation:
     foreground: str  # "bright" or "dark"
     method: str = "classical"  # which segmenter found the objects: "classical", "learned" or "spots"
     phase_separation: float = 100.0  # phase_separation(flat)
-    empty: np.ndarray | None = None  # [H, W] bool: vacuum beyond the support, left out of the analysed area; or None
+    empty: np.ndarray | None = None  # [H, W] bool: what is left out of the analysed area (below); or None
+    unlit: np.ndarray | None = None  # [H, W] bool: of it, the dark beyond the illumination's edge (the rest is vacuum)
 
     # Derived once per segmentation (it is never changed after it is made): segment() and measure_segmentation() both
     # ask whether the objects are a fibre mat, and the fibres table asks again.
@@ -492,18 +494,22 @@ def segment(grey: np.ndarray, method: str = DEFAULT_SEGMENTER) -> Segmentation:
     """
     if method not in SEGMENTERS:
         raise ValueError(f"unknown segmentation method {method!r}: choose from {', '.join(SEGMENTERS)}")
-    from maemi.measure.empty_space import find_vacuum  # it imports from here
+    from maemi.measure.empty_space import find_unlit, find_vacuum  # it imports from here
 
     image = _as_grey(grey)
     smooth = ndimage.gaussian_filter(image, 1.0)
-    vacuum = find_vacuum(smooth)
-    empty, seen = None, image
-    if vacuum is not None:  # the vacuum as film: the film's level there, with the vacuum's own pixel noise
-        empty, fill, level = vacuum
-        seen = np.where(fill, level + (image - smooth), image)
+    seen, empty, unlit = image, None, None
+    for find in (find_unlit, find_vacuum):  # each as film: the film's level there, with its own pixel noise
+        found = find(smooth)
+        if found is None:
+            continue
+        left_out, fill, level = found
+        seen = np.where(fill, level + (seen - smooth), seen)
         smooth = ndimage.gaussian_filter(seen, 1.0)
+        empty = left_out if empty is None else empty | left_out
+        unlit = left_out if find is find_unlit else unlit
     seg = _segment(seen, smooth, method, empty)
-    seg.image = image  # what the image shows, for its brightness and texture (nothing derived so far reads it)
+    seg.image, seg.unlit = image, unlit  # what the image shows, for its brightness and texture
     return seg
 
 
@@ -822,11 +828,14 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     shapes, widths = seg.shapes, seg.widths
     ids, area, centroids, diameters = shapes.ids, shapes.area, shapes.centroids, shapes.diameters
 
+    empty_px = 0 if seg.empty is None else int(np.count_nonzero(seg.empty))
+    unlit_px = 0 if seg.unlit is None else int(np.count_nonzero(seg.unlit))
+    field_px = max(h * w - empty_px, 1)  # the analysed area
     nn_mean = clark_evans = None
     if len(ids) >= 3:
         nearest, _ = cKDTree(centroids).query(centroids, k=2)
         nn_mean = float(nearest[:, 1].mean())
-        clark_evans = nn_mean / (0.5 * math.sqrt(h * w / len(ids)))  # expected NN distance of a Poisson pattern
+        clark_evans = nn_mean / (0.5 * math.sqrt(field_px / len(ids)))  # expected NN distance of a Poisson pattern
 
     orientation, coherence, anisotropy = _orientation(flat)
     contrast, homogeneity, edge_density = _texture(image)
@@ -836,7 +845,6 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     def stat(values: np.ndarray, fn) -> float:
         return float(fn(values)) if len(values) else 0.0
 
-    empty_px = 0 if seg.empty is None else int(np.count_nonzero(seg.empty))
     extent, on_edge = frame_extents(labels, ids)
     sizes = size_distribution(diameters, extent, on_edge, (h, w))
     distribution = {} if sizes is None else {
@@ -853,7 +861,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         foreground=seg.foreground,
         object_count=elongated.get("fibre_count", int(len(ids))),
         region_count=int(len(ids)),
-        area_fraction=float(mask.sum() / max(mask.size - empty_px, 1)),
+        area_fraction=float(mask.sum() / field_px),
         diameter_mean_px=stat(diameters, np.mean),
         diameter_std_px=stat(diameters, np.std),
         diameter_min_px=stat(diameters, np.min),
@@ -876,7 +884,8 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         phase_separation=seg.phase_separation,
         objects_uncertain=seg.phase_separation < SEPARATION_MIN,
         **distribution,
-        empty_fraction=empty_px / mask.size,
+        empty_fraction=(empty_px - unlit_px) / mask.size,
+        unlit_fraction=unlit_px / mask.size,
         clipped_fraction=clipped_fraction(image),
     )
 
