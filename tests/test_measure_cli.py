@@ -108,6 +108,20 @@ def test_particles_on_a_holey_film_say_the_vacuum_was_left_out(tmp_path):
     assert overlay[far].mean() == pytest.approx(0.5 * image[far].mean(), abs=0.03)
 
 
+def test_particles_in_a_tem_beam_that_does_not_fill_the_camera_say_the_dark_was_left_out(tmp_path):
+    import numpy as np
+
+    from test_measurements import _beyond_a_beam
+
+    image, shown, dark, _ = _beyond_a_beam(1, 0.42, 4, 0.0)
+    Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "beam.png")
+    printed = CliRunner().invoke(app, ["measure", str(tmp_path / "beam.png")])
+    assert printed.exit_code == 0, printed.output
+    assert f"object count: {shown}" in printed.stdout
+    assert f"note: {dark:.0%} of the field is dark beyond the edge of the illumination" in printed.stdout
+    assert "vacuum" not in printed.stdout
+
+
 def test_an_image_clipped_at_black_says_how_much_of_it_is(tmp_path):
     """Half the field of a dark-field image whose black level sits at the vacuum's mean is 0: nothing can be seen
     there, and `maemi measure` says how much; an image with its whole range in use says nothing."""

@@ -155,12 +155,26 @@ def test_page_previews_a_16_bit_tiff_and_reports_a_bad_file(browser, served, tmp
 
     holey, shown, vacuum = _film_with_vacuum(3, dark_field=False, lacey=False)
     Image.fromarray((holey * 255).astype(np.uint8)).save(tmp_path / "holey.png")
-    assert not browser.find_element(By.ID, "vacuum-note").is_displayed()
+    assert browser.find_element(By.ID, "field-notes").text == ""
     browser.find_element(By.ID, "file").send_keys(str(tmp_path / "holey.png"))
-    note = wait_for(browser, lambda d: d.find_element(By.ID, "vacuum-note").is_displayed() and
-                    d.find_element(By.ID, "vacuum-note"), "the vacuum note")
-    percent, rest = note.text.split("%", 1)
+    note = wait_for(browser, lambda d: d.find_element(By.ID, "field-notes").text, "the vacuum note")
+    percent, rest = note.split("%", 1)
     assert int(percent) == pytest.approx(100 * vacuum, abs=2) and rest.startswith(" of the field is vacuum beyond")
+    count = browser.find_element(By.ID, "m-object_count").find_elements(By.TAG_NAME, "td")[-1].text
+    assert count == str(shown)
+
+    # a TEM beam that does not fill the camera: the dark beyond it left out, and the black it is clipped to, said
+    from test_measurements import _beyond_a_beam
+
+    beam, shown, dark, _ = _beyond_a_beam(1, 0.42, 4, 0.0)
+    Image.fromarray((beam * 255).astype(np.uint8)).save(tmp_path / "beam.png")
+    browser.find_element(By.ID, "file").send_keys(str(tmp_path / "beam.png"))
+    notes = wait_for(browser, lambda d: "illumination" in d.find_element(By.ID, "field-notes").text and
+                     d.find_elements(By.CSS_SELECTOR, "#field-notes div"), "the notes on the dark beyond the beam")
+    assert [n.text.split("%")[1].split(" (")[0] for n in notes] == [
+        " of the field is dark beyond the edge of the illumination",
+        " of the pixels sit at the image's darkest or brightest level"]
+    assert int(notes[0].text.split("%")[0]) == pytest.approx(100 * dark, abs=2)
     count = browser.find_element(By.ID, "m-object_count").find_elements(By.TAG_NAME, "td")[-1].text
     assert count == str(shown)
 

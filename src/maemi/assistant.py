@@ -40,6 +40,7 @@ from maemi.data.images import (ImagePreprocessConfig, ImageReadError, crop_info_
                                to_model_input)
 from maemi.evaluate.calibration import probabilities
 from maemi.evaluate.familiarity import Familiarity, flag
+from maemi.measure.field_notes import field_notes
 from maemi.measure.measurements import DEFAULT_SEGMENTER, SEGMENTERS
 from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
@@ -122,7 +123,9 @@ def measurement_record(facts: ImageFacts | str) -> dict:
         return {"error": facts}
     return {"values": dict(facts.values), "scale": facts.scale.to_dict() if facts.scale else None,
             "segmenter": facts.m.segmenter, "phase_separation": round(facts.m.phase_separation, 2),
-            "objects_uncertain": facts.m.objects_uncertain, "empty_fraction": round(facts.m.empty_fraction, 3)}
+            "objects_uncertain": facts.m.objects_uncertain, "empty_fraction": round(facts.m.empty_fraction, 3),
+            "unlit_fraction": round(facts.m.unlit_fraction, 3), "clipped_fraction": round(facts.m.clipped_fraction, 3),
+            "notes": field_notes(facts.m.empty_fraction, facts.m.unlit_fraction, facts.m.clipped_fraction)}
 
 
 def objects_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
@@ -137,27 +140,32 @@ def objects_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None
             f"counts and sizes may be far off.)")
 
 
-# The slots that are shares of the field's area: with vacuum beyond a support film (Measurements.empty_fraction),
-# shares of the film, not of the whole field.
+# The slots that are shares of the field's area: where part of the field is left out (Measurements.empty_fraction:
+# vacuum beyond a support film; unlit_fraction: the dark beyond the illumination's edge), shares of the rest.
 AREA_SLOTS = frozenset({"area_fraction", "background_fraction", "coverage"})
+LEFT_OUT = (("empty_fraction", "of the support film: the vacuum beyond it is left out"),
+            ("unlit_fraction", "of the lit field: the dark beyond the edge of the illumination is left out"))
 
 
-def vacuum_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
-    """What an answer must add when it quotes an area fraction of an image that shows vacuum beyond its support film
-    (a holey or lacey film, or one that ends in the field): the fraction is of the film, the vacuum left out. No
-    number in it, so a reference answer with it scores the same numbers (evaluate.as_the_assistant_says_it)."""
-    with_vacuum = {i + 1 for i, m in enumerate(per_image) if m.get("empty_fraction")}
+def left_out_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
+    """What an answer must add when it quotes an area fraction of an image part of whose field was left out (a
+    holey or lacey film, or one that ends in the field; a TEM beam that does not fill the camera): the fraction is
+    of the rest. No number in it, so a reference answer with it scores the same numbers
+    (evaluate.as_the_assistant_says_it)."""
     quoted = {int(name.partition("#")[2] or 1) for name in used if name.partition("#")[0] in AREA_SLOTS}
-    if not with_vacuum & quoted:
-        return None
-    where = "this image" if len(per_image) == 1 else "image " + ", ".join(str(i) for i in sorted(with_vacuum & quoted))
-    return f"(The area fractions of {where} are of the support film: the vacuum beyond it is left out.)"
+    found = []
+    for key, what in LEFT_OUT:
+        images = sorted({i + 1 for i, m in enumerate(per_image) if m.get(key)} & quoted)
+        if images:
+            where = "this image" if len(per_image) == 1 else "image " + ", ".join(str(i) for i in images)
+            found.append(f"(The area fractions of {where} are {what}.)")
+    return " ".join(found) or None
 
 
 def caveats(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
     """Every caveat an answer quoting the slots `used` must carry, in one string (None when there is none)."""
     used = list(used)
-    found = [c for c in (objects_caveat(used, per_image), vacuum_caveat(used, per_image)) if c]
+    found = [c for c in (objects_caveat(used, per_image), left_out_caveat(used, per_image)) if c]
     return " ".join(found) or None
 
 

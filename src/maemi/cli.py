@@ -592,13 +592,8 @@ def measure(
         raise typer.Exit(1)
 
 
-# `maemi measure` says how much of the image is clipped from this share up: 100 images of the built-in corpus, the 31
-# nanowire tiles and 20 of the 33 real STEM images have under 1% (a particle's brightest pixel, a pore's darkest); the
-# other STEM images, dark field with the vacuum set to black most of them, 1-24%.
-CLIPPED_NOTE = 0.01
-
-
 def _print_measurement(row: dict) -> None:
+    from maemi.measure.field_notes import field_notes
     from maemi.measure.measurements import SEPARATION_MIN
 
     if row["error"]:
@@ -627,13 +622,8 @@ def _print_measurement(row: dict) -> None:
         typer.echo(f"  note: a fibre mat: its {m['object_count']} objects are the fibres traced through their crossings, "
                    f"from {m['region_count']} segmented region(s), which --objects and --overlay list; --fibres lists "
                    "the fibres")
-    if m["empty_fraction"]:
-        typer.echo(f"  note: {m['empty_fraction']:.0%} of the field is vacuum beyond the support film (its holes or the "
-                   "gaps of a lace), left out: the objects are what lies on the film, and the area fraction is of the "
-                   "rest")
-    if m["clipped_fraction"] >= CLIPPED_NOTE:
-        typer.echo(f"  note: {m['clipped_fraction']:.0%} of the pixels sit at the image's darkest or brightest level "
-                   "(clipped or saturated): nothing there can be seen or measured")
+    for note in field_notes(m["empty_fraction"], m["unlit_fraction"], m["clipped_fraction"]):
+        typer.echo(f"  note: {note}")
     if m["objects_uncertain"]:
         typer.echo(f"  note: one threshold does not separate the objects from the background here (phase separation "
                    f"{m['phase_separation']:.2f} < {SEPARATION_MIN}): counts and sizes may be far off")

@@ -53,17 +53,20 @@ FILL_MIN_WEIGHT = 0.05  # the vacuum's level is the film's nearby where this sha
 # an image rotated or stitched. One threshold took that dark for the objects of a bright-field image: rendered fields
 # of 60 dark particles with 6% of the frame beyond the beam's edge were counted as 3-4 objects at a trusted phase
 # separation (7.4), and with 1% beyond it the corners were 3-4 extra objects. It is left out where pieces darker than
-# UNLIT_DARK of the way from the darkest level to the median touch the frame, lie (UNLIT_OUTSIDE of each) outside the
-# convex hull of the rest (the lit field, a disc or a rectangle cut by the frame, is convex; a pore, particle or hole
-# cut by the frame is a notch the hull covers) and along a smooth edge (what lies inside the hull, over the length of
-# the piece's edge, at most UNLIT_EDGE_DEPTH px at the test's resolution), where nothing in the field is as dark (no
-# piece of MIN_OBJECT_AREA_PX: the darkest particle of a bright-field image still lets electrons through), the dark
-# is flat (EMPTY_FLAT of its own spreads below the field's level: no signal, only the detector's noise) and at least
-# half the frame is lit. Rendered beam edges: outside 0.91-0.99, edge depth 0.29-0.43. Of the real images here
-# (../shared/data: 33 STEM, 90 nanowire tiles, 15 whole nanowire images, all 1800 of NEU-DET) and 400 of the
-# built-in corpus, one passes: a faint dark arc in a corner of a STEM image (PtW5, 0.5% of it). Without the edge
-# and inside tests five did: a dark-field vacuum beyond a ragged support (Ru1: depth 5.9; it holds dark bays) and
-# steel surfaces with a dark band or patch at the frame (NEU-DET scratches_129 depth 0.98, patches, pits).
+# UNLIT_DARK of the way from the darkest level to the median touch the frame; each lies (UNLIT_OUTSIDE of it) outside
+# the convex hull of the rest (the lit field, a disc or a rectangle cut by the frame, is convex; a pore, particle or
+# hole cut by the frame is a notch the hull covers), along a smooth edge (what of it lies inside the hull, over the
+# length of its edge, at most UNLIT_EDGE_DEPTH px at the test's resolution), and is black (its median within
+# UNLIT_BLACK of the way); nothing in the field is that black (no piece of MIN_OBJECT_AREA_PX: the darkest particle
+# of a bright-field image still lets electrons through); the dark is flat (EMPTY_FLAT of its own spreads below the
+# field's level); at least UNLIT_MAX_SHARE of the frame is lit, and the lit field spans it (two opposite sides: one
+# large object on a black background need not). What is filled reaches down a soft edge's ramp to UNLIT_RAMP of the
+# dark's depth (a 20-px ramp left arcs that were counted). Rendered beam edges and rotated frames: outside 0.91-0.99,
+# edge depth 0.29-0.43. Of the real images here (../shared/data: 33 STEM, 90 nanowire tiles, the 15 whole nanowire
+# images, all 1,800 of NEU-DET) and 400 of the built-in corpus none passes; with the outside and darkness tests alone
+# six did: a dark-field vacuum beyond a ragged support (Ru1: edge depth 5.9), a faint dark arc in a STEM image's
+# corner (PtW5, 0.5%), steel surfaces with a dark band or patch at the frame (NEU-DET scratches_129: edge depth 0.98;
+# patches_49, whose patch is not black; two more).
 UNLIT_DARK = 0.25
 UNLIT_BLACK = 0.1
 UNLIT_RAMP = 0.1

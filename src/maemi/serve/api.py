@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from maemi.data.images import ImageReadError, load_image
 from maemi.measure.figures import overlay_image
+from maemi.measure.field_notes import field_notes
 from maemi.serve.openai_compat import MAX_IMAGES
 from maemi.serve.request_guard import GuardedRoute
 from maemi.serve.uploads import UploadError, UploadLimits, upload_as_file, upload_cost, upload_name
@@ -91,6 +92,9 @@ class MeasureResponse(BaseModel):
                                                "numbers (/v1/ask 'numbers') are these")
     overlay: str = Field(description=f"PNG data URL (longer side at most {PREVIEW_MAX_SIDE} px): the image with the "
                                      "outline of each object that was counted")
+    notes: list[str] = Field(description="What the reader must be told about the field: how much of it was left out "
+                                         "(vacuum beyond a support film, the dark beyond the illumination's edge) or "
+                                         "is clipped")
 
 
 class PreviewResponse(BaseModel):
@@ -175,7 +179,9 @@ def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: 
                                                notes=list(scale.notes)),
                            measurements=dataclasses.asdict(measured.m),
                            values=ImageFacts.unlabelled(measured).values,
-                           overlay=png_data_url(overlay, PREVIEW_MAX_SIDE))
+                           overlay=png_data_url(overlay, PREVIEW_MAX_SIDE),
+                           notes=field_notes(measured.m.empty_fraction, measured.m.unlit_fraction,
+                                             measured.m.clipped_fraction))
 
 
 @router.post("/measure", response_model=MeasureResponse, summary="What the measure teacher measures on the image")
