@@ -597,6 +597,16 @@ def test_the_dark_beyond_a_tem_beams_edge_is_left_out_not_counted(seed, radius, 
     assert m.area_fraction == pytest.approx(coverage, rel=0.15)
 
 
+def test_the_number_density_is_per_square_micrometre_of_the_field_measured():
+    """Objects per um^2 of what was analysed: a beam that lights 93% of the frame holds its particles in that 93%."""
+    image, shown, dark, _ = _beyond_a_beam(0, 0.42, 4, 0.0)
+    m = measure(image, nm_per_pixel=2.5)
+    lit_um2 = (1 - dark) * image.size * (2.5 / 1000) ** 2
+    assert m.number_density_per_um2 == pytest.approx(m.object_count / lit_um2, rel=0.02)
+    assert m.object_count == pytest.approx(shown, rel=0.1)
+    assert measure(image).number_density_per_um2 is None  # no scale, no density
+
+
 def test_the_black_padding_of_a_rotated_image_is_left_out():
     image, shown, dark, _ = _beyond_a_beam(2, 0.0, 1.0, 0.0, rotate=15)
     m = measure(image)

@@ -210,6 +210,9 @@ class Measurements:
     edge_object_count: int = 0  # objects the image frame cuts: left out of the distribution above
     empty_fraction: float = 0.0  # the field's share of vacuum beyond the support (holes in its film), left out
     unlit_fraction: float = 0.0  # the field's share beyond the illumination's edge (dark, no signal), left out
+    # objects per square micrometre of the analysed area (the field less what is left out, as area_fraction), when
+    # the scale is known: on a support film, the particles' loading per area of the film
+    number_density_per_um2: float | None = None
     # The share of pixels at the image's own darkest or brightest grey level: clipped or saturated by the detector or
     # its settings, where nothing can be seen (a dark-field vacuum set to black, a particle's core burnt to white).
     # At the extremes of the image rather than of 0 and 1: 16-bit and float images are stretched to their range.
@@ -845,6 +848,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     def stat(values: np.ndarray, fn) -> float:
         return float(fn(values)) if len(values) else 0.0
 
+    count = elongated.get("fibre_count", int(len(ids)))
     extent, on_edge = frame_extents(labels, ids)
     sizes = size_distribution(diameters, extent, on_edge, (h, w))
     distribution = {} if sizes is None else {
@@ -859,7 +863,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         brightness_mean=float(image.mean()),
         brightness_std=float(image.std()),
         foreground=seg.foreground,
-        object_count=elongated.get("fibre_count", int(len(ids))),
+        object_count=count,
         region_count=int(len(ids)),
         area_fraction=float(mask.sum() / field_px),
         diameter_mean_px=stat(diameters, np.mean),
@@ -886,6 +890,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         **distribution,
         empty_fraction=(empty_px - unlit_px) / mask.size,
         unlit_fraction=unlit_px / mask.size,
+        number_density_per_um2=None if nm_per_pixel is None else count / (field_px * (nm_per_pixel / 1000) ** 2),
         clipped_fraction=clipped_fraction(image),
     )
 
