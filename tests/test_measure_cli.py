@@ -14,6 +14,8 @@ from maemi.cli import app
 from maemi.data.synth import make_micrograph
 from maemi.measure.objects import FIBRE_COLUMNS
 
+from conftest import STEM_IMAGES
+
 ZEISS_TAG = b"0\r\nAP_PIXEL_SIZE\r\nPixel Size = 9.0 nm\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 4.5 nm\r\n"
 
 
@@ -120,6 +122,13 @@ def test_particles_in_a_tem_beam_that_does_not_fill_the_camera_say_the_dark_was_
     assert f"object count: {shown}" in printed.stdout
     assert f"note: {dark:.0%} of the field is dark beyond the edge of the illumination" in printed.stdout
     assert "vacuum" not in printed.stdout
+
+
+@pytest.mark.skipif(not STEM_IMAGES.is_dir(), reason="needs ../shared/data/stem-particles")
+def test_a_dark_field_image_with_black_vacuum_at_its_edge_says_what_it_means_for_the_area_fraction():
+    printed = CliRunner().invoke(app, ["measure", str(STEM_IMAGES / "Ru4.jpg")])
+    assert printed.exit_code == 0, printed.output
+    assert "note: 27% of the field is black at its edge and was measured as field: if it is vacuum" in printed.stdout
 
 
 def test_an_image_clipped_at_black_says_how_much_of_it_is(tmp_path):

@@ -14,7 +14,7 @@ from maemi.data.synth import make_micrograph
 from maemi.measure.boxes import annotated_images
 from maemi.measure.scenes import render_scene
 from maemi.measure import measurements
-from maemi.measure.empty_space import find_unlit, find_vacuum
+from maemi.measure.empty_space import black_at_frame, find_unlit, find_vacuum
 from maemi.measure.measurements import (MIXTURE_SPREAD, SEPARATION_MIN, Measurements, measure, phase_separation,
                                         segment, size_spread)
 
@@ -592,9 +592,24 @@ def test_the_dark_beyond_a_tem_beams_edge_is_left_out_not_counted(seed, radius, 
     image, shown, dark, coverage = _beyond_a_beam(seed, radius, soft_px, black)
     m = measure(image)
     assert m.unlit_fraction == pytest.approx(dark, abs=0.02) and dark > 0.05
-    assert m.empty_fraction == 0
+    assert m.empty_fraction == 0 and m.black_fraction == 0  # left out, so not reported as black measured
     assert m.object_count == pytest.approx(shown, rel=0.1)
     assert m.area_fraction == pytest.approx(coverage, rel=0.15)
+
+
+@pytest.mark.skipif(not STEM_IMAGES.is_dir(), reason="needs ../shared/data/stem-particles")
+@pytest.mark.parametrize("name, expected", [("Ru4.jpg", 0.27), ("Pt2.jpg", 0.16), ("PtC3.jpg", 0.0)])
+def test_black_vacuum_at_the_frame_of_a_real_dark_field_image_is_reported(name, expected):
+    """Dark-field STEM: the vacuum beyond the support is black, and find_vacuum misses it on a textured support; it
+    is reported (measured as field) where none of the experts' particles lies."""
+    grey = np.asarray(Image.open(STEM_IMAGES / name).convert("L"))
+    black = black_at_frame(ndimage.gaussian_filter(grey.astype(np.float32) / 255, 1.0))
+    assert black.mean() == pytest.approx(expected, abs=0.02)
+    boxes = np.loadtxt(STEM_IMAGES.parent / "labels" / name.replace(".jpg", ".txt"), ndmin=2)
+    rows, cols = (boxes[:, 2] * grey.shape[0]).astype(int), (boxes[:, 1] * grey.shape[1]).astype(int)
+    assert not black[rows, cols].any()
+    m = measure(grey)
+    assert m.black_fraction == pytest.approx(expected, abs=0.02) and m.empty_fraction == m.unlit_fraction == 0
 
 
 def test_the_number_density_is_per_square_micrometre_of_the_field_measured():

@@ -125,7 +125,7 @@ def measurement_record(facts: ImageFacts | str) -> dict:
             "segmenter": facts.m.segmenter, "phase_separation": round(facts.m.phase_separation, 2),
             "objects_uncertain": facts.m.objects_uncertain, "empty_fraction": round(facts.m.empty_fraction, 3),
             "unlit_fraction": round(facts.m.unlit_fraction, 3), "clipped_fraction": round(facts.m.clipped_fraction, 3),
-            "notes": field_notes(facts.m.empty_fraction, facts.m.unlit_fraction, facts.m.clipped_fraction)}
+            "notes": field_notes(vars(facts.m))}
 
 
 def objects_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:

@@ -622,7 +622,7 @@ def _print_measurement(row: dict) -> None:
         typer.echo(f"  note: a fibre mat: its {m['object_count']} objects are the fibres traced through their crossings, "
                    f"from {m['region_count']} segmented region(s), which --objects and --overlay list; --fibres lists "
                    "the fibres")
-    for note in field_notes(m["empty_fraction"], m["unlit_fraction"], m["clipped_fraction"]):
+    for note in field_notes(m):
         typer.echo(f"  note: {note}")
     if m["objects_uncertain"]:
         typer.echo(f"  note: one threshold does not separate the objects from the background here (phase separation "

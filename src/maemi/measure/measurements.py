@@ -213,6 +213,10 @@ class Measurements:
     # objects per square micrometre of the analysed area (the field less what is left out, as area_fraction), when
     # the scale is known: on a support film, the particles' loading per area of the film
     number_density_per_um2: float | None = None
+    # the share of the field in large black pieces at the frame that were not left out: in dark-field STEM, most
+    # likely vacuum beyond the support that find_vacuum missed (maemi.measure.empty_space.black_at_frame); the area
+    # fraction, number density and Clark-Evans ratio then count it as field
+    black_fraction: float = 0.0
     # The share of pixels at the image's own darkest or brightest grey level: clipped or saturated by the detector or
     # its settings, where nothing can be seen (a dark-field vacuum set to black, a particle's core burnt to white).
     # At the extremes of the image rather than of 0 and 1: 16-bit and float images are stretched to their range.
@@ -891,8 +895,18 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         empty_fraction=(empty_px - unlit_px) / mask.size,
         unlit_fraction=unlit_px / mask.size,
         number_density_per_um2=None if nm_per_pixel is None else count / (field_px * (nm_per_pixel / 1000) ** 2),
+        black_fraction=_black_fraction(seg),
         clipped_fraction=clipped_fraction(image),
     )
+
+
+def _black_fraction(seg: Segmentation) -> float:
+    from maemi.measure.empty_space import black_at_frame  # it imports from here
+
+    black = black_at_frame(ndimage.gaussian_filter(seg.image, 1.0))
+    if seg.empty is not None:
+        black &= ~seg.empty
+    return float(black.mean())
 
 
 def clipped_pixels(image: np.ndarray) -> np.ndarray:

@@ -180,8 +180,7 @@ def _measure(data: bytes, name: str | None, limits: UploadLimits, nm_per_pixel: 
                            measurements=dataclasses.asdict(measured.m),
                            values=ImageFacts.unlabelled(measured).values,
                            overlay=png_data_url(overlay, PREVIEW_MAX_SIDE),
-                           notes=field_notes(measured.m.empty_fraction, measured.m.unlit_fraction,
-                                             measured.m.clipped_fraction))
+                           notes=field_notes(vars(measured.m)))
 
 
 @router.post("/measure", response_model=MeasureResponse, summary="What the measure teacher measures on the image")
