@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import maemi.cpu
 from maemi.assistant import (DIHEDRAL_VIEWS, Assistant, RunError, caveats, dihedral_view, measurement_record,
-                             objects_caveat, question_prompt, left_out_caveat)
+                             objects_caveat, question_prompt, area_caveat)
 from maemi.teachers.records import few_shot_prompt
 from maemi.cli import app
 from maemi.data.datasets import scan_dataset
@@ -414,8 +414,8 @@ def test_area_fractions_of_a_film_with_vacuum_beyond_it_say_they_are_of_the_film
     assert holey["empty_fraction"] == pytest.approx(vacuum, abs=0.05) and plain["empty_fraction"] == 0
     caveat = caveats({"area_fraction": "4.1%"}, [holey])
     assert caveat == "(The area fractions of this image are of the support film: the vacuum beyond it is left out.)"
-    assert caveats({"object_count": "40"}, [holey]) is None and left_out_caveat({"coverage": "sparse"}, [plain]) is None
-    assert "of image 2 " in left_out_caveat({"background_fraction#2": "90%", "area_fraction#1": "5%"}, [plain, holey])
+    assert caveats({"object_count": "40"}, [holey]) is None and area_caveat({"coverage": "sparse"}, [plain]) is None
+    assert "of image 2 " in area_caveat({"background_fraction#2": "90%", "area_fraction#1": "5%"}, [plain, holey])
     both = caveats({"object_count": "2", "area_fraction": "3%"}, [{**holey, "objects_uncertain": True}])
     assert both.startswith("(Uncertain:") and both.endswith("is left out.)")
 
@@ -428,13 +428,17 @@ def test_area_fractions_of_a_field_partly_beyond_the_beam_say_they_are_of_the_li
     image, _, dark, _ = _beyond_a_beam(0, 0.42, 4, 0.0)
     beam = measurement_record(assistant.image_facts(image))
     assert beam["unlit_fraction"] == pytest.approx(dark, abs=0.02) and beam["empty_fraction"] == 0
-    assert beam["clipped_fraction"] > 0.02  # the dark is clipped to black
+    assert beam["clipped_fraction"] > 0.02 and beam["black_fraction"] == 0  # clipped to black, and left out
     assert caveats({"area_fraction": "4%"}, [beam]) == ("(The area fractions of this image are of the lit field: the "
                                                        "dark beyond the edge of the illumination is left out.)")
     holey = {"empty_fraction": 0.3}
-    assert left_out_caveat({"area_fraction#1": "4%", "coverage#2": "sparse"}, [beam, holey]) == (
+    assert area_caveat({"area_fraction#1": "4%", "coverage#2": "sparse"}, [beam, holey]) == (
         "(The area fractions of image 2 are of the support film: the vacuum beyond it is left out.) (The area "
         "fractions of image 1 are of the lit field: the dark beyond the edge of the illumination is left out.)")
+    black = {"black_fraction": 0.27}
+    assert area_caveat({"coverage": "sparse"}, [black]) == ("(The area fractions of this image are of the whole field, "
+                                                            "with the black at its edge: if that is vacuum, not of the "
+                                                            "support.)")
 
 
 def test_measuring_ahead_in_worker_processes_gives_the_same_facts(tiny, assistant, tmp_path, monkeypatch):

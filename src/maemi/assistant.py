@@ -124,7 +124,8 @@ def measurement_record(facts: ImageFacts | str) -> dict:
     return {"values": dict(facts.values), "scale": facts.scale.to_dict() if facts.scale else None,
             "segmenter": facts.m.segmenter, "phase_separation": round(facts.m.phase_separation, 2),
             "objects_uncertain": facts.m.objects_uncertain, "empty_fraction": round(facts.m.empty_fraction, 3),
-            "unlit_fraction": round(facts.m.unlit_fraction, 3), "clipped_fraction": round(facts.m.clipped_fraction, 3),
+            "unlit_fraction": round(facts.m.unlit_fraction, 3), "black_fraction": round(facts.m.black_fraction, 3),
+            "clipped_fraction": round(facts.m.clipped_fraction, 3),
             "notes": field_notes(vars(facts.m))}
 
 
@@ -141,20 +142,22 @@ def objects_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None
 
 
 # The slots that are shares of the field's area: where part of the field is left out (Measurements.empty_fraction:
-# vacuum beyond a support film; unlit_fraction: the dark beyond the illumination's edge), shares of the rest.
+# vacuum beyond a support film; unlit_fraction: the dark beyond the illumination's edge), shares of the rest; where
+# black at the field's edge was measured as field (black_fraction: vacuum that was not found?), of the whole field.
 AREA_SLOTS = frozenset({"area_fraction", "background_fraction", "coverage"})
-LEFT_OUT = (("empty_fraction", "of the support film: the vacuum beyond it is left out"),
-            ("unlit_fraction", "of the lit field: the dark beyond the edge of the illumination is left out"))
+AREA_CAVEATS = (("empty_fraction", "of the support film: the vacuum beyond it is left out"),
+            ("unlit_fraction", "of the lit field: the dark beyond the edge of the illumination is left out"),
+            ("black_fraction", "of the whole field, with the black at its edge: if that is vacuum, not of the support"))
 
 
-def left_out_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
+def area_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
     """What an answer must add when it quotes an area fraction of an image part of whose field was left out (a
-    holey or lacey film, or one that ends in the field; a TEM beam that does not fill the camera): the fraction is
-    of the rest. No number in it, so a reference answer with it scores the same numbers
-    (evaluate.as_the_assistant_says_it)."""
+    holey or lacey film, or one that ends in the field; a TEM beam that does not fill the camera), which is then of
+    the rest, or whose black edge was measured as field. No number in it, so a reference answer with it scores the
+    same numbers (evaluate.as_the_assistant_says_it)."""
     quoted = {int(name.partition("#")[2] or 1) for name in used if name.partition("#")[0] in AREA_SLOTS}
     found = []
-    for key, what in LEFT_OUT:
+    for key, what in AREA_CAVEATS:
         images = sorted({i + 1 for i, m in enumerate(per_image) if m.get(key)} & quoted)
         if images:
             where = "this image" if len(per_image) == 1 else "image " + ", ".join(str(i) for i in images)
@@ -165,7 +168,7 @@ def left_out_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | Non
 def caveats(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
     """Every caveat an answer quoting the slots `used` must carry, in one string (None when there is none)."""
     used = list(used)
-    found = [c for c in (objects_caveat(used, per_image), left_out_caveat(used, per_image)) if c]
+    found = [c for c in (objects_caveat(used, per_image), area_caveat(used, per_image)) if c]
     return " ".join(found) or None
 
 
