@@ -117,7 +117,8 @@ def find_unlit(smooth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
     if found is None:
         return None
     level, height, unlit = found
-    return _left_out(smooth, level, height, near=resize(unlit.astype(np.float32), smooth.shape, order=0, mode="edge") > 0.5)
+    near = resize(unlit.astype(np.float32), smooth.shape, order=0, mode="edge") > 0.5
+    return _left_out(smooth, level, height, near=near)
 
 
 def _test_factor(smooth: np.ndarray) -> int:
