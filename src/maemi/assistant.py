@@ -145,9 +145,10 @@ def objects_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None
 # vacuum beyond a support film; unlit_fraction: the dark beyond the illumination's edge), shares of the rest; where
 # black at the field's edge was measured as field (black_fraction: vacuum that was not found?), of the whole field.
 AREA_SLOTS = frozenset({"area_fraction", "background_fraction", "coverage"})
-AREA_CAVEATS = (("empty_fraction", "of the support film: the vacuum beyond it is left out"),
-            ("unlit_fraction", "of the lit field: the dark beyond the edge of the illumination is left out"),
-            ("black_fraction", "of the whole field, with the black at its edge: if that is vacuum, not of the support"))
+AREA_CAVEATS = (
+    ("empty_fraction", "of the support film: the vacuum beyond it is left out"),
+    ("unlit_fraction", "of the lit field: the dark beyond the edge of the illumination is left out"),
+    ("black_fraction", "of the whole field, with the black at its edge: if that is vacuum, not of the support"))
 
 
 def area_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:

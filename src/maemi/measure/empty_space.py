@@ -104,8 +104,8 @@ def black_at_frame(smooth: np.ndarray) -> np.ndarray:
     black = ndimage.binary_opening(small < darkest + UNLIT_BLACK * (middle - darkest), iterations=2)
     pieces, _ = ndimage.label(black)
     area = np.bincount(pieces.ravel())
-    on_frame = np.unique(np.concatenate([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]]))
-    large = on_frame[(on_frame > 0) & (area[on_frame] >= BLACK_MIN_SHARE * small.size)]
+    on_frame = _on_frame(pieces)
+    large = on_frame[area[on_frame] >= BLACK_MIN_SHARE * small.size]
     return resize(np.isin(pieces, large).astype(np.float32), smooth.shape, order=0, mode="edge") > 0.5
 
 
@@ -119,6 +119,12 @@ def find_unlit(smooth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
     level, height, unlit = found
     near = resize(unlit.astype(np.float32), smooth.shape, order=0, mode="edge") > 0.5
     return _left_out(smooth, level, height, near=near)
+
+
+def _on_frame(pieces: np.ndarray) -> np.ndarray:
+    """The labels of a label image's pieces that touch its frame."""
+    labels = np.unique(np.concatenate([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]]))
+    return labels[labels > 0]
 
 
 def _test_factor(smooth: np.ndarray) -> int:
@@ -158,8 +164,7 @@ def _unlit(smooth: np.ndarray, min_area: float) -> tuple[np.ndarray, float, np.n
     if middle <= darkest:
         return None
     pieces, count = ndimage.label(smooth < darkest + UNLIT_DARK * (middle - darkest))
-    on_frame = np.unique(np.concatenate([pieces[0], pieces[-1], pieces[:, 0], pieces[:, -1]]))
-    on_frame = on_frame[on_frame > 0]
+    on_frame = _on_frame(pieces)
     dark = np.isin(pieces, on_frame)
     if on_frame.size == 0 or dark.mean() > UNLIT_MAX_SHARE:
         return None
