@@ -622,6 +622,24 @@ def test_the_number_density_is_per_square_micrometre_of_the_field_measured():
     assert measure(image).number_density_per_um2 is None  # no scale, no density
 
 
+def test_the_number_density_of_tiles_adds_up_to_the_whole_fields():
+    """The unbiased counting frame: a field cut into four tiles holds as many objects per area in its tiles, on
+    average, as in the whole, though the particles on the cuts lie in two tiles each (the one on both in four)."""
+    image = np.full((512, 512), 0.3)
+    yy, xx = np.mgrid[:512, :512]
+    centres = [(64 + 128 * i, 64 + 128 * j) for i in range(4) for j in range(4)]  # wholly inside a tile
+    centres += [(256, 64 + 128 * j) for j in range(4)] + [(64 + 128 * i, 256) for i in range(4)]  # on one cut
+    for cy, cx in centres + [(256, 256)]:
+        image[np.hypot(yy - cy, xx - cx) <= 12] = 0.7
+    rng = np.random.default_rng(0)
+    image = np.clip(ndimage.gaussian_filter(image, 1.0) + rng.normal(0, 0.02, image.shape), 0, 1).astype(np.float32)
+    whole = measure(image, nm_per_pixel=1.0)
+    assert whole.object_count == len(centres) + 1
+    tiles = [measure(image[r:r + 256, c:c + 256], nm_per_pixel=1.0) for r in (0, 256) for c in (0, 256)]
+    assert sum(t.object_count for t in tiles) == 16 + 2 * 8 + 4  # counting all counts each cut one twice or more
+    assert np.mean([t.number_density_per_um2 for t in tiles]) == pytest.approx(whole.number_density_per_um2)
+
+
 def test_the_black_padding_of_a_rotated_image_is_left_out():
     image, shown, dark, _ = _beyond_a_beam(2, 0.0, 1.0, 0.0, rotate=15)
     m = measure(image)

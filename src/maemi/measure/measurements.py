@@ -211,7 +211,8 @@ class Measurements:
     empty_fraction: float = 0.0  # the field's share of vacuum beyond the support (holes in its film), left out
     unlit_fraction: float = 0.0  # the field's share beyond the illumination's edge (dark, no signal), left out
     # objects per square micrometre of the analysed area (the field less what is left out, as area_fraction), when
-    # the scale is known: on a support film, the particles' loading per area of the film
+    # the scale is known: on a support film, the particles' loading per area of the film. Counted by the unbiased
+    # counting frame (_frame_count; the fibres of a mat as traced)
     number_density_per_um2: float | None = None
     # the share of the field in large black pieces at the frame that were not left out: in dark-field STEM, most
     # likely vacuum beyond the support that find_vacuum missed (maemi.measure.empty_space.black_at_frame); the area
@@ -894,10 +895,22 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         **distribution,
         empty_fraction=(empty_px - unlit_px) / mask.size,
         unlit_fraction=unlit_px / mask.size,
-        number_density_per_um2=None if nm_per_pixel is None else count / (field_px * (nm_per_pixel / 1000) ** 2),
+        number_density_per_um2=(None if nm_per_pixel is None else
+                                (count if "fibre_count" in elongated else _frame_count(labels, ids))
+                                / (field_px * (nm_per_pixel / 1000) ** 2)),
         black_fraction=_black_fraction(seg),
         clipped_fraction=clipped_fraction(image),
     )
+
+
+def _frame_count(labels: np.ndarray, ids: np.ndarray) -> int:
+    """The objects counted by the unbiased counting frame (Gundersen, J. Microsc. 111, 1977): those that do not touch
+    its bottom or right edge, so that a field cut into tiles counts each object once, in one tile; counting all, an
+    object cut by a tile's edge counts in both tiles, and the number per area comes out high by the objects' size
+    over the field's."""
+    h, w = labels.shape
+    boxes = ndimage.find_objects(labels)
+    return sum(1 for i in ids if boxes[int(i) - 1][0].stop < h and boxes[int(i) - 1][1].stop < w)
 
 
 def _black_fraction(seg: Segmentation) -> float:
