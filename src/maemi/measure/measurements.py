@@ -403,6 +403,7 @@ class Segmentation:
     phase_separation: float = 100.0  # phase_separation(flat)
     empty: np.ndarray | None = None  # [H, W] bool: what is left out of the analysed area (below); or None
     unlit: np.ndarray | None = None  # [H, W] bool: of it, the dark beyond the illumination's edge (the rest is vacuum)
+    black: np.ndarray | None = None  # [H, W] bool: black at the frame not left out (empty_space.black_at_frame)
 
     # Derived once per segmentation (it is never changed after it is made): segment() and measure_segmentation() both
     # ask whether the objects are a fibre mat, and the fibres table asks again.
@@ -502,10 +503,11 @@ def segment(grey: np.ndarray, method: str = DEFAULT_SEGMENTER) -> Segmentation:
     """
     if method not in SEGMENTERS:
         raise ValueError(f"unknown segmentation method {method!r}: choose from {', '.join(SEGMENTERS)}")
-    from maemi.measure.empty_space import find_unlit, find_vacuum  # it imports from here
+    from maemi.measure.empty_space import black_at_frame, find_unlit, find_vacuum  # it imports from here
 
     image = _as_grey(grey)
     smooth = ndimage.gaussian_filter(image, 1.0)
+    black = black_at_frame(smooth)
     seen, empty, unlit = image, None, None
     for find in (find_unlit, find_vacuum):  # each as film: the film's level there, with its own pixel noise
         found = find(smooth)
@@ -518,6 +520,7 @@ def segment(grey: np.ndarray, method: str = DEFAULT_SEGMENTER) -> Segmentation:
         unlit = left_out if find is find_unlit else unlit
     seg = _segment(seen, smooth, method, empty)
     seg.image, seg.unlit = image, unlit  # what the image shows, for its brightness and texture
+    seg.black = black if empty is None else black & ~empty
     return seg
 
 
@@ -898,7 +901,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
         number_density_per_um2=(None if nm_per_pixel is None else
                                 (count if "fibre_count" in elongated else _frame_count(labels, ids))
                                 / (field_px * (nm_per_pixel / 1000) ** 2)),
-        black_fraction=_black_fraction(seg),
+        black_fraction=0.0 if seg.black is None else float(seg.black.mean()),
         clipped_fraction=clipped_fraction(image),
     )
 
@@ -911,15 +914,6 @@ def _frame_count(labels: np.ndarray, ids: np.ndarray) -> int:
     h, w = labels.shape
     boxes = ndimage.find_objects(labels)
     return sum(1 for i in ids if boxes[int(i) - 1][0].stop < h and boxes[int(i) - 1][1].stop < w)
-
-
-def _black_fraction(seg: Segmentation) -> float:
-    from maemi.measure.empty_space import black_at_frame  # it imports from here
-
-    black = black_at_frame(ndimage.gaussian_filter(seg.image, 1.0))
-    if seg.empty is not None:
-        black &= ~seg.empty
-    return float(black.mean())
 
 
 def clipped_pixels(image: np.ndarray) -> np.ndarray:
