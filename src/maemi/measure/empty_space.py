@@ -106,6 +106,8 @@ def black_at_frame(smooth: np.ndarray) -> np.ndarray:
     area = np.bincount(pieces.ravel())
     on_frame = _on_frame(pieces)
     large = on_frame[area[on_frame] >= BLACK_MIN_SHARE * small.size]
+    if large.size == 0:  # most images: no resizing back
+        return np.zeros(smooth.shape, bool)
     return resize(np.isin(pieces, large).astype(np.float32), smooth.shape, order=0, mode="edge") > 0.5
 
 
