@@ -16,21 +16,20 @@ CLIPPED_NOTE = 0.01
 def field_notes(m: Mapping[str, Any]) -> list[str]:
     """The notes on a measurement (Measurements' fields by name), in sentences without a final full stop; none for
     a whole, unclipped field."""
-    empty_fraction, unlit_fraction = m["empty_fraction"], m["unlit_fraction"]
-    black_fraction, clipped_fraction = m["black_fraction"], m["clipped_fraction"]
     notes = []
-    if empty_fraction:
-        notes.append(f"{empty_fraction:.0%} of the field is vacuum beyond the support film (its holes or the gaps of a "
-                     "lace), left out: the objects are what lies on the film, and the area fraction is of the rest")
-    if unlit_fraction:
-        notes.append(f"{unlit_fraction:.0%} of the field is dark beyond the edge of the illumination (a TEM beam that "
-                     "does not fill the camera, or black padding), left out: the objects are what lies in the lit "
+    if m["empty_fraction"]:
+        notes.append(f"{m['empty_fraction']:.0%} of the field is vacuum beyond the support film (its holes or the gaps "
+                     "of a lace), left out: the objects are what lies on the film, and the area fraction is of the "
+                     "rest")
+    if m["unlit_fraction"]:
+        notes.append(f"{m['unlit_fraction']:.0%} of the field is dark beyond the edge of the illumination (a TEM beam "
+                     "that does not fill the camera, or black padding), left out: the objects are what lies in the lit "
                      "field, and the area fraction is of it")
-    if black_fraction:
-        notes.append(f"{black_fraction:.0%} of the field is black at its edge and was measured as field: if it is "
-                     "vacuum beyond the support (dark-field STEM), the area fraction, number density and Clark-Evans "
-                     "ratio are of the whole field, not of the support")
-    if clipped_fraction >= CLIPPED_NOTE:
-        notes.append(f"{clipped_fraction:.0%} of the pixels sit at the image's darkest or brightest level (clipped or "
-                     "saturated): nothing there can be seen or measured")
+    if m["black_fraction"]:
+        notes.append(f"{m['black_fraction']:.0%} of the field is black at its edge and was measured as field: if it "
+                     "is vacuum beyond the support (dark-field STEM), the area fraction, number density and "
+                     "Clark-Evans ratio are of the whole field, not of the support")
+    if m["clipped_fraction"] >= CLIPPED_NOTE:
+        notes.append(f"{m['clipped_fraction']:.0%} of the pixels sit at the image's darkest or brightest level "
+                     "(clipped or saturated): nothing there can be seen or measured")
     return notes

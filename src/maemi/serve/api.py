@@ -93,8 +93,8 @@ class MeasureResponse(BaseModel):
     overlay: str = Field(description=f"PNG data URL (longer side at most {PREVIEW_MAX_SIDE} px): the image with the "
                                      "outline of each object that was counted")
     notes: list[str] = Field(description="What the reader must be told about the field: how much of it was left out "
-                                         "(vacuum beyond a support film, the dark beyond the illumination's edge) or "
-                                         "is clipped")
+                                         "(vacuum beyond a support film, the dark beyond the illumination's edge), "
+                                         "is black but measured, or is clipped (maemi.measure.field_notes)")
 
 
 class PreviewResponse(BaseModel):
