@@ -4,10 +4,10 @@ Per set: how many images get vacuum left out (find_vacuum), the dark beyond the 
 and black at the frame reported but measured (black_at_frame), each with the images' names and shares; on the STEM
 set also how many of the experts' particle boxes have their centre in what was taken (none should). The sets: the
 33 STEM images and 5,341 boxes, the 90 nanowire tiles and the 15 whole nanowire images, all 1,800 NEU-DET steel
-surfaces (../shared/data), and `maemi synth`'s ten classes, 20 images each (seed 0, info bar cropped). The detectors
-run in segment()'s order, each on what the one before left.
+surfaces (../shared/data), and `maemi synth`'s ten classes, 20 images each (seed 0, info bar cropped). The masks are
+segment()'s own (Segmentation.unlit, .empty, .black).
 
-    .venv/bin/python benchmarks/empty_space.py [--shared DIR]   # writes results/empty_space.{json,md} (~3 minutes)
+    .venv/bin/python benchmarks/empty_space.py [--shared DIR]   # writes results/empty_space.{json,md} (~4 minutes)
 """
 
 from __future__ import annotations
@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from maemi.data.images import crop_info_bar
 from maemi.data.synth import SEM_CLASSES, make_micrograph
 from maemi.fileio import atomic_write_json, atomic_write_text
 from maemi.measure.boxes import annotated_images
-from maemi.measure.empty_space import black_at_frame, find_unlit, find_vacuum
+from maemi.measure.measurements import segment
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -34,17 +33,13 @@ SYNTH_PER_CLASS = 20
 
 
 def taken(grey: np.ndarray) -> dict[str, np.ndarray]:
-    """The masks each detector takes, as segment() runs them: the unlit and the vacuum filled before the next looks."""
-    smooth = ndimage.gaussian_filter(grey, 1.0)
-    seen, masks = grey, {}
-    for name, find in (("unlit", find_unlit), ("vacuum", find_vacuum)):
-        found = find(smooth)
-        masks[name] = np.zeros(grey.shape, bool) if found is None else found[0]
-        if found is not None:
-            seen = np.where(found[1], found[2] + (seen - smooth), seen)
-            smooth = ndimage.gaussian_filter(seen, 1.0)
-    masks["black"] = black_at_frame(ndimage.gaussian_filter(grey, 1.0)) & ~masks["unlit"] & ~masks["vacuum"]
-    return masks
+    """The masks segment() leaves out (the dark beyond the illumination, the vacuum) or reports (black at the frame).
+    The classical segmenter: the masks do not depend on which one runs."""
+    seg = segment(grey, method="classical")
+    none = np.zeros(grey.shape, bool)
+    unlit = none if seg.unlit is None else seg.unlit
+    vacuum = none if seg.empty is None else seg.empty & ~unlit
+    return {"unlit": unlit, "vacuum": vacuum, "black": none if seg.black is None else seg.black}
 
 
 def images(shared: Path) -> dict[str, list[tuple[str, np.ndarray, np.ndarray | None]]]:
