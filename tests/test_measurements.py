@@ -439,6 +439,94 @@ def test_touching_pairs_in_a_field_of_like_particles_are_cut_apart():
     assert discs == 40 and m.object_count == discs
 
 
+def _cell_centres(rng, shape) -> list[np.ndarray]:
+    """Six points on a 2 x 3 grid over the field, jittered: one per cell, far enough apart for what is drawn there."""
+    h, w = shape
+    return [np.array([(i + 0.5) * h / 2, (j + 0.5) * w / 3]) + rng.uniform(-10, 10, 2)
+            for i in range(2) for j in range(3)]
+
+
+def _sintered_clusters(seed: int, dark: bool, shape=(384, 512)) -> tuple[np.ndarray, int]:
+    """Six chains of 2-4 overlapping disks (radius 14-18 px, centres 1.5-1.75 of the larger radius apart: necks over
+    half a diameter wide), apart from one another: a few agglomerates and nothing to compare them with, blurred and
+    noisy. Returns the image and how many disks it shows."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    mask = np.zeros(shape, bool)
+    disks = 0
+    for i, centre in enumerate(_cell_centres(rng, shape)):
+        cluster = [(*centre, rng.uniform(14, 18))]
+        for _ in range(10_000):
+            if len(cluster) == 2 + i % 3:
+                break
+            parent = rng.integers(len(cluster))
+            y0, x0, r0 = cluster[parent]
+            r, angle = rng.uniform(14, 18), rng.uniform(0, 2 * np.pi)
+            gap = rng.uniform(1.5, 1.75) * max(r0, r)
+            y, x = y0 + gap * np.sin(angle), x0 + gap * np.cos(angle)
+            if np.hypot(y - centre[0], x - centre[1]) < 55 and all(  # a chain or a branch: it overlaps its parent only
+                    np.hypot(y - b, x - a) > r + s + 2 for k, (b, a, s) in enumerate(cluster) if k != parent):
+                cluster.append((y, x, r))
+        for y, x, r in cluster:
+            mask |= (yy - y) ** 2 + (xx - x) ** 2 <= r ** 2
+        disks += len(cluster)
+    image = np.where(mask, 0.25 if dark else 0.7, 0.55 if dark else 0.25)
+    return np.clip(ndimage.gaussian_filter(image, 1.2) + rng.normal(0, 0.03, shape), 0, 1).astype(np.float32), disks
+
+
+@pytest.mark.parametrize("dark", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_few_sintered_chains_are_counted_disk_by_disk(seed, dark):
+    """Overlapping disks whose necks are too wide for the distance split's fixed share, in a field too small to say
+    what one particle is (six agglomerates): each is cut at its distance peaks into compact parts (each chain was one
+    object before: 6 for 18)."""
+    image, disks = _sintered_clusters(seed, dark)
+    assert measure(image).object_count == disks
+
+
+def _single_shapes(kind: str, seed: int, shape=(384, 512)) -> tuple[np.ndarray, int]:
+    """Six lone convex or gently lumpy shapes of 36-72 px, one kind per field, apart from one another."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.full(shape, 0.25)
+    for centre in _cell_centres(rng, shape):
+        r, turn = rng.uniform(18, 36) / (1.4 if kind == "ellipse" else 1), rng.uniform(0, np.pi)
+        u = (xx - centre[1]) * np.cos(turn) + (yy - centre[0]) * np.sin(turn)
+        v = (yy - centre[0]) * np.cos(turn) - (xx - centre[1]) * np.sin(turn)
+        angle, rho = np.arctan2(v, u), np.hypot(u, v)
+        inside = {
+            "ellipse": (u / (1.8 * r)) ** 2 + (v / r) ** 2 < 1,
+            "square": (np.abs(u) < 0.85 * r) & (np.abs(v) < 0.85 * r),
+            "hexagon": rho * np.cos(angle % (np.pi / 3) - np.pi / 6) < 0.9 * r,
+            "lumpy": rho < r * (1 + 0.15 * np.sin(3 * angle + seed) + 0.1 * np.sin(5 * angle)),
+        }[kind]
+        image[inside] = 0.7
+    return np.clip(ndimage.gaussian_filter(image, 1.0) + rng.normal(0, 0.035, shape), 0, 1).astype(np.float32), 6
+
+
+@pytest.mark.parametrize("kind", ["ellipse", "square", "hexagon", "lumpy"])
+def test_lone_shapes_are_not_cut_into_parts(kind):
+    """The clump cut's other side: an ellipse's ridge, a polygon's corners and a lumpy outline are one particle each
+    (an ellipse's distance map has equally high pixels a few apart on its ridge, which counted as two peaks once)."""
+    for seed in (0, 1):
+        image, shown = _single_shapes(kind, seed)
+        assert measure(image).object_count == shown, (kind, seed)
+
+
+def test_peaks_are_those_that_stand_h_above_their_saddle():
+    """_h_maxima counts a peak by its depth below the saddle to a higher one, not by its highest pixels: two equally
+    high tips 4 px apart on one ridge (as an ellipse's noisy distance map has) are one peak, 20 px apart with a dip of
+    10 between them two, and a third tip only 2 below its saddle none."""
+    yy, xx = np.mgrid[:60, :120].astype(float)
+
+    def cones(*tips):
+        return np.maximum.reduce([top - np.hypot(yy - 30, xx - x) for x, top in tips] + [np.zeros_like(xx)])
+
+    for d, peaks in [(cones((58, 20), (62, 20)), 1), (cones((50, 20), (70, 20)), 2),
+                     (cones((40, 20), (60, 20), (67, 17)), 2)]:
+        assert measurements._h_maxima(d, d > 0, 3.0)[1] == peaks
+
+
 def _film_with_vacuum(seed: int, dark_field: bool, lacey: bool, holes: bool = True, step: float = 0.25,
                       shape=(384, 512)) -> tuple[np.ndarray, int, float]:
     """Particles resting on a support film with vacuum beyond it (holes, or a lace of strands), under a slope of

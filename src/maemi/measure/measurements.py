@@ -24,7 +24,7 @@ from scipy.spatial import ConvexHull, cKDTree
 from skimage.feature import canny, graycomatrix, graycoprops, structure_tensor
 from skimage.filters import threshold_otsu
 from skimage.measure import label, regionprops_table
-from skimage.morphology import local_maxima, reconstruction, remove_small_holes, remove_small_objects, skeletonize
+from skimage.morphology import local_maxima, remove_small_holes, remove_small_objects, skeletonize
 from skimage.segmentation import relabel_sequential, watershed
 from skimage.transform import resize
 
@@ -633,14 +633,54 @@ def _one_size(area: np.ndarray) -> bool:
     return high - low <= PACKED_SIZE_SPREAD * 1.349 * median
 
 
-def _h_maxima(d: np.ndarray, mask: np.ndarray, h: float | np.ndarray) -> tuple[np.ndarray, int]:
-    """The peaks of `d` (labelled, and how many) that stand at least h above their saddle to any higher peak: `d` less
-    h, rebuilt under `d` by morphological reconstruction, is flat over the top h of each such peak, and each flat top
-    is one regional maximum (the extended maxima, Soille 2003). Not the pixels where `d` stands h above the rebuild
-    (skimage's h_maxima): those are only each peak's highest pixels, and an exact distance map often has two equally
-    high ones a few pixels apart on one particle (an ellipse's ridge), which would cut it in two."""
-    rebuilt = reconstruction(d - h, d, method="dilation")
-    return ndimage.label(mask & local_maxima(rebuilt, connectivity=2), structure=np.ones((3, 3)))
+def _h_maxima(d: np.ndarray, mask: np.ndarray, h: float) -> tuple[np.ndarray, int]:
+    """The peaks of `d` in `mask` (labelled, and how many) that stand at least h above their saddle to any higher peak
+    (their dynamic; each piece of the mask keeps its highest): the extended maxima (Soille 2003), one label per flat
+    top. Not skimage's h_maxima, which marks only each peak's highest pixels (an exact distance map often has two
+    equally high ones a few pixels apart on one particle: an ellipse's ridge, cut in two), and not by morphological
+    reconstruction, which costs 8x a watershed here (0.12 s on a 400 px box against 0.015 s): the local maxima's
+    basins by a watershed, the pass between each two by their shared border's highest point, and the basins merged
+    from the highest pass down (union-find), where the lower peak of the two is a peak when it stands h above it."""
+    maxima, n = ndimage.label(mask & local_maxima(d), structure=np.ones((3, 3)))
+    if n < 2:
+        return maxima, n
+    basins = watershed(-d, maxima, mask=mask, connectivity=2)
+    left, right, passes = [], [], []
+    for a, b, da, db in ((basins[:, :-1], basins[:, 1:], d[:, :-1], d[:, 1:]),
+                         (basins[:-1], basins[1:], d[:-1], d[1:]),
+                         (basins[:-1, :-1], basins[1:, 1:], d[:-1, :-1], d[1:, 1:]),
+                         (basins[:-1, 1:], basins[1:, :-1], d[:-1, 1:], d[1:, :-1])):
+        border = (a != b) & (a > 0) & (b > 0)
+        left.append(np.minimum(a, b)[border])
+        right.append(np.maximum(a, b)[border])
+        passes.append(np.minimum(da, db)[border])
+    pair = np.concatenate(left).astype(np.int64) * (n + 1) + np.concatenate(right)
+    pair, where = np.unique(pair, return_inverse=True)
+    highest = np.full(len(pair), -np.inf)
+    np.maximum.at(highest, where, np.concatenate(passes))
+    height = np.zeros(n + 1)
+    np.maximum.at(height, maxima[maxima > 0], d[maxima > 0])  # ndimage.maximum sorts
+    parent = np.arange(n + 1)
+    top = np.arange(n + 1)  # each merged set's highest peak
+    peak = np.ones(n + 1, bool)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for j in np.argsort(-highest, kind="stable"):
+        a, b = root(int(pair[j] // (n + 1))), root(int(pair[j] % (n + 1)))
+        if a == b:
+            continue
+        low, high = (a, b) if height[top[a]] < height[top[b]] else (b, a)
+        peak[top[low]] = height[top[low]] - highest[j] >= h - 1e-6
+        parent[low] = high
+    peak[0] = False
+    kept = np.zeros(n + 1, np.int64)
+    kept[peak] = np.arange(1, int(peak.sum()) + 1)
+    return kept[maxima], int(peak.sum())
 
 
 def _split_packing(mask: np.ndarray, distance: np.ndarray) -> np.ndarray:
@@ -658,24 +698,28 @@ def _split_packing(mask: np.ndarray, distance: np.ndarray) -> np.ndarray:
 def _split_clumps(labels: np.ndarray, distance: np.ndarray) -> np.ndarray:
     """`labels` with each object that is a clump of compact particles cut into them (CLUMP_PEAK_DEPTH,
     CLUMP_PEAK_MIN_PX, CLUMP_COMPACT, MIN_OBJECT_AREA_PX), new labels after the existing ones: between the peaks of its
-    distance at least h deep below their saddle (_h_maxima, h a share of the object's own top), found for all objects
-    in one reconstruction (objects lie apart, so one cannot raise another's)."""
+    distance at least h deep below their saddle (_h_maxima, h a share of the object's own top)."""
     inside = labels > 0
     if not inside.any():
         return labels
     top = np.zeros(int(labels.max()) + 1)
     np.maximum.at(top, labels[inside], distance[inside])
+    h = np.maximum(CLUMP_PEAK_MIN_PX, CLUMP_PEAK_DEPTH * top)
+    # Two such peaks need two local maxima of the distance at least h above the 1 px of any saddle inside the object:
+    # a cheap pass over the image that leaves _h_maxima to the objects that have them, in their boxes.
     d = distance.astype(np.float64)
-    h = np.where(inside, np.maximum(CLUMP_PEAK_MIN_PX, CLUMP_PEAK_DEPTH * top[labels]), 0.0)
-    peaks, _ = _h_maxima(d, inside, h)
-    peak_owner = np.zeros(int(peaks.max()) + 1, np.int64)
-    peak_owner[peaks[inside]] = labels[inside]
+    high, _ = ndimage.label(inside & local_maxima(d) & (d >= h[labels] + 1), structure=np.ones((3, 3)))
+    high_owner = np.zeros(int(high.max()) + 1, np.int64)
+    high_owner[high[high > 0]] = labels[high > 0]
     boxes = ndimage.find_objects(labels)
     next_label = int(labels.max()) + 1
-    for k in np.flatnonzero(np.bincount(peak_owner[1:], minlength=len(top)) >= 2):
+    for k in np.flatnonzero(np.bincount(high_owner[1:], minlength=len(top)) >= 2):
         box = boxes[k - 1]
         own = labels[box] == k
-        parts = watershed(-d[box], np.where(own, peaks[box], 0), mask=own)
+        peaks, n = _h_maxima(np.where(own, d[box], 0.0), own, float(h[k]))
+        if n < 2:
+            continue
+        parts = watershed(-d[box], peaks, mask=own)
         found, part_area = np.unique(parts[own], return_counts=True)
         if part_area.min() < MIN_OBJECT_AREA_PX:
             continue
@@ -684,7 +728,9 @@ def _split_clumps(labels: np.ndarray, distance: np.ndarray) -> np.ndarray:
         apart = own.copy()
         apart[:-1] &= parts[:-1] == parts[1:]
         apart[:, :-1] &= parts[:, :-1] == parts[:, 1:]
-        inscribed = np.asarray(ndimage.maximum(distance_to_background(apart), parts, found))
+        inscribed = np.zeros(int(found[-1]) + 1)
+        np.maximum.at(inscribed, parts[own], distance_to_background(apart)[own])
+        inscribed = inscribed[found]
         if np.min(inscribed / np.sqrt(part_area / np.pi)) < CLUMP_COMPACT:
             continue
         view = labels[box]
