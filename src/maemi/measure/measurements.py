@@ -111,9 +111,9 @@ PACKED_SOLIDITY = 0.85
 # apart) stay one object there. Each object is then cut between its distance peaks that stand CLUMP_PEAK_DEPTH of its
 # top (at least CLUMP_PEAK_MIN_PX) above their saddle, where every part is compact (CLUMP_COMPACT: its inscribed radius
 # that share of its equivalent radius; a disk 1, half a disk 0.71, a stretch of a line cut at a narrowing less) and of
-# MIN_OBJECT_AREA_PX or more: sintered pairs and agglomerates whatever the rest of the field holds. Until 2026-12-07 it
-# ran only in a field of like compact objects, since an ellipse's or a cell's ridge was cut in two; the cause was the
-# peaks' detection (_h_maxima), not the rule. Measured in docs/measurement.md ("Clumps").
+# MIN_OBJECT_AREA_PX or more: sintered pairs and agglomerates whatever the rest of the field holds. Lone ellipses,
+# cells and lumpy grains stay whole because a peak counts by its depth below the saddle (_h_maxima), not by its
+# highest pixels. Measured in docs/measurement.md ("Clumps").
 CLUMP_PEAK_DEPTH = 0.15
 CLUMP_PEAK_MIN_PX = 2.0
 CLUMP_COMPACT = 0.65
