@@ -117,6 +117,12 @@ PACKED_SOLIDITY = 0.85
 CLUMP_PEAK_DEPTH = 0.15
 CLUMP_PEAK_MIN_PX = 2.0
 CLUMP_COMPACT = 0.65
+# One threshold sits where the phases' histogram puts it: at 35% of the contrast on a field of small particles, whose
+# blurred edges fill the middle, so each edge is cut outside its middle (8 px particles 9% large under a 1 px blur, 6 px
+# 17%). Compact objects' edges are moved to half their own contrast, within EDGE_BAND_PX of the threshold's outline,
+# once everything that decides from the outlines (auto's choice, the wire and fibre tests) has read them
+# (_edges_at_half_contrast). Measured in benchmarks/results/segmenter_runs.md ("Edges at half contrast").
+EDGE_BAND_PX = 2
 # The background measured again without the objects (_flatten): two passes, kept when the phases separate twice as
 # well. Discs as large as the window: 2.7-3.4 -> 18-28 (six times); the 25 real STEM images that have a second
 # background: 0.9-1.48 times (docs/measurement.md).
@@ -401,6 +407,7 @@ class Segmentation:
     empty: np.ndarray | None = None  # [H, W] bool: what is left out of the analysed area (below); or None
     unlit: np.ndarray | None = None  # [H, W] bool: of it, the dark beyond the illumination's edge (the rest is vacuum)
     black: np.ndarray | None = None  # [H, W] bool: black at the frame not left out (empty_space.black_at_frame)
+    compact: bool = False  # the objects are known compact (spots; classical ones found so): no wire or fibre tests
 
     # Derived once per segmentation (it is never changed after it is made): segment() and measure_segmentation() both
     # ask whether the objects are a fibre mat, and the fibres table asks again.
@@ -535,7 +542,12 @@ def _segment(image: np.ndarray, smooth: np.ndarray, method: str, empty: np.ndarr
     if (method == "auto" and separation < SEPARATION_MIN and size_spread(classical.labels) > MIXTURE_SPREAD
             and not _fibre_network(classical)):
         return _spots(image, flat, separation, empty)
-    return classical
+    if len(classical.shapes.ids) == 0 or _elongated(classical.shapes) or classical.fibres is not None:
+        return classical  # wires and fibres are measured along their skeletons, from these outlines
+    labels = _edges_at_half_contrast(classical)
+    mask = labels > 0
+    return Segmentation(image, flat, mask, distance_to_background(mask), labels, classical.foreground, "classical",
+                        separation, empty, compact=True)
 
 
 def _fibre_network(seg: Segmentation) -> bool:
@@ -549,7 +561,9 @@ def _fibre_network(seg: Segmentation) -> bool:
 def _spots(image: np.ndarray, flat: np.ndarray, separation: float, empty: np.ndarray | None) -> Segmentation:
     from maemi.measure import spots  # it imports noise_sigma and clipped_pixels from here
 
-    return _labelled_segmentation(image, flat, spots.instances(image), "spots", separation, empty)
+    seg = _labelled_segmentation(image, flat, spots.instances(image), "spots", separation, empty)
+    seg.compact = True  # blobs by construction: tracing their skeletons for fibres could only find none
+    return seg
 
 
 def _classical(image: np.ndarray, flat: np.ndarray, separation: float, empty: np.ndarray | None) -> Segmentation:
@@ -579,6 +593,33 @@ def _classical(image: np.ndarray, flat: np.ndarray, separation: float, empty: np
         mask = labels > 0
         distance = distance_to_background(mask)
     return Segmentation(image, flat, mask, distance, labels, foreground, "classical", separation, empty)
+
+
+def _edges_at_half_contrast(seg: Segmentation) -> np.ndarray:
+    """The labels with each object's edge at half its own contrast: its pixels within EDGE_BAND_PX of its outline, and
+    the free pixels as near outside it, belong to it where the smoothed, flattened image stands above the middle of
+    the object's level and the background's. The level is the mean of the band just inside that one (its edge's
+    plateau: a secondary-electron sphere's bright rim, not its dark top; the core of an object too small to have one),
+    a mean, not a maximum, which noise lifts. Pixels deeper inside stay; an object keeps its core, so none is lost; a
+    free pixel goes to one object only (grey dilation: the largest label near it), so labels do not cross."""
+    labels, distance = seg.labels, seg.distance
+    signed = seg.flat if seg.foreground == "bright" else -seg.flat
+    inside = labels > 0
+    background = float(np.median(signed[~inside])) if (~inside).any() else 0.0
+    n = int(labels.max())
+    top = np.zeros(n + 1, np.float32)
+    np.maximum.at(top, labels[inside], distance[inside])
+    plateau = inside & (distance > np.minimum(top / 2, EDGE_BAND_PX)[labels]) & (distance <= 2 * EDGE_BAND_PX + 1)
+    level = (np.bincount(labels[plateau], signed[plateau], minlength=n + 1)
+             / np.maximum(np.bincount(labels[plateau], minlength=n + 1), 1))
+    half = (level + background) / 2
+    half[0] = np.inf
+    out = labels.copy()
+    out[inside & (distance <= EDGE_BAND_PX) & (signed < half[labels])] = 0
+    owner = ndimage.grey_dilation(labels, size=2 * EDGE_BAND_PX + 1)
+    grow = ~inside & (owner > 0) & (signed >= half[owner])
+    out[grow] = owner[grow]
+    return out
 
 
 def _interstices(phase: np.ndarray) -> bool:
@@ -992,9 +1033,9 @@ def _elongated_counts(seg: Segmentation) -> dict:
     """Wires by class when the objects form a tilted nanowire array; else the fibres when they are a fibre mat
     (fibre_mat). Empty for round objects, and for spots: compact blobs by construction, whose skeletons tracing
     fibres cost a fifth of a STEM image's measurement and could only find none."""
-    if len(seg.shapes.ids) == 0 or seg.method == "spots":
+    if len(seg.shapes.ids) == 0 or seg.compact:
         return {}
-    if np.mean(seg.shapes.aspect >= WIRE_ASPECT) >= ELONGATED_SHARE:
+    if _elongated(seg.shapes):
         wires = classify_wires(seg.labels)
         # (classify_wires says no array where the rods cross the field: aligned fibres, lying wires)
         if (wires.array_found and wires.counts.get("nanowire", 0) >= MIN_ARRAY_RODS
@@ -1011,6 +1052,11 @@ def _elongated_counts(seg: Segmentation) -> dict:
     # measurements spaced along the fibres would weigh them
     diameter = np.average([fibres.diameters_px[i] for i in counted], weights=[fibres.lengths_px[i] for i in counted])
     return {"fibre_count": len(counted), "fibre_diameter_mean_px": float(diameter)}
+
+
+def _elongated(shapes: ObjectShapes) -> bool:
+    """Whether enough of the objects are rods for them to be looked at as a wire array (WIRE_ASPECT, ELONGATED_SHARE)."""
+    return bool(np.mean(shapes.aspect >= WIRE_ASPECT) >= ELONGATED_SHARE)
 
 
 def counted_fibres(fibres: FibreMeasurements) -> list[int]:
