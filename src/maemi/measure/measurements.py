@@ -28,7 +28,7 @@ from skimage.morphology import local_maxima, remove_small_holes, remove_small_ob
 from skimage.segmentation import relabel_sequential, watershed
 from skimage.transform import resize
 
-from maemi.measure.moments import ellipse_moments
+from maemi.measure.moments import EllipseMoments, ellipse_moments
 from maemi.measure.size_distribution import frame_extents, size_distribution
 from maemi.measure.wires import MIN_ARRAY_RODS, classify_wires
 
@@ -417,8 +417,13 @@ class Segmentation:
         return skeletonize(self.mask)
 
     @functools.cached_property
+    def moments(self) -> EllipseMoments:
+        """Area, centroid and fitted ellipse per object: what deciding needs, without the perimeters' cost."""
+        return ellipse_moments(self.labels)
+
+    @functools.cached_property
     def shapes(self) -> ObjectShapes:
-        return object_shapes(self.labels)
+        return object_shapes(self.labels, self.moments)
 
     @functools.cached_property
     def widths(self) -> np.ndarray:
@@ -542,7 +547,7 @@ def _segment(image: np.ndarray, smooth: np.ndarray, method: str, empty: np.ndarr
     if (method == "auto" and separation < SEPARATION_MIN and size_spread(classical.labels) > MIXTURE_SPREAD
             and not _fibre_network(classical)):
         return _spots(image, flat, separation, empty)
-    if len(classical.shapes.ids) == 0 or _elongated(classical.shapes) or classical.fibres is not None:
+    if len(classical.moments.ids) == 0 or _elongated(classical.moments.aspect) or classical.fibres is not None:
         return classical  # wires and fibres are measured along their skeletons, from these outlines
     labels = _edges_at_half_contrast(classical)
     mask = labels > 0
@@ -602,24 +607,29 @@ def _edges_at_half_contrast(seg: Segmentation) -> np.ndarray:
     plateau: a secondary-electron sphere's bright rim, not its dark top; the core of an object too small to have one),
     a mean, not a maximum, which noise lifts. Pixels deeper inside stay; an object keeps its core, so none is lost; a
     free pixel goes to one object only (grey dilation: the largest label near it), so labels do not cross."""
-    labels, distance = seg.labels, seg.distance
-    signed = seg.flat if seg.foreground == "bright" else -seg.flat
-    inside = labels > 0
-    background = float(np.median(signed[~inside])) if (~inside).any() else 0.0
+    labels, distance = seg.labels.ravel(), seg.distance.ravel()
+    signed = (seg.flat if seg.foreground == "bright" else -seg.flat).ravel()
+    free = labels == 0
+    background = float(np.median(signed[free][::4])) if free.any() else 0.0  # a quarter of the pixels is plenty
     n = int(labels.max())
-    top = np.zeros(n + 1, np.float32)
-    np.maximum.at(top, labels[inside], distance[inside])
-    plateau = inside & (distance > np.minimum(top / 2, EDGE_BAND_PX)[labels]) & (distance <= 2 * EDGE_BAND_PX + 1)
-    level = (np.bincount(labels[plateau], signed[plateau], minlength=n + 1)
-             / np.maximum(np.bincount(labels[plateau], minlength=n + 1), 1))
+    # the pixels within 2 * EDGE_BAND_PX + 1 of an outline: all this reads (distance is 1 on an object's outline)
+    ring = np.flatnonzero((distance > 0) & (distance <= 2 * EDGE_BAND_PX + 1))
+    owner, depth = labels[ring], distance[ring]
+    top = np.zeros(n + 1, np.float32)  # each object's largest distance, as far as the ring shows it
+    np.maximum.at(top, owner, depth)
+    plateau = depth > np.minimum(top / 2, EDGE_BAND_PX)[owner]
+    level = (np.bincount(owner[plateau], signed[ring[plateau]], minlength=n + 1)
+             / np.maximum(np.bincount(owner[plateau], minlength=n + 1), 1))
     half = (level + background) / 2
     half[0] = np.inf
     out = labels.copy()
-    out[inside & (distance <= EDGE_BAND_PX) & (signed < half[labels])] = 0
-    owner = ndimage.grey_dilation(labels, size=2 * EDGE_BAND_PX + 1)
-    grow = ~inside & (owner > 0) & (signed >= half[owner])
-    out[grow] = owner[grow]
-    return out
+    band = ring[depth <= EDGE_BAND_PX]
+    out[band[signed[band] < half[labels[band]]]] = 0
+    near = ndimage.grey_dilation(seg.labels, size=2 * EDGE_BAND_PX + 1).ravel()
+    outside = np.flatnonzero(free & (near > 0))
+    grow = outside[signed[outside] >= half[near[outside]]]
+    out[grow] = near[grow]
+    return out.reshape(seg.labels.shape)
 
 
 def _interstices(phase: np.ndarray) -> bool:
@@ -633,7 +643,7 @@ def _interstices(phase: np.ndarray) -> bool:
     if n < PACKED_MIN_PIECES:
         return False
     moments = ellipse_moments(labels)
-    if float(np.median(moments.major / np.maximum(moments.minor, 1.0))) >= WIRE_ASPECT:
+    if float(np.median(moments.aspect)) >= WIRE_ASPECT:
         return False
     nearest, _ = cKDTree(moments.centroids).query(moments.centroids, k=2)
     if nearest[:, 1].mean() <= 0.5 * math.sqrt(phase.size / n):  # a Poisson pattern's expected nearest distance
@@ -894,9 +904,10 @@ class ObjectShapes:
     aspect: np.ndarray  # major / minor axis of the fitted ellipse (minor at least 1 px)
 
 
-def object_shapes(labels: np.ndarray) -> ObjectShapes:
+def object_shapes(labels: np.ndarray, moments: EllipseMoments | None = None) -> ObjectShapes:
+    """The objects' shapes; `moments`, ellipse_moments(labels) when already at hand."""
     table = regionprops_table(labels, properties=("label", "perimeter"))
-    moments = ellipse_moments(labels)  # the same objects, in the same order
+    moments = ellipse_moments(labels) if moments is None else moments  # the same objects, in the same order
     area = moments.area
     perimeter = np.maximum(table["perimeter"], 1.0)
     return ObjectShapes(
@@ -905,7 +916,7 @@ def object_shapes(labels: np.ndarray) -> ObjectShapes:
         centroids=moments.centroids,
         diameters=np.sqrt(4 * area / np.pi),
         circularity=np.clip(4 * np.pi * area / perimeter**2, 0, 1),
-        aspect=moments.major / np.maximum(moments.minor, 1.0),
+        aspect=moments.aspect,
     )
 
 
@@ -913,11 +924,12 @@ def object_widths(seg: Segmentation) -> np.ndarray:
     """Each object's thickness: twice the distance to the edge along the skeleton. The distance counts to the nearest
     background pixel and skeleton pixels sit up to half a pixel off the true centre line, so a band N pixels wide reads
     N = 2d - 1 (odd N) or N = 2d (even N): 2d - 0.5 on average. An object without skeleton: its equivalent diameter."""
-    ids = seg.shapes.ids
+    ids = seg.moments.ids
     on_skeleton = seg.labels[seg.skeleton]
     ridge_sum = np.bincount(on_skeleton, weights=seg.distance[seg.skeleton], minlength=seg.labels.max() + 1)[ids]
     ridge_count = np.bincount(on_skeleton, minlength=seg.labels.max() + 1)[ids]
-    return np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5, seg.shapes.diameters)
+    return np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5,
+                    np.sqrt(4 * seg.moments.area / np.pi))
 
 
 def measure(grey: np.ndarray, nm_per_pixel: float | None = None, method: str = DEFAULT_SEGMENTER) -> Measurements:
@@ -929,7 +941,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     """The Measurements of an image already segmented by segment()."""
     image, flat, mask, labels = seg.image, seg.flat, seg.mask, seg.labels
     h, w = image.shape
-    shapes, widths = seg.shapes, seg.widths
+    shapes = seg.shapes
     ids, area, centroids, diameters = shapes.ids, shapes.area, shapes.centroids, shapes.diameters
 
     empty_px = 0 if seg.empty is None else int(np.count_nonzero(seg.empty))
@@ -945,6 +957,7 @@ def measure_segmentation(seg: Segmentation, nm_per_pixel: float | None = None) -
     contrast, homogeneity, edge_density = _texture(image)
     elongated = _elongated_counts(seg)
     rods = rod_like(shapes.aspect)  # a wire's width and length are sizes for these only
+    widths = seg.widths if rods else None  # (along the skeleton: not worth tracing for anything else)
 
     def stat(values: np.ndarray, fn) -> float:
         return float(fn(values)) if len(values) else 0.0
@@ -1031,11 +1044,12 @@ def rod_like(aspect: np.ndarray) -> bool:
 
 def _elongated_counts(seg: Segmentation) -> dict:
     """Wires by class when the objects form a tilted nanowire array; else the fibres when they are a fibre mat
-    (fibre_mat). Empty for round objects, and for spots: compact blobs by construction, whose skeletons tracing
-    fibres cost a fifth of a STEM image's measurement and could only find none."""
+    (fibre_mat). Empty for round objects, and for objects known compact (Segmentation.compact: spots, blobs by
+    construction, whose skeletons tracing fibres cost a fifth of a STEM image's measurement and could only find none;
+    classical objects found compact before their edges moved to half contrast)."""
     if len(seg.shapes.ids) == 0 or seg.compact:
         return {}
-    if _elongated(seg.shapes):
+    if _elongated(seg.shapes.aspect):
         wires = classify_wires(seg.labels)
         # (classify_wires says no array where the rods cross the field: aligned fibres, lying wires)
         if (wires.array_found and wires.counts.get("nanowire", 0) >= MIN_ARRAY_RODS
@@ -1054,9 +1068,9 @@ def _elongated_counts(seg: Segmentation) -> dict:
     return {"fibre_count": len(counted), "fibre_diameter_mean_px": float(diameter)}
 
 
-def _elongated(shapes: ObjectShapes) -> bool:
+def _elongated(aspect: np.ndarray) -> bool:
     """Whether enough of the objects are rods for them to be looked at as a wire array (WIRE_ASPECT, ELONGATED_SHARE)."""
-    return bool(np.mean(shapes.aspect >= WIRE_ASPECT) >= ELONGATED_SHARE)
+    return bool(np.mean(aspect >= WIRE_ASPECT) >= ELONGATED_SHARE)
 
 
 def counted_fibres(fibres: FibreMeasurements) -> list[int]:
@@ -1083,7 +1097,7 @@ def fibre_mat(seg: Segmentation) -> FibreMeasurements | None:
 
     if seg.labels.max() == 0 or not _even_width(seg):  # the width test first: it needs only the skeleton
         return None
-    area = seg.shapes.area
+    area = seg.moments.area
     if np.average(area / np.maximum(seg.widths, 1.0) ** 2, weights=area) < FIBRE_ASPECT:
         return None
     fibres = measure_fibres(seg.mask, seg.distance)

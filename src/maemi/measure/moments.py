@@ -24,6 +24,11 @@ class EllipseMoments:
     minor: np.ndarray  # [N]
     orientation: np.ndarray  # [N] radians in [-pi/2, pi/2]: from the row axis to the major axis, as regionprops
 
+    @property
+    def aspect(self) -> np.ndarray:
+        """[N] major / minor axis, the minor at least 1 px (a one-pixel-wide line is not infinitely long)."""
+        return self.major / np.maximum(self.minor, 1.0)
+
 
 def ellipse_moments(labels: np.ndarray) -> EllipseMoments:
     rows, cols = np.nonzero(labels)
