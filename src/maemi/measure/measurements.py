@@ -1069,7 +1069,7 @@ def _elongated_counts(seg: Segmentation) -> dict:
 
 
 def _elongated(aspect: np.ndarray) -> bool:
-    """Whether enough of the objects are rods for them to be looked at as a wire array (WIRE_ASPECT, ELONGATED_SHARE)."""
+    """Whether enough of the objects are rods to look at them as a wire array (WIRE_ASPECT, ELONGATED_SHARE)."""
     return bool(np.mean(aspect >= WIRE_ASPECT) >= ELONGATED_SHARE)
 
 
