@@ -121,7 +121,7 @@ CLUMP_COMPACT = 0.65
 # blurred edges fill the middle, so each edge is cut outside its middle (8 px particles 9% large under a 1 px blur, 6 px
 # 17%). Compact objects' edges are moved to half their own contrast, within EDGE_BAND_PX of the threshold's outline,
 # once everything that decides from the outlines (auto's choice, the wire and fibre tests) has read them
-# (_edges_at_half_contrast). Measured in benchmarks/results/segmenter_runs.md ("Edges at half contrast").
+# (_edges_at_half_contrast). Measured in benchmarks/results/measure_sizes.md, both ways side by side.
 EDGE_BAND_PX = 2
 # The background measured again without the objects (_flatten): two passes, kept when the phases separate twice as
 # well. Discs as large as the window: 2.7-3.4 -> 18-28 (six times); the 25 real STEM images that have a second
