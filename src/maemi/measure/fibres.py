@@ -17,6 +17,7 @@ All sizes in pixels. Deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -537,16 +538,21 @@ def _orientation_deg(trace: _Trace) -> float | None:
     return math.degrees(0.5 * math.atan2(s, c)) % 180
 
 
-def measure_fibres(mask: np.ndarray, distance: np.ndarray | None = None,
-                   min_length_px: float | None = None) -> FibreMeasurements:
+def measure_fibres(mask: np.ndarray, distance: np.ndarray | None = None, min_length_px: float | None = None,
+                   sized_by: np.ndarray | None = None) -> FibreMeasurements:
     """Count and size the fibres of a foreground mask (segment(grey).mask; its .distance may be passed along).
 
     min_length_px: traced fibres with a shorter skeleton are dropped; by default each fibre's own width (a piece
     shorter than it is wide is a speck or a particle, not a fibre).
+    sized_by: the distance transform of a mask whose edges sit where the fibres are to be measured (the classical
+    pipeline's, at half their contrast); it gives diameters_px, the fibres' diameters reported, while the tracing and
+    diameter_mean_px / diameter_std_px, which the mat tests and the count's length bar read, keep the mask's own.
     """
     mask = np.asarray(mask, bool)
     trace = _trace(mask, distance, min_length_px)
     diameters = _diameters(trace) if trace.fibre_count else np.zeros(0)
+    sized = trace if sized_by is None else dataclasses.replace(  # a skeleton pixel it lost keeps the traced distance
+        trace, distance=np.where(sized_by > 0, sized_by, trace.distance))
     return FibreMeasurements(
         fibre_count=trace.fibre_count,
         segment_count=trace.segment_count,
@@ -557,7 +563,7 @@ def measure_fibres(mask: np.ndarray, distance: np.ndarray | None = None,
         intercepts_per_px=_intercepts_per_px(mask),
         orientation_deg=_orientation_deg(trace),
         lengths_px=trace.lengths_px,
-        diameters_px=_fibre_diameters(trace),
+        diameters_px=_fibre_diameters(sized),
         seen_lengths_px=trace.seen_lengths_px,
     )
 

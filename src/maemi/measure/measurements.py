@@ -1100,7 +1100,9 @@ def fibre_mat(seg: Segmentation) -> FibreMeasurements | None:
     area = seg.moments.area
     if np.average(area / np.maximum(seg.widths, 1.0) ** 2, weights=area) < FIBRE_ASPECT:
         return None
-    fibres = measure_fibres(seg.mask, seg.distance)
+    # the fibres' diameters at half their contrast, as a particle's (the threshold's are 4% wide on the rendered mats)
+    sized_by = (distance_to_background(_edges_at_half_contrast(seg) > 0) if seg.method == "classical" else None)
+    fibres = measure_fibres(seg.mask, seg.distance, sized_by=sized_by)
     if not fibres.fibre_count or not fibres.diameter_mean_px:
         return None
     # on what the mask shows: stretches joined across gaps are inferred, and would make a maze's worms look long
