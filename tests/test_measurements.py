@@ -755,21 +755,29 @@ def test_black_at_the_frame_that_is_specimen_is_not_taken_for_the_dark_beyond_a_
     assert measure(image).unlit_fraction == 0
 
 
-def _small_disks(diameter: float, blur: float, dark: bool, seed: int = 0, shape=(240, 320)) -> tuple[np.ndarray, int]:
-    """A jittered grid of disks `diameter` px across, drawn with exact area (supersampled 4x), blurred by a Gaussian
-    probe of `blur` px and noisy: particles a few pixels across, as a survey image shows them."""
-    rng = np.random.default_rng(seed)
-    s, step = 4, int(3 * diameter + 8)
-    centres = [(y + rng.uniform(-2, 2), x + rng.uniform(-2, 2)) for y in range(step // 2, shape[0] - step // 2, step)
-               for x in range(step // 2, shape[1] - step // 2, step)]
-    yy, xx = (np.mgrid[: shape[0] * s, : shape[1] * s] + 0.5) / s
-    fine = np.zeros(yy.shape, bool)
-    for y, x in centres:
-        fine |= (yy - y) ** 2 + (xx - x) ** 2 < (diameter / 2) ** 2
-    cover = fine.reshape(shape[0], s, shape[1], s).mean((1, 3))
+def _probed(inside, shape, blur: float, dark: bool, rng) -> np.ndarray:
+    """What a probe of `blur` px (a Gaussian) sees of the shapes `inside(rows, cols)` marks, drawn with exact area
+    (supersampled 4x) at contrast 0.45, bright on dark or dark on bright, with pixel noise 0.03."""
+    s = 4
+    cover = inside(*((np.mgrid[: shape[0] * s, : shape[1] * s] + 0.5) / s)).reshape(shape[0], s, shape[1], s)
+    cover = cover.mean((1, 3))
     image = 0.7 - 0.45 * cover if dark else 0.25 + 0.45 * cover
     image = ndimage.gaussian_filter(image, blur) + rng.normal(0, 0.03, shape)
-    return np.clip(image, 0, 1).astype(np.float32), len(centres)
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
+def _small_disks(diameter: float, blur: float, dark: bool, seed: int = 0, shape=(240, 320)) -> tuple[np.ndarray, int]:
+    """A jittered grid of disks `diameter` px across under a probe of `blur` px: particles a few pixels across, as a
+    survey image shows them."""
+    rng = np.random.default_rng(seed)
+    step = int(3 * diameter + 8)
+    centres = [(y + rng.uniform(-2, 2), x + rng.uniform(-2, 2)) for y in range(step // 2, shape[0] - step // 2, step)
+               for x in range(step // 2, shape[1] - step // 2, step)]
+
+    def inside(yy, xx):
+        return np.logical_or.reduce([(yy - y) ** 2 + (xx - x) ** 2 < (diameter / 2) ** 2 for y, x in centres])
+
+    return _probed(inside, shape, blur, dark, rng), len(centres)
 
 
 @pytest.mark.parametrize("dark", [False, True])
@@ -785,19 +793,16 @@ def test_small_blurred_particles_are_sized_at_half_their_contrast(diameter, blur
 
 
 def _blurred_mat(width: float, blur: float, seed: int = 0, shape=(240, 320)) -> np.ndarray:
-    """Seven straight fibres `width` px wide across the field in seven directions, drawn with exact area (supersampled
-    4x), blurred by a Gaussian probe of `blur` px and noisy."""
+    """Seven straight fibres `width` px wide across the field in seven directions, under a probe of `blur` px."""
     rng = np.random.default_rng(seed)
-    s = 4
-    yy, xx = (np.mgrid[: shape[0] * s, : shape[1] * s] + 0.5) / s
-    fine = np.zeros(yy.shape, bool)
-    for k in range(7):
-        y, x = rng.uniform(0.2, 0.8) * shape[0], rng.uniform(0.2, 0.8) * shape[1]
-        angle = (k + rng.uniform(-0.2, 0.2)) * np.pi / 7
-        fine |= np.abs((yy - y) * np.cos(angle) - (xx - x) * np.sin(angle)) < width / 2
-    cover = fine.reshape(shape[0], s, shape[1], s).mean((1, 3))
-    image = ndimage.gaussian_filter(0.25 + 0.45 * cover, blur) + rng.normal(0, 0.03, shape)
-    return np.clip(image, 0, 1).astype(np.float32)
+    lines = [(rng.uniform(0.2, 0.8) * shape[0], rng.uniform(0.2, 0.8) * shape[1],
+              (k + rng.uniform(-0.2, 0.2)) * np.pi / 7) for k in range(7)]
+
+    def inside(yy, xx):
+        return np.logical_or.reduce([np.abs((yy - y) * np.cos(a) - (xx - x) * np.sin(a)) < width / 2
+                                     for y, x, a in lines])
+
+    return _probed(inside, shape, blur, False, rng)
 
 
 @pytest.mark.parametrize("seed", [0, 2])

@@ -914,7 +914,7 @@ def object_shapes(labels: np.ndarray, moments: EllipseMoments | None = None) -> 
         ids=moments.ids,
         area=area,
         centroids=moments.centroids,
-        diameters=np.sqrt(4 * area / np.pi),
+        diameters=moments.diameters,
         circularity=np.clip(4 * np.pi * area / perimeter**2, 0, 1),
         aspect=moments.aspect,
     )
@@ -928,8 +928,7 @@ def object_widths(seg: Segmentation) -> np.ndarray:
     on_skeleton = seg.labels[seg.skeleton]
     ridge_sum = np.bincount(on_skeleton, weights=seg.distance[seg.skeleton], minlength=seg.labels.max() + 1)[ids]
     ridge_count = np.bincount(on_skeleton, minlength=seg.labels.max() + 1)[ids]
-    return np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5,
-                    np.sqrt(4 * seg.moments.area / np.pi))
+    return np.where(ridge_count > 0, 2 * ridge_sum / np.maximum(ridge_count, 1) - 0.5, seg.moments.diameters)
 
 
 def measure(grey: np.ndarray, nm_per_pixel: float | None = None, method: str = DEFAULT_SEGMENTER) -> Measurements:

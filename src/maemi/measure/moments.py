@@ -25,6 +25,11 @@ class EllipseMoments:
     orientation: np.ndarray  # [N] radians in [-pi/2, pi/2]: from the row axis to the major axis, as regionprops
 
     @property
+    def diameters(self) -> np.ndarray:
+        """[N] equivalent diameter: of the disk of the same area."""
+        return np.sqrt(4 * self.area / np.pi)
+
+    @property
     def aspect(self) -> np.ndarray:
         """[N] major / minor axis, the minor at least 1 px (a one-pixel-wide line is not infinitely long)."""
         return self.major / np.maximum(self.minor, 1.0)
