@@ -8,6 +8,8 @@ _edges_at_half_contrast); this measures both, side by side in one run, on render
   on bright, blurred by a Gaussian probe of sigma 0, 1 or 2 px;
 - log-normal populations (median 10 or 16 px, geometric spread 1.3), sigma 1 px;
 - secondary-electron spheres (radius 30 px) whose tops are as dark as the substrate and whose rims are bright;
+- rods lying in random directions, flat-ended or with round caps, 6-14 px wide, sigma 1 or 2 px: their widths (the
+  "threshold" column keeps the skeleton's ends out too: that is not what it compares);
 - the synthetic corpus (`maemi synth`, seed 0): the first 10 images of each class with counted objects and their size,
   against the generator's mean size (wires, lines, fingers and pads: width where the objects are rods).
 Counts are not expected to move (the edges move after everything that decides from the outlines). Prints a table and
@@ -50,9 +52,14 @@ def threshold_outlines():
         measurements._edges_at_half_contrast = moved
 
 
+def grid(step: float) -> list[tuple[float, float]]:
+    """The sites of a grid `step` apart that leave half a step to the frame."""
+    return [(y, x) for y in np.arange(step / 2, H - step / 2, step) for x in np.arange(step / 2, W - step / 2, step)]
+
+
 def disks(rng, diameters: np.ndarray, step: float) -> np.ndarray:
     """Area-exact coverage of disks of these diameters on a jittered grid `step` apart (one per site, in order)."""
-    sites = [(y, x) for y in np.arange(step / 2, H - step / 2, step) for x in np.arange(step / 2, W - step / 2, step)]
+    sites = grid(step)
     yy, xx = (np.mgrid[: H * SUPERSAMPLE, : W * SUPERSAMPLE] + 0.5) / SUPERSAMPLE
     fine = np.zeros(yy.shape, bool)
     for (y, x), d in zip(sites, diameters):
@@ -67,6 +74,24 @@ def degrade(cover: np.ndarray, dark: bool, blur: float, rng) -> np.ndarray:
     image = 0.7 - 0.45 * cover if dark else 0.25 + 0.45 * cover
     image = ndimage.gaussian_filter(image, blur) if blur else image
     return np.clip(image + rng.normal(0, 0.03, image.shape), 0, 1).astype(np.float32)
+
+
+def rods(rng, width: float, length: float, caps: bool, step: float) -> tuple[np.ndarray, int]:
+    """Area-exact coverage of rods (rectangles, or spherocylinders with `caps`) in random directions on a grid."""
+    yy, xx = (np.mgrid[: H * SUPERSAMPLE, : W * SUPERSAMPLE] + 0.5) / SUPERSAMPLE
+    fine, reach = np.zeros(yy.shape, bool), length / 2 + width
+    for y, x in grid(step):
+        y, x, angle = y + rng.uniform(-2, 2), x + rng.uniform(-2, 2), rng.uniform(0, np.pi)
+        box = (slice(max(int((y - reach) * SUPERSAMPLE), 0), int((y + reach) * SUPERSAMPLE)),
+               slice(max(int((x - reach) * SUPERSAMPLE), 0), int((x + reach) * SUPERSAMPLE)))
+        along = (yy[box] - y) * np.sin(angle) + (xx[box] - x) * np.cos(angle)
+        across = (xx[box] - x) * np.sin(angle) - (yy[box] - y) * np.cos(angle)
+        if caps:
+            core = length / 2 - width / 2
+            fine[box] |= np.hypot(along - np.clip(along, -core, core), across) < width / 2
+        else:
+            fine[box] |= (np.abs(along) < length / 2) & (np.abs(across) < width / 2)
+    return fine.reshape(H, SUPERSAMPLE, W, SUPERSAMPLE).mean((1, 3)), len(grid(step))
 
 
 def se_spheres(rng, radius: float = 30, level: float = 0.2) -> tuple[np.ndarray, int]:
@@ -91,20 +116,28 @@ def scenes() -> list[dict]:
     for i, (d, blur, dark) in enumerate((d, b, k) for d in (6, 8, 12, 20, 40) for b in (0, 1, 2) for k in (0, 1)):
         rng = np.random.default_rng(i)
         step = 3 * d + 8
-        n = len(np.arange(step / 2, H - step / 2, step)) * len(np.arange(step / 2, W - step / 2, step))
+        n = len(grid(step))
         out.append({"scene": f"disks {d} px, sigma {blur}, {'dark' if dark else 'bright'}", "truth_count": n,
-                    "truth_diameter": float(d), "image": degrade(disks(rng, np.full(n, d), step), dark, blur, rng)})
+                    "kind": "diameter", "truth_size": float(d),
+                    "image": degrade(disks(rng, np.full(n, d), step), dark, blur, rng)})
     for median in (10, 16):
         rng = np.random.default_rng(100 + median)
         step = 3.2 * median + 8
-        n = len(np.arange(step / 2, H - step / 2, step)) * len(np.arange(step / 2, W - step / 2, step))
+        n = len(grid(step))
         diameters = np.clip(median * np.exp(rng.normal(0, np.log(1.3), n)), 5, step - 6)
         out.append({"scene": f"log-normal, median {median} px, spread 1.3, sigma 1", "truth_count": n,
-                    "truth_diameter": float(diameters.mean()),
+                    "kind": "diameter", "truth_size": float(diameters.mean()),
                     "image": degrade(disks(rng, diameters, step), False, 1.0, rng)})
     image, n = se_spheres(np.random.default_rng(7))
-    out.append({"scene": "SE spheres 60 px, dark tops, bright rims", "truth_count": n, "truth_diameter": 60.0,
-                "image": image})
+    out.append({"scene": "SE spheres 60 px, dark tops, bright rims", "truth_count": n, "kind": "diameter",
+                "truth_size": 60.0, "image": image})
+    for i, (width, blur, caps) in enumerate((w, b, c) for w in (6, 8, 10, 14) for b in (1, 2) for c in (0, 1)):
+        rng = np.random.default_rng(200 + i)
+        length = 3 * width + 12
+        cover, n = rods(rng, width, length, bool(caps), length + 16)
+        out.append({"scene": f"rods {width} px wide, {length} long, {'round caps' if caps else 'flat ends'}, sigma "
+                    f"{blur} (width)", "truth_count": n, "kind": "width", "truth_size": float(width),
+                    "image": degrade(cover, False, blur, rng)})
     return out
 
 
@@ -119,10 +152,10 @@ def run() -> dict:
     for scene in scenes():
         image = scene.pop("image")
         with threshold_outlines():
-            before = measured(image)
-        after = measured(image)
-        rendered.append({**scene, "threshold": {"count": before[0], "diameter": before[1]},
-                         "half_contrast": {"count": after[0], "diameter": after[1]}})
+            before = measured(image, kind=scene["kind"])
+        after = measured(image, kind=scene["kind"])
+        rendered.append({**scene, "threshold": {"count": before[0], "size": before[1]},
+                         "half_contrast": {"count": after[0], "size": after[1]}})
     corpus = {}
     for name in SEM_CLASSES:
         rows = []
@@ -151,14 +184,15 @@ def _error(measured_value: float | None, truth: float) -> str:
 def markdown(result: dict, machine: dict, dirty: list[str]) -> str:
     lines = ["# Sizes at the threshold and at half contrast (benchmarks/measure_sizes.py)", "",
              f"Commit {machine['commit']}{' (src/ changed: ' + ', '.join(dirty) + ')' if dirty else ''}. "
-             "Mean equivalent diameter error against what was drawn, default segmenter, the objects as the threshold "
-             "outlined them and with their edges at half their own contrast (the pipeline), one run.", "",
+             "Mean equivalent diameter (rods: mean width) error against what was drawn, default segmenter, the objects "
+             "as the threshold outlined them and with their edges at half their own contrast (the pipeline), one run.",
+             "",
              "| scene | drawn | counted (threshold / half contrast) | threshold | half contrast |",
              "|---|---|---|---|---|"]
     for r in result["rendered"]:
         lines.append(f"| {r['scene']} | {r['truth_count']} | {r['threshold']['count']} / {r['half_contrast']['count']} "
-                     f"| {_error(r['threshold']['diameter'], r['truth_diameter'])} "
-                     f"| {_error(r['half_contrast']['diameter'], r['truth_diameter'])} |")
+                     f"| {_error(r['threshold']['size'], r['truth_size'])} "
+                     f"| {_error(r['half_contrast']['size'], r['truth_size'])} |")
     lines += ["", "Synthetic corpus, first 10 images of each class with counted objects and a size: median absolute "
               "size error (median signed error); counts equal in every image: "
               f"{all(r['counts_equal'] for rows in result['corpus'].values() for r in rows)}.", "",
