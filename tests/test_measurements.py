@@ -13,7 +13,7 @@ from PIL import Image
 from maemi.data.synth import make_micrograph
 from maemi.measure.boxes import annotated_images
 from maemi.measure.scenes import render_scene
-from maemi.measure import measurements
+from maemi.measure import measurements, touching
 from maemi.measure.empty_space import black_at_frame, find_unlit, find_vacuum
 from maemi.measure.measurements import (MIXTURE_SPREAD, SEPARATION_MIN, Measurements, measure, phase_separation,
                                         segment, size_spread)
@@ -338,7 +338,7 @@ def test_a_mats_convex_pores_are_not_taken_for_a_packed_film():
     grey = measurements._as_grey(scene.image)
     pores = ~segment(grey, "classical").mask
     assert measurements.largest_piece_share(~pores) > measurements.NETWORK_SHARE
-    assert not measurements._packing(pores)
+    assert not touching.packing(pores)
     m = measure(grey)
     assert m.fibre_count is not None and m.foreground == "bright"
 
@@ -516,7 +516,7 @@ def test_lone_shapes_are_not_cut_into_parts(kind):
 
 
 def test_peaks_are_those_that_stand_h_above_their_saddle():
-    """_h_maxima counts a peak by its depth below the saddle to a higher one, not by its highest pixels: two equally
+    """h_maxima counts a peak by its depth below the saddle to a higher one, not by its highest pixels: two equally
     high tips 4 px apart on one ridge (as an ellipse's noisy distance map has) are one peak, 20 px apart with a dip of
     10 between them two, and a third tip only 2 below its saddle none."""
     yy, xx = np.mgrid[:60, :120].astype(float)
@@ -526,7 +526,7 @@ def test_peaks_are_those_that_stand_h_above_their_saddle():
 
     for d, peaks in [(cones((58, 20), (62, 20)), 1), (cones((50, 20), (70, 20)), 2),
                      (cones((40, 20), (60, 20), (67, 17)), 2)]:
-        assert measurements._h_maxima(d, d > 0, 3.0)[1] == peaks
+        assert touching.h_maxima(d, d > 0, 3.0)[1] == peaks
 
 
 def _film_with_vacuum(seed: int, dark_field: bool, lacey: bool, holes: bool = True, step: float = 0.25,
