@@ -700,11 +700,13 @@ def object_shapes(labels: np.ndarray, moments: EllipseMoments | None = None) -> 
 def object_widths(seg: Segmentation, distance: np.ndarray | None = None) -> np.ndarray:
     """Each object's thickness: twice the distance to the edge along its skeleton, away from the skeleton's ends. The
     distance counts to the nearest background pixel and skeleton pixels sit up to half a pixel off the true centre
-    line, so a band N pixels wide reads N = 2d - 1 (odd N) or N = 2d (even N): 2d - 0.5 on average. Toward an end, and
-    along the forks thinning leaves toward a flat end's corners, the distance tapers (a 14 px rod 30 long read 8% thin):
-    a skeleton pixel counts where every end is more than twice its own distance away, as the fibre code leaves a
-    segment's ends out; an object whose skeleton is all ends, over all of it. Without skeleton: its equivalent diameter.
-    `distance`: the map to read instead of the mask's own (the edges at half contrast, rod_sizes)."""
+    line, so a band N pixels wide along the pixel grid reads N = 2d - 1 (odd N) or N = 2d (even N): 2d - 0.5 on
+    average (at 10-35 degrees to the grid d is nearly the edge's own distance, and such bands read up to half a pixel
+    thin: segmenter_runs.md, "Rods' widths away from the ends"). Toward an end, and along the forks thinning leaves
+    toward a flat end's corners, the distance tapers (a 14 px rod 30 long read 8% thin): a skeleton pixel counts where
+    every end is more than twice its own distance away, as the fibre code leaves a segment's ends out; an object whose
+    skeleton is all ends, over all of it. Without skeleton: its equivalent diameter. `distance`: the map to read
+    instead of the mask's own (the edges at half contrast, rod_sizes)."""
     distance = seg.distance if distance is None else distance
     ids, n = seg.moments.ids, seg.labels.max() + 1
     rows, cols = np.nonzero(seg.skeleton & (seg.labels > 0))
