@@ -103,3 +103,13 @@ def test_a_textured_particle_is_outlined_whole():
     assert labels.max() == 1
     assert ndimage.binary_fill_holes(labels > 0).sum() == (labels > 0).sum()
     assert (labels > 0).sum() == pytest.approx(disc.sum(), rel=0.1)
+
+
+@pytest.mark.parametrize("shape", [(96, 128), (21, 30)])
+def test_the_log_stack_by_fft_is_scipys_gaussian_laplace(shape):
+    """The nine scales are filtered by FFT with scipy.ndimage's sampled kernels and mirrored edges: the same numbers as
+    filtering in space, on an image narrower than the widest kernel too (its mirror images repeat)."""
+    image = np.random.default_rng(1).random(shape).astype(np.float32)
+    for sigma, response in zip(spots.SIGMAS, spots.log_stack(image)):
+        expected = -(sigma ** 2) * ndimage.gaussian_laplace(image, sigma, truncate=spots.TRUNCATE)
+        np.testing.assert_allclose(response, expected, atol=1e-6)

@@ -22,7 +22,7 @@ import math
 from statistics import NormalDist
 
 import numpy as np
-from scipy import ndimage
+from scipy import fft, ndimage
 from scipy.stats import skew
 from skimage.transform import resize
 
@@ -77,8 +77,42 @@ def noise_gain(factor: float) -> np.ndarray:
     work, _ = working_image(noise, work_side) if factor < 1 else (noise, 1.0)
     border = int(math.ceil(TRUNCATE * SIGMAS[-1]))
     inner = (slice(border, -border),) * 2
-    responses = (s ** 2 * ndimage.gaussian_laplace(work, s, truncate=TRUNCATE) for s in SIGMAS)
-    return np.array([math.sqrt(float(np.mean(r[inner] ** 2))) for r in responses])
+    return np.array([math.sqrt(float(np.mean(r[inner] ** 2))) for r in log_stack(work)])
+
+
+def _gaussian_kernel(sigma: float, order: int) -> np.ndarray:
+    """The sampled Gaussian (order 0) or its second derivative (order 2) to TRUNCATE sigmas, as scipy.ndimage's."""
+    x = np.arange(-int(TRUNCATE * sigma + 0.5), int(TRUNCATE * sigma + 0.5) + 1, dtype=np.float64)
+    phi = np.exp(-0.5 * x * x / (sigma * sigma))
+    phi /= phi.sum()
+    return phi if order == 0 else phi * (x * x / sigma ** 4 - 1 / sigma ** 2)
+
+
+def _centred_spectrum(kernel: np.ndarray, n: int, real: bool) -> np.ndarray:
+    """The DFT of a symmetric kernel placed with its centre at index 0 of a length-n circle."""
+    r = len(kernel) // 2
+    circle = np.zeros(n)
+    circle[: r + 1], circle[n - r:] = kernel[r:], kernel[:r]
+    return (fft.rfft if real else fft.fft)(circle)
+
+
+def log_stack(image: np.ndarray) -> np.ndarray:
+    """[len(SIGMAS), H, W] float32: -sigma^2 x the Laplacian of Gaussian of the image at each scale, positive on a
+    bright bump: scipy.ndimage.gaussian_laplace's sampled kernels and mirrored edges, applied by FFT (the same numbers
+    to float32 rounding; tests/test_spots.py). The widest kernel is 145 px: filtering in space at nine scales was 57%
+    of detecting an image's spots. By hand rather than scipy.signal.fftconvolve, which would transform the image again
+    for each scale and each of the Laplacian's two separable terms; here one transform serves all nine."""
+    border = int(TRUNCATE * SIGMAS[-1] + 0.5)
+    padded = np.pad(np.asarray(image, np.float64), border, mode="symmetric")  # ndimage's "reflect"
+    h, w = padded.shape
+    spectrum = fft.rfft2(padded)
+    stack = np.empty((len(SIGMAS), *image.shape), np.float32)
+    for k, sigma in enumerate(SIGMAS):
+        rows = [_centred_spectrum(_gaussian_kernel(sigma, order), h, False)[:, None] for order in (0, 2)]
+        cols = [_centred_spectrum(_gaussian_kernel(sigma, order), w, True)[None, :] for order in (0, 2)]
+        laplacian = fft.irfft2(spectrum * (rows[1] * cols[0] + rows[0] * cols[1]), s=(h, w))
+        stack[k] = -(sigma ** 2) * laplacian[border:h - border, border:w - border]
+    return stack
 
 
 def noise_map(grey: np.ndarray, block: int = NOISE_BLOCK_PX) -> np.ndarray:
@@ -140,7 +174,7 @@ def detect(image: np.ndarray, gain: np.ndarray, pixel_noise: np.ndarray, thresho
     noise = gain[:, None, None] * pixel_noise[None]  # per scale and pixel, what pixel noise alone gives
     # bright bump: positive. Kernels to 6 sigma: cut at scipy's default 4, their sum is 2e-3 off zero, so a bright
     # flat region would read as a bump.
-    stack = np.stack([-(s ** 2) * ndimage.gaussian_laplace(image, s, truncate=TRUNCATE) for s in SIGMAS])
+    stack = log_stack(image)
     # The support's own texture makes dips as often as bumps; particles make bumps only. The spread is taken from the
     # dips (sqrt 2 x their RMS), so a field crowded with particles does not raise its own bar.
     spread = np.stack([math.sqrt(2) * local_rms(np.minimum(r, 0), max(LOCAL_WINDOW * s, MIN_WINDOW_PX))
