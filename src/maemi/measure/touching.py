@@ -32,10 +32,10 @@ from maemi.measure.size_distribution import frame_extents
 # 0.77-1.85; the synthetic corpus's sponges 0.50-0.72 (and solidity 0.79-0.85; the films 0.89-0.95).
 # Where the particles all touch, the minority is not one network but the separate interstices between them, and they
 # were counted (a hexagonal monolayer of touching particles: twice as many objects as particles, a fifth of their
-# diameter). Taken for interstices (interstices) where they are compact, spread more evenly than random points and
-# fill under INTERSTICE_SOLIDITY of their hulls (rendered packings 0.36-0.67; the synthetic corpus's compact,
-# evenly spread minorities are convex), and the majority, cut between the peaks of its distance (split_packing), is
-# a packing as above. Measured in docs/measurement.md.
+# diameter). Taken for interstices (the interstices test) where they are compact, spread more evenly than random
+# points and fill under INTERSTICE_SOLIDITY of their hulls (rendered packings 0.36-0.67; the synthetic corpus's
+# compact, evenly spread minorities are convex), and the majority, cut between the peaks of its distance
+# (split_packing), is a packing as above. Measured in docs/measurement.md.
 INTERSTICE_SOLIDITY = 0.75
 PACKED_MIN_PIECES = 20
 PACKED_SIZE_SPREAD = 0.4
