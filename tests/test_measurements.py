@@ -834,7 +834,7 @@ def _flat_rods(width: float, length: float, blur: float, seed: int = 0, shape=(2
 def test_rods_widths_leave_their_ends_out_and_are_read_at_half_contrast(width, length, blur, seed):
     """A rod's width along its skeleton tapers toward its ends and along the forks thinning leaves toward a flat end's
     corners (14 px rods read 8% thin over the whole skeleton), and the threshold cuts thin blurred rods' edges outside
-    their middle (8 px under a 1.5 px probe: 9% wide). Widths leave the ends out and are read at half contrast, and the
+    their middle (8 px under a 1.5 px probe: 8% wide). Widths leave the ends out and are read at half contrast, and the
     length (area over width) follows."""
     image, shown = _flat_rods(width, length, blur, seed)
     m = measure(image)

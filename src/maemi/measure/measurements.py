@@ -364,6 +364,16 @@ class Segmentation:
         return object_widths(self)
 
     @functools.cached_property
+    def labels_at_half_contrast(self) -> np.ndarray:
+        """The labels with each object's edge at half its own contrast (_edges_at_half_contrast): what compact
+        objects' sizes, rods' widths and a mat's fibre diameters are read from, once the decisions have read these."""
+        return _edges_at_half_contrast(self)
+
+    @functools.cached_property
+    def distance_at_half_contrast(self) -> np.ndarray:
+        return distance_to_background(self.labels_at_half_contrast > 0)
+
+    @functools.cached_property
     def fibres(self) -> FibreMeasurements | None:
         """The traced fibres when the objects are a fibre mat, else None (fibre_mat)."""
         return fibre_mat(self)
@@ -483,10 +493,9 @@ def _segment(image: np.ndarray, smooth: np.ndarray, method: str, empty: np.ndarr
         return _spots(image, flat, separation, empty)
     if len(classical.moments.ids) == 0 or _elongated(classical.moments.aspect) or classical.fibres is not None:
         return classical  # wires and fibres are measured along their skeletons, from these outlines
-    labels = _edges_at_half_contrast(classical)
-    mask = labels > 0
-    return Segmentation(image, flat, mask, distance_to_background(mask), labels, classical.foreground, "classical",
-                        separation, empty, compact=True)
+    labels = classical.labels_at_half_contrast
+    return Segmentation(image, flat, labels > 0, classical.distance_at_half_contrast, labels, classical.foreground,
+                        "classical", separation, empty, compact=True)
 
 
 def _fibre_network(seg: Segmentation) -> bool:
@@ -731,9 +740,8 @@ def rod_sizes(seg: Segmentation) -> tuple[np.ndarray, np.ndarray]:
     outlines rods 6 px wide under a probe of sigma 1.5 px read 19% wide."""
     if seg.method != "classical" or seg.compact:  # outlines of their own, or already moved
         return seg.widths, seg.moments.area / np.maximum(seg.widths, 1.0)
-    labels = _edges_at_half_contrast(seg)
-    widths = object_widths(seg, distance_to_background(labels > 0))
-    area = np.bincount(labels.ravel(), minlength=seg.labels.max() + 1)[seg.moments.ids]
+    widths = object_widths(seg, seg.distance_at_half_contrast)
+    area = np.bincount(seg.labels_at_half_contrast.ravel(), minlength=seg.labels.max() + 1)[seg.moments.ids]
     return widths, area / np.maximum(widths, 1.0)
 
 
@@ -906,7 +914,7 @@ def fibre_mat(seg: Segmentation) -> FibreMeasurements | None:
     if np.average(area / np.maximum(seg.widths, 1.0) ** 2, weights=area) < FIBRE_ASPECT:
         return None
     # the fibres' diameters at half their contrast, as a particle's (the threshold's are 4% wide on the rendered mats)
-    sized_by = (distance_to_background(_edges_at_half_contrast(seg) > 0) if seg.method == "classical" else None)
+    sized_by = seg.distance_at_half_contrast if seg.method == "classical" else None
     fibres = measure_fibres(seg.mask, seg.distance, sized_by=sized_by)
     if not fibres.fibre_count or not fibres.diameter_mean_px:
         return None
