@@ -67,3 +67,21 @@ def test_handcrafted_embedder_is_normalised_deterministic_and_separates_textures
     for qi in range(len(paths)):  # each image's nearest other image has its texture
         demo = few_shot_demos(emb[qi], emb, 1, exclude=[qi])[0]
         assert labels[demo] == labels[qi]
+
+
+def test_embedding_ahead_in_worker_processes_gives_the_same_rows_and_leaves_a_bad_file_to_raise(tmp_path):
+    from maemi.data.images import ImageReadError
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(6):
+        Image.fromarray((rng.random((48, 64)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    ahead = HandcraftedEmbedder()
+    ahead.embed_ahead([*paths, bad], workers=2)
+    assert len(ahead._cache) == len(paths)  # embedded in the workers, the bad file left out
+    assert np.array_equal(ahead.embed(paths), HandcraftedEmbedder().embed(paths))
+    with pytest.raises(ImageReadError, match="bad.png"):
+        ahead.embed_one(bad)

@@ -53,7 +53,7 @@ class TeachConfig:
     few_shot: int = 0  # few-shot classification records; 0: none
     shots: int = 3  # demonstrations per few-shot record
     concurrency: int = 1  # teacher requests in flight (threads)
-    workers: int | None = None  # processes measuring images for the measure teacher; None: maemi.cpu.worker_count's
+    workers: int | None = None  # processes measuring and embedding images; None: maemi.cpu.worker_count's
     limit: int | None = None  # first N images, taken from the classes in turn
     only: frozenset[str] | None = None  # relative paths to teach (one side of a split); None: every image
     price_per_1k_input: float | None = None  # for the cost estimate, in the user's currency
@@ -253,7 +253,7 @@ def teach(
         # 2. multi-image records: comparisons (teacher) and few-shot classification (labels)
         if config.compare > 0 or config.few_shot > 0:
             usable = [s for s in samples if s.relpath not in bad]
-            usable, embs = _embed(usable, embedder or HandcraftedEmbedder(), report)
+            usable, embs = _embed(usable, embedder or HandcraftedEmbedder(), report, config.workers)
             if config.compare > 0:
                 groups = _compare_groups(usable, embs, measurer, config, report)
                 _ask_compare(groups, usable, profile, teacher, writer, rejects, config, report, progress)
@@ -263,7 +263,10 @@ def teach(
     return report
 
 
-def _embed(samples: list[Sample], embedder: ImageEmbedder, report: TeachReport) -> tuple[list[Sample], np.ndarray]:
+def _embed(samples: list[Sample], embedder: ImageEmbedder, report: TeachReport, workers: int | None = None
+           ) -> tuple[list[Sample], np.ndarray]:
+    if isinstance(embedder, HandcraftedEmbedder):
+        embedder.embed_ahead([s.path for s in samples], workers)
     keep, rows = [], []
     for s in samples:
         try:

@@ -23,7 +23,8 @@ import numpy as np
 from PIL import Image
 from skimage.feature import graycomatrix, graycoprops
 
-from maemi.data.images import crop_info_bar, load_grey
+from maemi.cpu import map_in_processes, worker_count
+from maemi.data.images import ImageReadError, crop_info_bar, load_grey
 
 
 class ImageEmbedder(Protocol):
@@ -53,6 +54,18 @@ class HandcraftedEmbedder:
     def dim(self) -> int:
         return self.thumb_side**2 + 32 + 16 + 16
 
+    def embed_ahead(self, paths: Sequence[Path], workers: int | None = None) -> None:
+        """Embed many files at once in worker processes (maemi.cpu.worker_count's), into the cache (50 ms an image in
+        one process). A file that cannot be read is left to embed_one, which raises for it."""
+        todo = [str(p) for p in paths if str(p) not in self._cache]
+        n = worker_count(len(todo), workers)
+        if n <= 1:
+            return
+        for key, vec in zip(todo, map_in_processes(_embedding_or_none, todo, n, chunksize=8)):
+            if vec is not None:
+                with self._lock:
+                    self._cache[key] = vec
+
     def embed_one(self, path: Path) -> np.ndarray:
         key = str(path)
         with self._lock:
@@ -70,6 +83,13 @@ class HandcraftedEmbedder:
         thumb = (thumb - thumb.mean()) / max(float(thumb.std()), 1e-6)
         blocks = (_unit(np.asarray(thumb.ravel(), dtype=np.float64)), *statistics_blocks(grey))
         return _unit(np.concatenate(blocks)).astype(np.float32)
+
+
+def _embedding_or_none(path: str) -> np.ndarray | None:
+    try:
+        return HandcraftedEmbedder().embed_one(Path(path))
+    except ImageReadError:
+        return None
 
 
 def statistics_blocks(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
