@@ -205,3 +205,22 @@ def test_descriptive_words_are_slots_filled_from_the_measurement(samples, sem_te
                 for name, word in words.items():
                     assert not re.search(rf"\b{re.escape(word)}\b", text), (key, name, word, text)
         assert seen == set(DESCRIPTORS)  # every descriptor is quoted somewhere
+
+
+def test_a_process_measures_a_file_once_until_it_changes(samples, tmp_path):
+    from maemi.teachers.measure import measure_in_parallel, measured_file
+
+    src = samples["Particles/particles_0000.png"]
+    path = tmp_path / "particles.png"
+    path.write_bytes(src.path.read_bytes())
+    first = measured_file(path, src.metadata)
+    assert measured_file(path, src.metadata) is first  # the same result object: not measured again
+    assert measured_file(path, {}) is not first  # other metadata (here no scale) is another measurement
+    # one worker: measure_in_parallel leaves new files to the caller, and gives what this process measured before
+    other = tmp_path / "other.png"
+    other.write_bytes(src.path.read_bytes())
+    assert list(measure_in_parallel([(path, src.metadata), (other, src.metadata)], workers=1)) == [(path, first)]
+    # the file changed (another image written over it): measured afresh
+    Image.fromarray(np.zeros((300, 400), np.uint8)).save(path)
+    blank, _ = measured_file(path, src.metadata)
+    assert blank.m.object_count == 0 and first[0].m.object_count > 10

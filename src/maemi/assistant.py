@@ -44,8 +44,8 @@ from maemi.measure.field_notes import field_notes
 from maemi.measure.measurements import DEFAULT_SEGMENTER, SEGMENTERS
 from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
-from maemi.teachers.measure import (OBJECT_SLOTS, ImageFacts, MeasuredImage, compare_values, measure_file,
-                                    measure_in_parallel, measure_pixels, measured_context)
+from maemi.teachers.measure import (OBJECT_SLOTS, ImageFacts, MeasuredImage, compare_values, measure_in_parallel,
+                                    measure_pixels, measured_context, measured_file)
 from maemi.teachers.records import asked, demonstration_labels, few_shot_prompt, read_records, with_measured
 from maemi.teachers.sampling import few_shot_demos, image_statistics
 
@@ -343,7 +343,7 @@ class Assistant:
         if ahead is not None:
             return ahead
         metadata = metadata_for(path)
-        return _facts_or_reason(lambda: measure_file(Path(path), metadata, segmenter=self.segmenter), metadata,
+        return _facts_or_reason(lambda: measured_file(Path(path), metadata, self.segmenter)[0], metadata,
                                 Path(path).name)
 
     def image_facts(self, image: ImageInput) -> ImageFacts | str:

@@ -10,8 +10,10 @@ Phrasing varies between images (choices seeded by the image's SHA-256) but a giv
 from __future__ import annotations
 
 import functools
+import json
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -928,6 +930,53 @@ def _measure_file(path: Path, metadata: dict | None, segmenter: str = DEFAULT_SE
     return measure_file(path, metadata, segmenter=segmenter), file_sha256(path)
 
 
+# The files this process has measured, by (path, modification time, size, metadata, segmenter), the latest
+# MEASURED_KEPT of them (about 2 KB each). Measuring is pure and takes 0.3-2 s an image, and one process often
+# measures a file twice: `maemi demo` teaches its test images and then evaluates the assistant on them.
+MEASURED_KEPT = 16384
+_measured: OrderedDict[tuple, tuple[MeasuredImage, str]] = OrderedDict()
+_measured_lock = threading.Lock()
+
+
+def _file_key(path: Path, metadata: dict | None, segmenter: str) -> tuple | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (str(path.absolute()), stat.st_mtime_ns, stat.st_size, json.dumps(metadata or {}, sort_keys=True,
+                                                                           default=str), segmenter)
+
+
+def _recall(key: tuple | None) -> tuple[MeasuredImage, str] | None:
+    if key is None:
+        return None
+    with _measured_lock:
+        return _measured.get(key)
+
+
+def _remember(key: tuple | None, result: tuple[MeasuredImage, str]) -> None:
+    if key is None:
+        return
+    with _measured_lock:
+        _measured[key] = result
+        _measured.move_to_end(key)
+        while len(_measured) > MEASURED_KEPT:
+            _measured.popitem(last=False)
+
+
+def measured_file(path: Path, metadata: dict | None = None, segmenter: str = DEFAULT_SEGMENTER
+                  ) -> tuple[MeasuredImage, str]:
+    """(measure_file's measured image, the file's sha256), measured once per process while the file is unchanged.
+    Raises as measure_file does."""
+    path = Path(path)
+    key = _file_key(path, metadata, segmenter)
+    result = _recall(key)
+    if result is None:
+        result = _measure_file(path, metadata, segmenter)
+        _remember(key, result)
+    return result
+
+
 def _measure_or_none(item: tuple[Path, dict | None, str]) -> tuple[MeasuredImage, str] | None:
     try:
         return _measure_file(*item)
@@ -939,12 +988,24 @@ def measure_in_parallel(items: list[tuple[Path, dict | None]], workers: int | No
                         segmenter: str = DEFAULT_SEGMENTER) -> Iterator[tuple[Path, tuple[MeasuredImage, str] | None]]:
     """(path, (the measured image, its sha256) or None where it could not be measured) for each (path, metadata), in
     `workers` processes (default: maemi.cpu.worker_count's, one per core where there are enough images to pay for
-    starting them): measuring is pure per image. Nothing when one worker would do: the caller measures as it goes."""
-    workers = worker_count(len(items), workers)
-    if workers <= 1:
+    starting them): measuring is pure per image. Files this process measured before (measured_file) are not measured
+    again. Where one worker would do, only those: the caller measures the rest as it goes."""
+    keys = [_file_key(Path(path), metadata, segmenter) for path, metadata in items]
+    known = {i: result for i, result in enumerate(map(_recall, keys)) if result is not None}
+    todo = [(Path(path), metadata, segmenter) for i, (path, metadata) in enumerate(items) if i not in known]
+    workers = worker_count(len(todo), workers)
+    if workers <= 1:  # what this process measured before, and the caller measures the rest as it goes
+        yield from ((Path(items[i][0]), result) for i, result in known.items())
         return
-    todo = [(Path(path), metadata, segmenter) for path, metadata in items]
-    yield from zip((path for path, _, _ in todo), map_in_processes(_measure_or_none, todo, workers, chunksize=4))
+    measured = map_in_processes(_measure_or_none, todo, workers, chunksize=4)
+    for i, (path, _) in enumerate(items):
+        if i in known:
+            yield Path(path), known[i]
+            continue
+        result = next(measured)
+        if result is not None:
+            _remember(keys[i], result)
+        yield Path(path), result
 
 
 class MeasureTeacher:
@@ -963,7 +1024,7 @@ class MeasureTeacher:
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
-        result = _measure_file(path, metadata)
+        result = measured_file(path, metadata)
         with self._lock:
             self._cache[key] = result
         return result
