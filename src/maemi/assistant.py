@@ -116,6 +116,11 @@ def pixel_statistics(pixels: np.ndarray) -> np.ndarray:
     return image_statistics(crop_info_bar(grey))
 
 
+def file_statistics(path: str | os.PathLike) -> np.ndarray:
+    """pixel_statistics of an image file, read grey: what the familiarity check compares."""
+    return pixel_statistics(load_grey(path))
+
+
 def measurement_record(facts: ImageFacts | str) -> dict:
     """What an answer's numbers come from, per image: the measured values (as answers write them), the scale with
     its source and the segmenter that found the objects; or {"error": why the image could not be measured}."""
@@ -240,7 +245,7 @@ class Assistant:
         self._cached_facts = functools.lru_cache(maxsize=image_cache)(self._measure_file)
         self._measured_ahead: dict[tuple[str, int, int], ImageFacts] = {}  # measure_ahead, until first asked for
         self._cached_statistics = functools.lru_cache(maxsize=image_cache)(
-            lambda path, mtime_ns, size: pixel_statistics(load_grey(path)))
+            lambda path, mtime_ns, size: file_statistics(path))
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, device: str | torch.device = "auto", batch_size: int = 16,

@@ -95,7 +95,8 @@ def calibrate_run(run_dir: str | os.PathLike, val_data: str | os.PathLike, image
     """Fit the run's temperature on the labelled images of `val_data` (zero-shot scores) and its familiarity on the
     training images (their image statistics; evaluate.familiarity), and write RUN/calibration.json and
     RUN/familiarity.safetensors. Returns what was written. Never reads a test split."""
-    from maemi.assistant import CALIBRATION_FILE, DIHEDRAL_VIEWS, Assistant, dihedral_view
+    from maemi.assistant import CALIBRATION_FILE, DIHEDRAL_VIEWS, Assistant, dihedral_view, file_statistics
+    from maemi.cpu import map_in_processes, worker_count
     from maemi.evaluate.evaluate import classification_images
     from maemi.evaluate.familiarity import Familiarity
     from maemi.teachers.records import read_records
@@ -129,7 +130,11 @@ def calibrate_run(run_dir: str | os.PathLike, val_data: str | os.PathLike, image
 
     train = sorted({rec["images"][0] for rec in read_records(str(assistant.run_value("train_data")))
                     if len(rec["images"]) == 1})
-    familiarity = Familiarity.fit(np.stack([assistant.image_statistics(root / rel) for rel in train]))
+    paths = [root / rel for rel in train]
+    workers = worker_count(len(paths))  # 40 ms an image in one process
+    statistics = (map_in_processes(file_statistics, paths, workers, chunksize=8) if workers > 1
+                  else map(assistant.image_statistics, paths))
+    familiarity = Familiarity.fit(np.stack(list(statistics)))
     result = {"temperature": temperature, **result, "familiarity": familiarity.save(run_dir)}
     atomic_write_json(run_dir / CALIBRATION_FILE, result)
     return result
