@@ -216,10 +216,11 @@ def test_a_process_measures_a_file_once_until_it_changes(samples, tmp_path):
     first = measured_file(path, src.metadata)
     assert measured_file(path, src.metadata) is first  # the same result object: not measured again
     assert measured_file(path, {}) is not first  # other metadata (here no scale) is another measurement
-    # one worker: measure_in_parallel leaves new files to the caller, and gives what this process measured before
+    # one worker: measure_in_parallel gives what this process measured before, and leaves new files to the caller
     other = tmp_path / "other.png"
     other.write_bytes(src.path.read_bytes())
-    assert list(measure_in_parallel([(path, src.metadata), (other, src.metadata)], workers=1)) == [(path, first)]
+    ahead = list(measure_in_parallel([(other, src.metadata), (path, src.metadata)], workers=1))
+    assert ahead == [(other, None), (path, first)]
     # the file changed (another image written over it): measured afresh
     Image.fromarray(np.zeros((300, 400), np.uint8)).save(path)
     blank, _ = measured_file(path, src.metadata)

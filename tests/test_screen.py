@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import tifffile
 from PIL import Image
 
 import maemi.cpu
+import maemi.teachers.measure
 from maemi.assistant import Assistant
 from maemi.data.datasets import scan_dataset
 from maemi.serve.rows import RowFileError, RowWriter
@@ -131,7 +133,7 @@ def test_csv_holds_the_same_rows_flat(assistant, folder, tmp_path):
         assert (json.loads(c["top5"]) if c["top5"] else None) == j["top5"]
         for name in MEASUREMENT_FIELDS:
             value = (j["measurements"] or {}).get(name)
-            assert c[f"measurements.{name}"] == ("" if value is None else str(value))
+            assert c[f"measurements.{name}"] == ("" if value is None else str(value)), (j["path"], name)
 
 
 def test_measuring_ahead_on_every_core_gives_the_rows_of_measuring_inline(assistant, folder, tmp_path, monkeypatch):
@@ -139,6 +141,7 @@ def test_measuring_ahead_on_every_core_gives_the_rows_of_measuring_inline(assist
     of measuring each image as it comes (one core), the unreadable and too-small files' included."""
     config = ScreenConfig(batch_size=3, caption=True, measure=True)
     monkeypatch.setattr(maemi.cpu, "MIN_ITEMS_PER_WORKER", 1)  # a worker for every few of these 11 small images
+    monkeypatch.setattr(maemi.teachers.measure, "_measured", OrderedDict())  # what earlier tests measured forgotten
     taken = []
     take = assistant._take_measured_ahead
     monkeypatch.setattr(assistant, "_take_measured_ahead", lambda *a: taken.append(take(*a)) or taken[-1])

@@ -986,16 +986,17 @@ def _measure_or_none(item: tuple[Path, dict | None, str]) -> tuple[MeasuredImage
 
 def measure_in_parallel(items: list[tuple[Path, dict | None]], workers: int | None = None,
                         segmenter: str = DEFAULT_SEGMENTER) -> Iterator[tuple[Path, tuple[MeasuredImage, str] | None]]:
-    """(path, (the measured image, its sha256) or None where it could not be measured) for each (path, metadata), in
-    `workers` processes (default: maemi.cpu.worker_count's, one per core where there are enough images to pay for
-    starting them): measuring is pure per image. Files this process measured before (measured_file) are not measured
-    again. Where one worker would do, only those: the caller measures the rest as it goes."""
+    """(path, (the measured image, its sha256) or None) for each (path, metadata), in order, measured in `workers`
+    processes (default: maemi.cpu.worker_count's, one per core where there are enough images to pay for starting
+    them): measuring is pure per image. Files this process measured before (measured_file) are not measured again.
+    None: the file could not be measured, or one worker would do and this process had not measured it before; either
+    way the caller measures it as it goes (and reports why it could not)."""
     keys = [_file_key(Path(path), metadata, segmenter) for path, metadata in items]
     known = {i: result for i, result in enumerate(map(_recall, keys)) if result is not None}
     todo = [(Path(path), metadata, segmenter) for i, (path, metadata) in enumerate(items) if i not in known]
     workers = worker_count(len(todo), workers)
-    if workers <= 1:  # what this process measured before, and the caller measures the rest as it goes
-        yield from ((Path(items[i][0]), result) for i, result in known.items())
+    if workers <= 1:  # what this process measured before; None: the caller measures it as it goes
+        yield from ((Path(path), known.get(i)) for i, (path, _) in enumerate(items))
         return
     measured = map_in_processes(_measure_or_none, todo, workers, chunksize=4)
     for i, (path, _) in enumerate(items):
