@@ -225,3 +225,28 @@ def test_a_process_measures_a_file_once_until_it_changes(samples, tmp_path):
     Image.fromarray(np.zeros((300, 400), np.uint8)).save(path)
     blank, _ = measured_file(path, src.metadata)
     assert blank.m.object_count == 0 and first[0].m.object_count > 10
+
+
+def test_a_file_replaced_by_one_of_the_same_size_and_time_is_measured_again(tmp_path):
+    """An atomic write can replace a file within one tick of the file system's clock: same path, size and time."""
+    import os
+
+    import tifffile
+
+    from maemi.teachers.measure import measured_file
+
+    rng = np.random.default_rng(0)
+    blank = np.full((96, 128), 120, np.uint8)
+    spots = blank.copy()
+    for r, c in rng.integers(12, 84, size=(12, 2)) * [1, 1.3]:
+        yy, xx = np.ogrid[:96, :128]
+        spots[(yy - r) ** 2 + (xx - c) ** 2 <= 16] = 230
+    path, new = tmp_path / "field.tif", tmp_path / "new.tif"
+    tifffile.imwrite(path, blank)
+    tifffile.imwrite(new, spots)
+    assert path.stat().st_size == new.stat().st_size
+    before = measured_file(path)[0]
+    os.utime(new, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    os.replace(new, path)
+    after = measured_file(path)[0]
+    assert before.m.object_count == 0 and after.m.object_count > 5

@@ -930,7 +930,7 @@ def _measure_file(path: Path, metadata: dict | None, segmenter: str = DEFAULT_SE
     return measure_file(path, metadata, segmenter=segmenter), file_sha256(path)
 
 
-# The files this process has measured, by (path, modification time, size, metadata, segmenter), the latest
+# The files this process has measured, by (path, inode, modification time, size, metadata, segmenter), the latest
 # MEASURED_KEPT of them (about 2 KB each). Measuring is pure and takes 0.3-2 s an image, and one process often
 # measures a file twice: `maemi demo` teaches its test images and then evaluates the assistant on them.
 MEASURED_KEPT = 16384
@@ -943,8 +943,9 @@ def _file_key(path: Path, metadata: dict | None, segmenter: str) -> tuple | None
         stat = path.stat()
     except OSError:
         return None
-    return (str(path.absolute()), stat.st_mtime_ns, stat.st_size, json.dumps(metadata or {}, sort_keys=True,
-                                                                           default=str), segmenter)
+    # the inode too: a file replaced by another (an atomic write) within one tick of the file system's clock
+    return (str(path.absolute()), stat.st_ino, stat.st_mtime_ns, stat.st_size,
+            json.dumps(metadata or {}, sort_keys=True, default=str), segmenter)
 
 
 def _recall(key: tuple | None) -> tuple[MeasuredImage, str] | None:
