@@ -28,3 +28,13 @@ def test_the_check_fails_on_a_hand_edited_block(tmp_path, block):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), "--check", "--readme",
                              str(edited)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode != 0 and "out of date" in result.stderr
+
+
+def test_the_check_fails_on_a_hand_edited_table_of_every_fine_tuning_method(tmp_path):
+    text = (ROOT / "docs" / "performance.md").read_text()
+    begin = text.index("<!-- finetune:begin -->")
+    edited = tmp_path / "performance.md"
+    edited.write_text(text[:begin] + text[begin:].replace("|", "| ", 1))
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), "--check",
+                             "--performance-doc", str(edited)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode != 0 and "out of date" in result.stderr and "performance.md" in result.stderr
