@@ -133,7 +133,7 @@ def calibrate_run(run_dir: str | os.PathLike, val_data: str | os.PathLike, image
     paths = [root / rel for rel in train]
     workers = worker_count(len(paths))  # 40 ms an image in one process
     statistics = (map_in_processes(file_statistics, paths, workers, chunksize=8) if workers > 1
-                  else map(assistant.image_statistics, paths))
+                  else map(file_statistics, paths))
     familiarity = Familiarity.fit(np.stack(list(statistics)))
     result = {"temperature": temperature, **result, "familiarity": familiarity.save(run_dir)}
     atomic_write_json(run_dir / CALIBRATION_FILE, result)
