@@ -516,6 +516,10 @@ def measure(
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
                                              "distribution of equivalent diameters (nm when the scale is known); "
                                              "on a fibre mat, of the fibres' diameters."),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="Write one size distribution pooled over all "
+                                           "the images (summary.json): objects, mean, D10/D50/D90, log-normal, "
+                                           "95% intervals between images, what was left out and why; with "
+                                           "--histogram, its histogram beside it (summary.png)."),
     segmenter: str = typer.Option("auto", "--segmenter", help=_SEGMENTER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: the images already in --out "
@@ -539,8 +543,12 @@ def measure(
 
     Each image's rows are written as soon as it is measured: a run killed halfway keeps every finished image, and
     --resume continues it.
+
+    --summary pools the objects of all the images into one size distribution, as a sample is sized from several
+    fields: in nm (images without a known scale left out), or in pixels where no image has a scale; each object
+    weighted for the frame's bias as in each image's own D10/D50/D90; intervals from resampling whole images.
     """
-    from maemi.measure.batch import MeasureJob, check_outputs, image_paths, measure_many
+    from maemi.measure.batch import MeasureJob, check_outputs, image_paths, measure_many, pooled_summary
     from maemi.measure.figures import output_names
     from maemi.serve.rows import RowFileError
 
@@ -548,7 +556,7 @@ def measure(
         _fail("--nm-per-pixel must be positive")
     _check_segmenter(segmenter)
     try:
-        check_outputs(out, objects, fibres, resume)
+        check_outputs(out, objects, fibres, resume, summary)
         paths = image_paths(images)
     except (FileExistsError, ValueError) as e:  # an existing table without --resume, a bad suffix, no images
         _fail(str(e))
@@ -557,8 +565,8 @@ def measure(
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             _fail(f"{folder}: cannot create the folder: {e.strerror or e}")
-    jobs = [MeasureJob(path, name, nm_per_pixel, segmenter, objects is not None, fibres is not None, overlay,
-                       histogram) for path, name in zip(paths, output_names(paths))]
+    jobs = [MeasureJob(path, name, nm_per_pixel, segmenter, objects is not None or summary is not None,
+                       fibres is not None, overlay, histogram) for path, name in zip(paths, output_names(paths))]
     printed = not as_json and (out is None or len(jobs) == 1)
     try:
         skipped, results = measure_many(jobs, out, objects, fibres, resume, workers,
@@ -588,8 +596,25 @@ def measure(
     for folder, kind in ((overlay, "overlays"), (histogram, "histograms")):
         if folder is not None:
             typer.echo(f"{folder}: {measured_count} {kind}", err=True)
+    if summary is not None:
+        _write_summary(summary, *pooled_summary(results, resume, out, objects), histogram is not None, as_json)
     if rows and all(r["error"] for r in rows):
         raise typer.Exit(1)
+
+
+def _write_summary(path: Path, pooled: dict, diameters: list[float], with_histogram: bool, quiet: bool) -> None:
+    from maemi.fileio import atomic_write_json
+    from maemi.measure.figures import histogram_png, write_png
+    from maemi.measure.pooled import summary_lines
+
+    atomic_write_json(path, pooled)
+    for line in summary_lines(pooled) if not quiet else []:
+        typer.echo(line)
+    typer.echo(f"{path}: the size distribution pooled over {len(pooled['images'])} image(s)", err=True)
+    if with_histogram and pooled["images"]:
+        write_png(path.with_suffix(".png"),
+                  histogram_png(diameters, pooled["unit"], f"{len(pooled['images'])} images pooled"))
+        typer.echo(f"{path.with_suffix('.png')}: its histogram", err=True)
 
 
 def _print_measurement(row: dict) -> None:

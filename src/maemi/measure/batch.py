@@ -109,16 +109,28 @@ def image_columns() -> list[str]:
     return columns
 
 
-def check_outputs(out: Path | None, objects: Path | None, fibres: Path | None, resume: bool) -> None:
-    """Fail before any work: two outputs on one file, an unknown suffix, an existing table without resume (a table
-    is never overwritten), or resume without the image table that records what is done."""
-    tables = [p for p in (out, objects, fibres) if p is not None]
-    if len({p.resolve() for p in tables}) < len(tables):
-        raise ValueError("--out, --objects and --fibres must be different files")
+def check_outputs(out: Path | None, objects: Path | None, fibres: Path | None, resume: bool,
+                  summary: Path | None = None) -> None:
+    """Fail before any work: two outputs on one file, an unknown suffix, an existing table or summary without resume
+    (neither is ever overwritten), resume without the image table that records what is done, or a summary to resume
+    without the objects table that holds the objects of the images measured before."""
+    outputs = [p for p in (out, objects, fibres, summary) if p is not None]
+    if len({p.resolve() for p in outputs}) < len(outputs):
+        raise ValueError("--out, --objects, --fibres and --summary must be different files")
     if resume and out is None:
         raise ValueError("--resume needs --out: the image table is the record of which images are done")
-    for path in tables:
-        check_table_path(path, resume)
+    if summary is not None:
+        if summary.suffix.lower() != ".json":
+            raise ValueError(f"{summary}: the summary is written as JSON; give a .json file")
+        if resume and objects is None:
+            raise ValueError("--summary with --resume needs --objects: the objects of the images measured before are "
+                             "read back from it")
+        if not resume and summary.is_file():
+            raise FileExistsError(f"{summary}: already exists; pass --resume to continue its run, or choose another "
+                                  "output path")
+    for path in (out, objects, fibres):
+        if path is not None:
+            check_table_path(path, resume)
 
 
 def measure_many(jobs: list[MeasureJob], out: Path | None = None, objects: Path | None = None,
@@ -158,3 +170,26 @@ def _run(jobs: list[MeasureJob], workers: int | None) -> Iterator[Measured]:
 
     workers = worker_count(len(jobs), workers)
     yield from map(measure_one, jobs) if workers <= 1 else map_in_processes(measure_one, jobs, workers)
+
+
+def pooled_summary(results: list[Measured], resumed: bool, out: Path | None, objects: Path | None
+                   ) -> tuple[dict, list[float]]:
+    """The size distribution pooled over every image of the run (maemi.measure.pooled) as a JSON-ready dict, and the
+    pooled objects' equivalent diameters (for its histogram); after a resume the images measured before are read back
+    from the tables (`out` and `objects`), which then hold them all. Without any image to pool: ({"images": [],
+    "left_out": [...]}, [])."""
+    from maemi.measure.pooled import left_out_of_pool, pool_sizes
+    from maemi.serve.rows import read_rows
+
+    if resumed:
+        image_rows, object_rows = read_rows(out), read_rows(objects)
+    else:
+        image_rows, object_rows = [r.row for r in results], [o for r in results for o in r.objects]
+    objects_of: dict[str, list[dict]] = {}
+    for row in object_rows:
+        objects_of.setdefault(row["path"], []).append(row)
+    pooled = pool_sizes(image_rows, object_rows)
+    if pooled is None:
+        return {"images": [], "left_out": left_out_of_pool(image_rows, objects_of)[0]}, []
+    column = f"equivalent_diameter_{pooled.unit}"
+    return dataclasses.asdict(pooled), [float(o[column]) for path in pooled.images for o in objects_of[path]]

@@ -26,12 +26,13 @@ from maemi.fileio import atomic_write_text
 from maemi.serve.rows import table_format
 from maemi.teachers.measure import MeasuredImage, measure_segmented
 from maemi.measure.measurements import DEFAULT_SEGMENTER, Segmentation, counted_fibres, object_shapes
+from maemi.measure.size_distribution import frame_extents, frame_weights
 
 LENGTHS = ("equivalent_diameter", "feret_max", "feret_min", "centroid_x", "centroid_y")  # px columns with a nm twin
 COLUMNS = ["path", "object_id", "nm_per_pixel", "scale_source", "area_px", "area_nm2",
            "equivalent_diameter_px", "equivalent_diameter_nm", "feret_max_px", "feret_max_nm", "feret_min_px",
            "feret_min_nm", "aspect_ratio", "circularity", "centroid_x_px", "centroid_y_px", "centroid_x_nm",
-           "centroid_y_nm", "orientation_deg"]
+           "centroid_y_nm", "orientation_deg", "touches_frame", "size_weight"]
 # a fibre mat's table: one row per fibre its count counts (maemi.measure.fibres), not per segmented region
 FIBRE_COLUMNS = ["path", "fibre_id", "nm_per_pixel", "scale_source", "length_px", "length_nm", "diameter_px",
                  "diameter_nm"]
@@ -51,6 +52,10 @@ class ObjectRow:
     centroid_x_px: float
     centroid_y_px: float
     orientation_deg: float  # the major axis, 0-180 degrees counter-clockwise from horizontal as seen on screen
+    touches_frame: bool  # cut by the edge of the measured field: its size is too small
+    # its weight in the size distribution (D10/D50/D90): 0 when the frame cuts it, else the inverse of the chance that
+    # an object of its extent lies wholly inside the field (maemi.measure.size_distribution.frame_weights)
+    size_weight: float
 
 
 def min_feret(points: np.ndarray) -> float:
@@ -77,6 +82,8 @@ def _hull_outline(convex_image: np.ndarray) -> np.ndarray:
 def object_table(labels: np.ndarray) -> list[ObjectRow]:
     """One row per object of a label image (segment().labels), in label order."""
     shapes = object_shapes(labels)
+    extent, on_edge = frame_extents(labels, shapes.ids)
+    weights = frame_weights(extent, on_edge, labels.shape)
     rows = []
     for i, region in enumerate(regionprops(labels)):  # label order, as object_shapes
         rows.append(ObjectRow(
@@ -91,6 +98,8 @@ def object_table(labels: np.ndarray) -> list[ObjectRow]:
             centroid_y_px=float(shapes.centroids[i, 0]),
             # regionprops: the angle from the row axis, -90..90 degrees; +90 turns it to from the x axis
             orientation_deg=(90.0 + math.degrees(region.orientation)) % 180.0,
+            touches_frame=bool(on_edge[i]),
+            size_weight=float(weights[i]),
         ))
     return rows
 

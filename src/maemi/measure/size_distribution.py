@@ -44,26 +44,40 @@ def frame_extents(labels: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.n
     return extent, on_edge
 
 
-def size_distribution(diameters: np.ndarray, extent: np.ndarray, on_edge: np.ndarray,
-                      shape: tuple[int, int]) -> SizeDistribution | None:
-    """The distribution of `diameters` [N] (px) of objects with bounding boxes `extent` [N, 2] (height, width) and
-    frame contact `on_edge` [N] in a field of `shape` (height, width); None without objects. Where every object
-    touches the frame (grains larger than the field), they are all used, unweighted: there is nothing else."""
-    diameters = np.asarray(diameters, float)
-    if diameters.size == 0:
-        return None
+def frame_weights(extent: np.ndarray, on_edge: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Each object's weight [N] in the size distribution of a field of `shape` (height, width): 0 for one the frame
+    cuts, W H / ((W - w) (H - h)) for one wholly inside with bounding box `extent` (height, width). Where every object
+    touches the frame (grains larger than the field), all weigh 1: there is nothing else."""
+    on_edge = np.asarray(on_edge, bool)
+    if on_edge.all():
+        return np.ones(on_edge.size)
     h, w = shape
-    inside = ~np.asarray(on_edge, bool)
-    if inside.any():
-        d = diameters[inside]
-        free = np.maximum(h - extent[inside, 0], 1.0) * np.maximum(w - extent[inside, 1], 1.0)
-        weight = h * w / free
-    else:
-        d, weight = diameters, np.ones(diameters.size)
+    extent = np.asarray(extent, float).reshape(-1, 2)
+    free = np.maximum(h - extent[:, 0], 1.0) * np.maximum(w - extent[:, 1], 1.0)
+    return np.where(on_edge, 0.0, h * w / free)
+
+
+def weighted_sizes(diameters: np.ndarray, weights: np.ndarray) -> tuple[float, float, float, float, float]:
+    """(D10, D50, D90, geometric mean, geometric standard deviation) of `diameters` [N] with `weights` [N] (objects
+    of weight 0 left out; at least one weighs more)."""
+    keep = np.asarray(weights, float) > 0
+    d, weight = np.asarray(diameters, float)[keep], np.asarray(weights, float)[keep]
     d10, d50, d90 = np.percentile(d, [10, 50, 90], weights=weight, method="inverted_cdf")
     logs = np.log(np.maximum(d, 1e-9))
     mean = np.average(logs, weights=weight)
     spread = math.sqrt(np.average((logs - mean) ** 2, weights=weight))
-    return SizeDistribution(d10=float(d10), d50=float(d50), d90=float(d90), geometric_mean=math.exp(mean),
-                            geometric_std=math.exp(spread), objects_used=int(d.size),
-                            objects_on_edge=int((~inside).sum()))
+    return float(d10), float(d50), float(d90), math.exp(mean), math.exp(spread)
+
+
+def size_distribution(diameters: np.ndarray, extent: np.ndarray, on_edge: np.ndarray,
+                      shape: tuple[int, int]) -> SizeDistribution | None:
+    """The distribution of `diameters` [N] (px) of objects with bounding boxes `extent` [N, 2] (height, width) and
+    frame contact `on_edge` [N] in a field of `shape` (height, width), weighted by frame_weights; None without
+    objects."""
+    diameters = np.asarray(diameters, float)
+    if diameters.size == 0:
+        return None
+    weights = frame_weights(extent, on_edge, shape)
+    d10, d50, d90, geometric_mean, geometric_std = weighted_sizes(diameters, weights)
+    return SizeDistribution(d10=d10, d50=d50, d90=d90, geometric_mean=geometric_mean, geometric_std=geometric_std,
+                            objects_used=int((weights > 0).sum()), objects_on_edge=int(np.sum(on_edge)))

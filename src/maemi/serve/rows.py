@@ -193,3 +193,29 @@ class RowWriter:
         expected = self.columns if self.format == "csv" else self._top_level
         return (f"{where}: written with other columns ({found}) than this run's ({expected}); resume with the same "
                 f"options, or choose another output path")
+
+
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a table RowWriter wrote, as dicts keyed like the rows it was given: JSONL as written; CSV cells as
+    text (an empty cell is None) with `parent.child` columns gathered into `row[parent]` (None where all are empty).
+    A torn last line (a kill mid-write) is left out, as a resume would."""
+    path = Path(path)
+    data = path.read_bytes()
+    lines, _ = _lines(data)
+    if table_format(path) == "jsonl":
+        return [json.loads(line) for line in lines if line.strip()]
+    rows = []
+    for cells in csv.DictReader(line.decode("utf-8") for line in lines):
+        row: dict = {}
+        for column, text in cells.items():
+            value = text if text != "" else None
+            parent, _, child = column.partition(".")
+            if child:
+                row.setdefault(parent, {})[child] = value
+            else:
+                row[column] = value
+        for key, value in row.items():
+            if isinstance(value, dict) and all(v is None for v in value.values()):
+                row[key] = None
+        rows.append(row)
+    return rows
