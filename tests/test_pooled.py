@@ -4,6 +4,7 @@ intervals between images, and every image it could not pool named with the reaso
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +21,9 @@ from maemi.serve.rows import read_rows
 ZEISS_TAG = b"0\r\nAP_IMAGE_PIXEL_SIZE\r\nImage Pixel Size = 2.0 nm\r\n"
 
 
-def _particles(diameter: float, seed: int, shape=(300, 400), n=24) -> np.ndarray:
-    """Dark disks of one diameter on a bright, noisy background, some cut by the frame."""
+def _particles(diameter: float, seed: int, shape=(300, 400), n=24, spread: float = 0.0) -> np.ndarray:
+    """Dark disks of one diameter (or log-normal about it, with `spread` the sigma of its log) on a bright, noisy
+    background, some cut by the frame."""
     rng = np.random.default_rng(seed)
     image = np.full(shape, 0.8)
     placed: list[tuple[float, float]] = []
@@ -29,13 +31,13 @@ def _particles(diameter: float, seed: int, shape=(300, 400), n=24) -> np.ndarray
         centre = rng.uniform(-0.2 * diameter, shape[0] + 0.2 * diameter), rng.uniform(0, shape[1])
         if all(np.hypot(centre[0] - r, centre[1] - c) > 1.6 * diameter for r, c in placed):
             placed.append(centre)
-            image[disk(centre, diameter / 2, shape=shape)] = 0.25
+            image[disk(centre, diameter * np.exp(rng.normal(0, spread)) / 2, shape=shape)] = 0.25
     image += rng.normal(0, 0.02, shape)
     return (np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
-def _save(path, diameter, seed, scale_tag=False):
-    grey = _particles(diameter, seed)
+def _save(path, diameter, seed, scale_tag=False, spread=0.0):
+    grey = _particles(diameter, seed, spread=spread)
     if scale_tag:
         tifffile.imwrite(path, grey, extratags=[(34118, 2, len(ZEISS_TAG), ZEISS_TAG, True)])
     else:
@@ -68,17 +70,17 @@ def test_fields_of_two_sizes_pool_in_nm_with_an_interval_between_images(tmp_path
     result = CliRunner().invoke(app, ["measure", *map(str, paths), "--nm-per-pixel", "2", "--summary", str(summary),
                                       "--histogram", str(tmp_path / "histograms")])
     assert result.exit_code == 0, result.output
-    pooled = json.loads(summary.read_text())
-    assert pooled["unit"] == "nm" and len(pooled["images"]) == 4 and not pooled["left_out"]
+    [pooled] = json.loads(summary.read_text())["samples"]
+    assert (pooled["name"], pooled["unit"], len(pooled["images"]), pooled["left_out"]) == ("images", "nm", 4, [])
     # half the particles 32 nm across, half 64 nm: the percentiles and mean land on them, not between
     assert pooled["d10"] == pytest.approx(32, rel=0.1) and pooled["d90"] == pytest.approx(64, rel=0.1)
     assert pooled["mean"] == pytest.approx(48, rel=0.1)
     low, high = pooled["mean_ci95"]
-    # the fields differ (two of each size): resampling whole images spans them (about 32-64 here); resampling single
-    # particles, as if they were independent, would give 44-51
+    # the fields differ (two of each size): with the images as the units the interval spans them (about 20-77 here);
+    # with single particles as if independent it would be 44-51
     assert low < pooled["mean"] < high and high - low > 20
     assert pooled["image_means_cv"] > 0.25
-    assert "pooled over 4 image(s)" in result.stdout and "D50" in result.stdout
+    assert "images: pooled over 4 image(s)" in result.stdout and "D50" in result.stdout
     assert Image.open(summary.with_suffix(".png")).size[0] > 0
 
 
@@ -98,8 +100,8 @@ def test_images_without_a_scale_are_left_out_of_a_pool_in_nm_and_unreadable_ones
     alone = pool_sizes([rows[2]], objects[2])
     assert alone.unit == "px" and any("one magnification" in note for note in alone.notes)
     result = CliRunner().invoke(app, ["measure", str(broken), "--summary", str(tmp_path / "none.json")])
-    assert "no image could be pooled" in result.stdout
-    assert json.loads((tmp_path / "none.json").read_text())["left_out"][0]["path"] == str(broken)
+    assert "images: no image could be pooled" in result.stdout
+    assert json.loads((tmp_path / "none.json").read_text())["samples"][0]["left_out"][0]["path"] == str(broken)
 
 
 def test_a_resumed_run_pools_the_images_measured_before_as_one_run_would(tmp_path):
@@ -113,7 +115,29 @@ def test_a_resumed_run_pools_the_images_measured_before_as_one_run_would(tmp_pat
     whole = CliRunner().invoke(app, ["measure", *map(str, paths), "--summary", str(tmp_path / "whole.json")])
     assert whole.exit_code == 0, whole.output
     assert json.loads((tmp_path / "resumed.json").read_text()) == json.loads((tmp_path / "whole.json").read_text())
-    assert len(read_rows(objects)) == json.loads((tmp_path / "whole.json").read_text())["objects"]
+    assert len(read_rows(objects)) == json.loads((tmp_path / "whole.json").read_text())["samples"][0]["objects"]
+
+
+def test_each_folder_is_a_sample_and_samples_that_differ_are_told_from_ones_that_do_not(tmp_path):
+    folders = {"small": (16, 0), "small_again": (16, 10), "large": (32, 20)}
+    for name, (diameter, seed) in folders.items():
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            _save(tmp_path / name / f"{i}.png", diameter, seed + i, spread=0.15)
+    summary = tmp_path / "summary.json"
+    result = CliRunner().invoke(app, ["measure", *(str(tmp_path / name) for name in folders), "--nm-per-pixel", "2",
+                                      "--summary", str(summary), "--histogram", str(tmp_path / "histograms")])
+    assert result.exit_code == 0, result.output
+    pooled = json.loads(summary.read_text())
+    assert [s["name"] for s in pooled["samples"]] == [str(tmp_path / name) for name in folders]
+    assert all(len(s["images"]) == 3 and s["mean_ci95"] for s in pooled["samples"])
+    by_pair = {tuple(Path(n).name for n in c["samples"]): c for c in pooled["comparisons"]}
+    same, different = by_pair["small", "small_again"], by_pair["small", "large"]
+    assert same["differ"] is False and same["mean_difference_ci95"][0] < 0 < same["mean_difference_ci95"][1]
+    assert different["differ"] is True and different["mean_difference"] == pytest.approx(-32, rel=0.15)
+    assert different["mean_difference_ci95"][1] < 0
+    assert "they differ" in result.stdout and "no difference shown" in result.stdout
+    assert all((tmp_path / f"summary-{k}.png").is_file() for k in (1, 2, 3))
 
 
 def test_a_summary_is_never_overwritten_and_a_resumed_one_needs_the_objects_table(tmp_path):

@@ -516,10 +516,10 @@ def measure(
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Folder for one PNG per image: the "
                                              "distribution of equivalent diameters (nm when the scale is known); "
                                              "on a fibre mat, of the fibres' diameters."),
-    summary: Optional[Path] = typer.Option(None, "--summary", help="Write one size distribution pooled over all "
-                                           "the images (summary.json): objects, mean, D10/D50/D90, log-normal, "
-                                           "95% intervals between images, what was left out and why; with "
-                                           "--histogram, its histogram beside it (summary.png)."),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="Write the size distribution pooled over the "
+                                           "images of each folder given (summary.json): objects, mean, D10/D50/D90, "
+                                           "log-normal, 95% intervals between images, what was left out and why, "
+                                           "and the folders compared; with --histogram, histograms beside it."),
     segmenter: str = typer.Option("auto", "--segmenter", help=_SEGMENTER_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per image."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run: the images already in --out "
@@ -544,11 +544,14 @@ def measure(
     Each image's rows are written as soon as it is measured: a run killed halfway keeps every finished image, and
     --resume continues it.
 
-    --summary pools the objects of all the images into one size distribution, as a sample is sized from several
-    fields: in nm (images without a known scale left out), or in pixels where no image has a scale; each object
-    weighted for the frame's bias as in each image's own D10/D50/D90; intervals from resampling whole images.
+    --summary pools the objects of a sample's images into one size distribution, as a sample is sized from several
+    fields: each folder given is a sample, and the files given one by one another. In nm (images without a known
+    scale left out), or in pixels where no image has a scale; each object weighted for the frame's bias as in each
+    image's own D10/D50/D90; 95% intervals from resampling whole images. With several samples, each pair is compared:
+    the difference of their mean diameters and D50s, with intervals, and whether they differ.
     """
-    from maemi.measure.batch import MeasureJob, check_outputs, image_paths, measure_many, pooled_summary
+    from maemi.measure.batch import (MeasureJob, check_outputs, image_paths, image_samples, measure_many,
+                                     pooled_summary)
     from maemi.measure.figures import output_names
     from maemi.serve.rows import RowFileError
 
@@ -597,24 +600,30 @@ def measure(
         if folder is not None:
             typer.echo(f"{folder}: {measured_count} {kind}", err=True)
     if summary is not None:
-        _write_summary(summary, *pooled_summary(results, resume, out, objects), histogram is not None, as_json)
+        _write_summary(summary, *pooled_summary(results, resume, out, objects, image_samples(images)),
+                       histogram is not None, as_json)
     if rows and all(r["error"] for r in rows):
         raise typer.Exit(1)
 
 
-def _write_summary(path: Path, pooled: dict, diameters: list[float], with_histogram: bool, quiet: bool) -> None:
+def _write_summary(path: Path, summary: dict, diameters: dict[str, list[float]], with_histogram: bool,
+                   quiet: bool) -> None:
     from maemi.fileio import atomic_write_json
     from maemi.measure.figures import histogram_png, write_png
     from maemi.measure.pooled import summary_lines
 
-    atomic_write_json(path, pooled)
-    for line in summary_lines(pooled) if not quiet else []:
+    atomic_write_json(path, summary)
+    for line in summary_lines(summary) if not quiet else []:
         typer.echo(line)
-    typer.echo(f"{path}: the size distribution pooled over {len(pooled['images'])} image(s)", err=True)
-    if with_histogram and pooled["images"]:
-        write_png(path.with_suffix(".png"),
-                  histogram_png(diameters, pooled["unit"], f"{len(pooled['images'])} images pooled"))
-        typer.echo(f"{path.with_suffix('.png')}: its histogram", err=True)
+    typer.echo(f"{path}: the size distribution pooled over each of {len(summary['samples'])} sample(s)", err=True)
+    if not with_histogram:
+        return
+    pooled = [sample for sample in summary["samples"] if sample["images"]]
+    for number, sample in enumerate(pooled, start=1):
+        picture = path.with_suffix(".png") if len(pooled) == 1 else path.with_name(f"{path.stem}-{number}.png")
+        write_png(picture, histogram_png(diameters[sample["name"]], sample["unit"],
+                                         f"{sample['name']}: {len(sample['images'])} images pooled"))
+        typer.echo(f"{picture}: the histogram of {sample['name']}", err=True)
 
 
 def _print_measurement(row: dict) -> None:

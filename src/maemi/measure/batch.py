@@ -172,24 +172,35 @@ def _run(jobs: list[MeasureJob], workers: int | None) -> Iterator[Measured]:
     yield from map(measure_one, jobs) if workers <= 1 else map_in_processes(measure_one, jobs, workers)
 
 
-def pooled_summary(results: list[Measured], resumed: bool, out: Path | None, objects: Path | None
-                   ) -> tuple[dict, list[float]]:
-    """The size distribution pooled over every image of the run (maemi.measure.pooled) as a JSON-ready dict, and the
-    pooled objects' equivalent diameters (for its histogram); after a resume the images measured before are read back
-    from the tables (`out` and `objects`), which then hold them all. Without any image to pool: ({"images": [],
-    "left_out": [...]}, [])."""
-    from maemi.measure.pooled import left_out_of_pool, pool_sizes
+def image_samples(inputs: list[Path]) -> dict[str, list[Path]]:
+    """The samples a pooled summary reports, each a name and its images: every folder given is one (named as given),
+    and the files given one by one are one more, "images"."""
+    samples: dict[str, list[Path]] = {}
+    for item in inputs:
+        if item.is_dir():
+            samples.setdefault(str(item), []).extend(image_paths([item]))
+        else:
+            samples.setdefault("images", []).append(item)
+    return samples
+
+
+def pooled_summary(results: list[Measured], resumed: bool, out: Path | None, objects: Path | None,
+                   samples: dict[str, list[Path]]) -> tuple[dict, dict[str, list[float]]]:
+    """The size distribution of each sample pooled over its images and the samples compared
+    (maemi.measure.pooled.pool_samples) as a JSON-ready dict, and each pooled sample's objects' equivalent diameters
+    (for its histogram); after a resume the images measured before are read back from the tables (`out` and
+    `objects`), which then hold them all."""
+    from maemi.measure.pooled import pool_samples
     from maemi.serve.rows import read_rows
 
     if resumed:
         image_rows, object_rows = read_rows(out), read_rows(objects)
     else:
         image_rows, object_rows = [r.row for r in results], [o for r in results for o in r.objects]
-    objects_of: dict[str, list[dict]] = {}
-    for row in object_rows:
-        objects_of.setdefault(row["path"], []).append(row)
-    pooled = pool_sizes(image_rows, object_rows)
-    if pooled is None:
-        return {"images": [], "left_out": left_out_of_pool(image_rows, objects_of)[0]}, []
-    column = f"equivalent_diameter_{pooled.unit}"
-    return dataclasses.asdict(pooled), [float(o[column]) for path in pooled.images for o in objects_of[path]]
+    summary = pool_samples(image_rows, object_rows, {name: [str(p) for p in paths] for name, paths in samples.items()})
+    diameters: dict[str, list[float]] = {}
+    for sample in summary["samples"]:
+        if sample["images"]:
+            pooled, column = set(sample["images"]), f"equivalent_diameter_{sample['unit']}"
+            diameters[sample["name"]] = [float(o[column]) for o in object_rows if o["path"] in pooled]
+    return summary, diameters

@@ -11,18 +11,25 @@ magnifications are not the same length. Images that could not be measured, fibre
 regions; their fibres are in the fibres table) and images without objects are left out, each with its reason.
 
 The spread between fields is the honest uncertainty of a pooled mean: particles of one field are not independent
-samples of the sample (a field is chosen, and its neighbours share a history), so the 95% intervals resample whole
-images (a cluster bootstrap, Davison and Hinkley 1997, section 3.8), never single particles; with fewer than
-MIN_IMAGES_FOR_INTERVAL images there is none. Hand-written: scipy.stats.bootstrap resamples observations, not groups.
+samples of the sample (a field is chosen, and its neighbours share a history), so the images are the units of the
+intervals, never single particles. The pooled mean is a ratio of per-image sums, and its 95% interval is the
+cluster-sampling one (Cochran, Sampling Techniques, 1977, 6.9 and 11.7: the ratio estimator's linearised variance
+over images, Student's t with one degree of freedom fewer than images), right for a few images as for many; two
+samples' means are compared the same way (Welch's t). The D50's interval resamples whole images (a cluster
+bootstrap, Davison and Hinkley 1997, 3.8), which with few images is narrower than it should be. With fewer than
+MIN_IMAGES_FOR_INTERVAL images there is none. Hand-written: scipy.stats.bootstrap resamples observations, not
+groups, and no well-kept library has the ratio estimator over clusters.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
 
 import numpy as np
+from scipy import stats
 
 from maemi.measure.size_distribution import weighted_sizes
 
@@ -32,6 +39,7 @@ RESAMPLES = 2000
 
 @dataclass
 class PooledSizes:
+    name: str  # the sample: a folder measured, or "images" for files given one by one
     unit: str  # "nm", or "px" when no pooled image has a known scale
     images: list[str]  # the pooled images' paths
     objects: int  # objects in them
@@ -43,7 +51,8 @@ class PooledSizes:
     d90: float
     geometric_mean: float  # the maximum-likelihood log-normal
     geometric_std: float
-    mean_ci95: tuple[float, float] | None  # between images (cluster bootstrap); None with too few images
+    mean_ci95: tuple[float, float] | None  # over images (the ratio estimator, Student's t); None with too few images
+    # over images (whole images resampled)
     d50_ci95: tuple[float, float] | None
     image_means_cv: float | None  # coefficient of variation of the images' own mean diameters: how alike the fields are
     uncertain: list[str]  # pooled images whose objects do not stand apart from the background (objects_uncertain)
@@ -59,15 +68,74 @@ def _true(value) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
-def pool_sizes(image_rows: list[dict], object_rows: list[dict], seed: int = 0) -> PooledSizes | None:
+def pool_sizes(image_rows: list[dict], object_rows: list[dict], seed: int = 0, name: str = "images"
+               ) -> PooledSizes | None:
     """The pooled distribution of the equivalent diameters of `object_rows` (the objects table, objects.COLUMNS)
     over the images of `image_rows` (the image table, batch.ROW_FIELDS); rows may be typed or read back from CSV as
-    text (serve.rows.read_rows). None when no image can be pooled (then nothing is left to report but left_out,
-    which `left_out_of_pool` gives)."""
+    text (serve.rows.read_rows). None when no image can be pooled."""
+    return _pool(image_rows, _objects_by_image(object_rows), np.random.default_rng(seed), name)[0]
+
+
+def pool_samples(image_rows: list[dict], object_rows: list[dict], samples: dict[str, list[str]], seed: int = 0
+                 ) -> dict:
+    """{"samples": [pool_sizes of each sample's images, as a dict with its name], "comparisons": [...]}: `samples`
+    maps a name to its images' paths. A sample without any image to pool is {"name", "images": [], "left_out"}. Each
+    pair of pooled samples is compared: the difference of their mean diameters (95% interval: Welch's t over the
+    two ratio estimators) and of their D50s (95% interval: the difference of their bootstrap draws), and "differ"
+    when the mean's interval excludes 0; None where they cannot be (two units, or a sample of fewer than
+    MIN_IMAGES_FOR_INTERVAL images), with the note saying why."""
+    objects_of = _objects_by_image(object_rows)
+    pooled, draws = [], {}
+    for index, (name, paths) in enumerate(samples.items()):
+        wanted = set(map(str, paths))
+        rows = [row for row in image_rows if row["path"] in wanted]
+        sample, sample_draws = _pool(rows, objects_of, np.random.default_rng([seed, index]), name)
+        if sample is None:
+            pooled.append({"name": name, "images": [], "left_out": _left_out_of_pool(rows, objects_of)[0]})
+            continue
+        pooled.append(asdict(sample))
+        draws[name] = sample_draws
+    comparisons = []
+    valid = [p for p in pooled if p["images"]]
+    for a, b in combinations(valid, 2):
+        comparison = dict(samples=[a["name"], b["name"]], unit=None, mean_difference=None, mean_difference_ci95=None,
+                          d50_difference=None, d50_difference_ci95=None, differ=None, note=None)
+        comparisons.append(comparison)
+        if a["unit"] != b["unit"]:
+            comparison["note"] = f"one sample in {a['unit']}, the other in {b['unit']}: not comparable"
+            continue
+        comparison.update(unit=a["unit"], mean_difference=a["mean"] - b["mean"], d50_difference=a["d50"] - b["d50"])
+        da, db = draws[a["name"]], draws[b["name"]]
+        if da is None or db is None:
+            comparison["note"] = f"fewer than {MIN_IMAGES_FOR_INTERVAL} images in a sample: no interval"
+            continue
+        (se_a, df_a), (se_b, df_b) = da[0], db[0]
+        se = math.hypot(se_a, se_b)
+        df = se**4 / (se_a**4 / df_a + se_b**4 / df_b) if se > 0 else df_a + df_b  # Welch-Satterthwaite
+        half = float(stats.t.ppf(0.975, df)) * se
+        mean_ci = (comparison["mean_difference"] - half, comparison["mean_difference"] + half)
+        comparison.update(mean_difference_ci95=mean_ci, d50_difference_ci95=_interval(da[1] - db[1]),
+                          differ=bool(mean_ci[0] > 0 or mean_ci[1] < 0))
+    return {"samples": pooled, "comparisons": comparisons}
+
+
+def _objects_by_image(object_rows: list[dict]) -> dict[str, list[dict]]:
     objects_of: dict[str, list[dict]] = defaultdict(list)
     for row in object_rows:
         objects_of[row["path"]].append(row)
-    left_out, candidates = left_out_of_pool(image_rows, objects_of)
+    return objects_of
+
+
+def _interval(draws: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _pool(image_rows: list[dict], objects_of: dict[str, list[dict]], rng: np.random.Generator, name: str
+          ) -> tuple[PooledSizes | None, tuple[tuple[float, int], np.ndarray] | None]:
+    """pool_sizes, and what comparing it takes: ((its mean's standard error, degrees of freedom), the bootstrap draws
+    of its D50 [RESAMPLES]); None with too few images."""
+    left_out, candidates = _left_out_of_pool(image_rows, objects_of)
     known = [row for row in candidates if _float(row["nm_per_pixel"])]
     unit = "nm" if known else "px"
     notes = []
@@ -79,7 +147,7 @@ def pool_sizes(image_rows: list[dict], object_rows: list[dict], seed: int = 0) -
         notes.append("no pooled image has a known scale: sizes are in pixels, comparable between images only if all "
                      "were taken at one magnification and pixel size (give it with --nm-per-pixel)")
     if not candidates:
-        return None
+        return None, None
 
     diameters, weights = [], []
     for row in candidates:
@@ -91,24 +159,29 @@ def pool_sizes(image_rows: list[dict], object_rows: list[dict], seed: int = 0) -
     mean = float(np.average(d, weights=w))
     std = math.sqrt(float(np.average((d - mean) ** 2, weights=w)))
     image_means = [float(np.average(x, weights=v)) for x, v in zip(diameters, weights) if v.sum() > 0]
-    mean_ci = d50_ci = None
+    draws = mean_ci = d50_ci = None
     if len(candidates) >= MIN_IMAGES_FOR_INTERVAL:
-        mean_ci, d50_ci = _between_image_intervals(diameters, weights, seed)
+        se, df = _ratio_standard_error(diameters, weights, mean)
+        half = float(stats.t.ppf(0.975, df)) * se
+        medians = _bootstrap_medians(diameters, weights, rng)
+        draws = (se, df), medians
+        mean_ci, d50_ci = (mean - half, mean + half), _interval(medians)
     else:
         notes.append(f"fewer than {MIN_IMAGES_FOR_INTERVAL} images: no interval between fields")
     uncertain = [row["path"] for row in candidates if _true((row["measurements"] or {}).get("objects_uncertain"))]
     if uncertain:
         notes.append(f"{len(uncertain)} of the {len(candidates)} pooled images do not separate their objects from the "
                      "background by grey level: their counts and sizes may be far off")
-    return PooledSizes(
-        unit=unit, images=[row["path"] for row in candidates], objects=int(d.size), objects_used=int((w > 0).sum()),
-        mean=mean, std=std, d10=d10, d50=d50, d90=d90, geometric_mean=geometric_mean, geometric_std=geometric_std,
-        mean_ci95=mean_ci, d50_ci95=d50_ci,
+    pooled = PooledSizes(
+        name=name, unit=unit, images=[row["path"] for row in candidates], objects=int(d.size),
+        objects_used=int((w > 0).sum()), mean=mean, std=std, d10=d10, d50=d50, d90=d90,
+        geometric_mean=geometric_mean, geometric_std=geometric_std, mean_ci95=mean_ci, d50_ci95=d50_ci,
         image_means_cv=float(np.std(image_means) / np.mean(image_means)) if len(image_means) >= 2 else None,
         uncertain=uncertain, left_out=left_out, notes=notes)
+    return pooled, draws
 
 
-def left_out_of_pool(image_rows: list[dict], objects_of: dict[str, list[dict]]) -> tuple[list[dict], list[dict]]:
+def _left_out_of_pool(image_rows: list[dict], objects_of: dict[str, list[dict]]) -> tuple[list[dict], list[dict]]:
     """({"path", "reason"} for each image that cannot be pooled whatever the units, the image rows that can)."""
     left_out, candidates = [], []
     for row in image_rows:
@@ -125,49 +198,65 @@ def left_out_of_pool(image_rows: list[dict], objects_of: dict[str, list[dict]]) 
     return left_out, candidates
 
 
-def _between_image_intervals(diameters: list[np.ndarray], weights: list[np.ndarray], seed: int
-                             ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """95% percentile intervals of the pooled mean and D50 over RESAMPLES draws of the images with replacement: each
-    draw weighs every object by how often its image was drawn."""
-    rng = np.random.default_rng(seed)
+def _ratio_standard_error(diameters: list[np.ndarray], weights: list[np.ndarray], mean: float) -> tuple[float, int]:
+    """(standard error, degrees of freedom) of the pooled mean sum(w d) / sum(w) over images drawn as clusters: the
+    ratio estimator's linearised variance n / (n - 1) sum_i (S_i - mean W_i)^2 / W^2 (Cochran 1977, 6.9)."""
+    sums = np.array([float(np.dot(x, v)) for x, v in zip(diameters, weights)])  # S_i
+    totals = np.array([float(v.sum()) for v in weights])  # W_i
+    n = len(sums)
+    variance = n / (n - 1) * float(np.sum((sums - mean * totals) ** 2)) / float(totals.sum()) ** 2
+    return math.sqrt(variance), n - 1
+
+
+def _bootstrap_medians(diameters: list[np.ndarray], weights: list[np.ndarray], rng: np.random.Generator
+                       ) -> np.ndarray:
+    """The pooled D50 over RESAMPLES draws of the images with replacement: each draw weighs every object by how
+    often its image was drawn."""
     n = len(diameters)
     counts = rng.multinomial(n, np.full(n, 1 / n), size=RESAMPLES)  # [R, n]: how often each image is drawn
-    sums = np.array([float(np.dot(x, v)) for x, v in zip(diameters, weights)])  # [n]
-    totals = np.array([float(v.sum()) for v in weights])  # [n]
-    drawn = counts @ totals
-    means = (counts @ sums)[drawn > 0] / drawn[drawn > 0]
-    # the weighted median of each draw: objects sorted once, their weights scaled by their image's count
     d = np.concatenate(diameters)
     image_of = np.concatenate([np.full(x.size, i) for i, x in enumerate(diameters)])
-    order = np.argsort(d, kind="stable")
+    order = np.argsort(d, kind="stable")  # sorted once; each draw only scales the weights
     d, image_of, w = d[order], image_of[order], np.concatenate(weights)[order]
-    medians = []
-    for row in counts:
-        cumulative = np.cumsum(w * row[image_of])
-        if cumulative[-1] > 0:
-            medians.append(d[np.searchsorted(cumulative, 0.5 * cumulative[-1])])  # inverted CDF, as weighted_sizes
-    return (tuple(float(q) for q in np.percentile(means, [2.5, 97.5])),
-            tuple(float(q) for q in np.percentile(medians, [2.5, 97.5])))
+    medians = np.empty(RESAMPLES)
+    for k, row in enumerate(counts):
+        cumulative = np.cumsum(w * row[image_of])  # every pooled image has weight, so every draw has some
+        medians[k] = d[np.searchsorted(cumulative, 0.5 * cumulative[-1])]  # inverted CDF, as weighted_sizes
+    return medians
 
 
 def summary_lines(summary: dict) -> list[str]:
-    """The pooled summary (pool_sizes as a dict, or one without images) as lines for a terminal."""
-    if not summary["images"]:
-        lines = ["pooled size distribution: no image could be pooled"]
-    else:
-        u = summary["unit"]
-        lines = [f"pooled over {len(summary['images'])} image(s): {summary['objects']:,} objects, "
-                 f"{summary['objects_used']:,} wholly inside their field; equivalent diameters in {u}",
-                 f"  mean {summary['mean']:.4g} {u}"
-                 + (f" (95% between images {summary['mean_ci95'][0]:.4g}-{summary['mean_ci95'][1]:.4g})"
-                    if summary["mean_ci95"] else "") + f", standard deviation {summary['std']:.4g} {u}",
-                 f"  D10 {summary['d10']:.4g}, D50 {summary['d50']:.4g}"
-                 + (f" (95% {summary['d50_ci95'][0]:.4g}-{summary['d50_ci95'][1]:.4g})" if summary["d50_ci95"] else "")
-                 + f", D90 {summary['d90']:.4g} {u}; log-normal: geometric mean {summary['geometric_mean']:.4g} {u}, "
-                 f"geometric standard deviation {summary['geometric_std']:.3g}"]
-        if summary["image_means_cv"] is not None:
-            lines.append(f"  the images' own mean diameters vary by {summary['image_means_cv']:.0%} (coefficient of "
-                         "variation)")
-        lines += [f"  note: {note}" for note in summary["notes"]]
-    lines += [f"  left out: {item['path']}: {item['reason']}" for item in summary["left_out"]]
+    """The pooled summary (pool_samples) as lines for a terminal."""
+    lines = []
+    for sample in summary["samples"]:
+        if not sample["images"]:
+            lines.append(f"{sample['name']}: no image could be pooled")
+        else:
+            u = sample["unit"]
+            mean_ci, d50_ci = sample["mean_ci95"], sample["d50_ci95"]
+            lines += [f"{sample['name']}: pooled over {len(sample['images'])} image(s), {sample['objects']:,} objects "
+                      f"({sample['objects_used']:,} wholly inside their field); equivalent diameters in {u}",
+                      f"  mean {sample['mean']:.4g} {u}"
+                      + (f" (95% between images {mean_ci[0]:.4g}-{mean_ci[1]:.4g})" if mean_ci else "")
+                      + f", standard deviation {sample['std']:.4g} {u}",
+                      f"  D10 {sample['d10']:.4g}, D50 {sample['d50']:.4g}"
+                      + (f" (95% {d50_ci[0]:.4g}-{d50_ci[1]:.4g})" if d50_ci else "")
+                      + f", D90 {sample['d90']:.4g} {u}; log-normal: geometric mean {sample['geometric_mean']:.4g} "
+                      f"{u}, geometric standard deviation {sample['geometric_std']:.3g}"]
+            if sample["image_means_cv"] is not None:
+                lines.append(f"  the images' own mean diameters vary by {sample['image_means_cv']:.0%} (coefficient "
+                             "of variation)")
+            lines += [f"  note: {note}" for note in sample["notes"]]
+        lines += [f"  left out: {item['path']}: {item['reason']}" for item in sample["left_out"]]
+    for c in summary["comparisons"]:
+        a, b = c["samples"]
+        if c["unit"] is None:
+            lines.append(f"{a} vs {b}: {c['note']}")
+            continue
+        u, ci = c["unit"], c["mean_difference_ci95"]
+        verdict = ("" if c["differ"] is None else
+                   ": they differ" if c["differ"] else ": no difference shown at 95%")
+        lines.append(f"{a} vs {b}: mean diameter {c['mean_difference']:+.4g} {u}"
+                     + (f" (95% {ci[0]:+.4g} to {ci[1]:+.4g})" if ci else f" ({c['note']})")
+                     + f", D50 {c['d50_difference']:+.4g} {u}{verdict}")
     return lines
