@@ -16,9 +16,13 @@ intervals, never single particles. The pooled mean is a ratio of per-image sums,
 cluster-sampling one (Cochran, Sampling Techniques, 1977, 6.9 and 11.7: the ratio estimator's linearised variance
 over images, Student's t with one degree of freedom fewer than images), right for a few images as for many; two
 samples' means are compared the same way (Welch's t). The D50's interval resamples whole images (a cluster
-bootstrap, Davison and Hinkley 1997, 3.8), which with few images is narrower than it should be. With fewer than
-MIN_IMAGES_FOR_INTERVAL images there is none. Hand-written: scipy.stats.bootstrap resamples observations, not
-groups, and no well-kept library has the ratio estimator over clusters.
+bootstrap, Davison and Hinkley 1997, 3.8) and reads the draws at the expanded percentiles (Hesterberg 2015, "What
+teachers should know about the bootstrap", 4.5), since a plain percentile interval over a few images is too narrow.
+Simulated fields (log-normal particles, field means varying by 10%, 20-120 particles each): the mean's interval held
+the truth 96 / 93 / 92 / 94% of the time over 3 / 5 / 10 / 30 images, the D50's 92 / 95 / 94% over 5 / 10 / 30 (plain
+percentiles: 79 / 86 / 94%; over 3 images no bootstrap does: 75%). So the mean gets an interval from
+MIN_IMAGES_FOR_INTERVAL images, the D50 from MIN_IMAGES_FOR_D50_INTERVAL. Hand-written: scipy.stats.bootstrap
+resamples observations, not groups, and no well-kept library has the ratio estimator over clusters.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from scipy import stats
 from maemi.measure.size_distribution import weighted_sizes
 
 MIN_IMAGES_FOR_INTERVAL = 3
+MIN_IMAGES_FOR_D50_INTERVAL = 5
 RESAMPLES = 2000
 
 
@@ -52,8 +57,7 @@ class PooledSizes:
     geometric_mean: float  # the maximum-likelihood log-normal
     geometric_std: float
     mean_ci95: tuple[float, float] | None  # over images (the ratio estimator, Student's t); None with too few images
-    # over images (whole images resampled)
-    d50_ci95: tuple[float, float] | None
+    d50_ci95: tuple[float, float] | None  # over images (whole images resampled); None with too few images
     image_means_cv: float | None  # coefficient of variation of the images' own mean diameters: how alike the fields are
     uncertain: list[str]  # pooled images whose objects do not stand apart from the background (objects_uncertain)
     left_out: list[dict] = field(default_factory=list)  # {"path", "reason"}
@@ -114,7 +118,8 @@ def pool_samples(image_rows: list[dict], object_rows: list[dict], samples: dict[
         df = se**4 / (se_a**4 / df_a + se_b**4 / df_b) if se > 0 else df_a + df_b  # Welch-Satterthwaite
         half = float(stats.t.ppf(0.975, df)) * se
         mean_ci = (comparison["mean_difference"] - half, comparison["mean_difference"] + half)
-        comparison.update(mean_difference_ci95=mean_ci, d50_difference_ci95=_interval(da[1] - db[1]),
+        d50_ci = None if da[1] is None or db[1] is None else _interval(da[1] - db[1], min(df_a, df_b) + 1)
+        comparison.update(mean_difference_ci95=mean_ci, d50_difference_ci95=d50_ci,
                           differ=bool(mean_ci[0] > 0 or mean_ci[1] < 0))
     return {"samples": pooled, "comparisons": comparisons}
 
@@ -126,15 +131,20 @@ def _objects_by_image(object_rows: list[dict]) -> dict[str, list[dict]]:
     return objects_of
 
 
-def _interval(draws: np.ndarray) -> tuple[float, float]:
-    low, high = np.percentile(draws, [2.5, 97.5])
+def _interval(draws: np.ndarray, images: int) -> tuple[float, float]:
+    """The 95% interval of bootstrap draws over `images` resampled images, at the expanded percentiles: the tail
+    probability where a normal's quantile is sqrt(n / (n - 1)) times Student's t quantile with n - 1 degrees of
+    freedom (Hesterberg 2015)."""
+    tail = float(stats.norm.cdf(math.sqrt(images / (images - 1)) * stats.t.ppf(0.025, images - 1)))
+    low, high = np.quantile(draws, [tail, 1 - tail])
     return float(low), float(high)
 
 
 def _pool(image_rows: list[dict], objects_of: dict[str, list[dict]], rng: np.random.Generator, name: str
           ) -> tuple[PooledSizes | None, tuple[tuple[float, int], np.ndarray] | None]:
     """pool_sizes, and what comparing it takes: ((its mean's standard error, degrees of freedom), the bootstrap draws
-    of its D50 [RESAMPLES]); None with too few images."""
+    of its D50 [RESAMPLES] or None with fewer than MIN_IMAGES_FOR_D50_INTERVAL images); None with fewer than
+    MIN_IMAGES_FOR_INTERVAL."""
     left_out, candidates = _left_out_of_pool(image_rows, objects_of)
     known = [row for row in candidates if _float(row["nm_per_pixel"])]
     unit = "nm" if known else "px"
@@ -159,13 +169,17 @@ def _pool(image_rows: list[dict], objects_of: dict[str, list[dict]], rng: np.ran
     mean = float(np.average(d, weights=w))
     std = math.sqrt(float(np.average((d - mean) ** 2, weights=w)))
     image_means = [float(np.average(x, weights=v)) for x, v in zip(diameters, weights) if v.sum() > 0]
-    draws = mean_ci = d50_ci = None
+    draws = mean_ci = d50_ci = medians = None
     if len(candidates) >= MIN_IMAGES_FOR_INTERVAL:
         se, df = _ratio_standard_error(diameters, weights, mean)
         half = float(stats.t.ppf(0.975, df)) * se
-        medians = _bootstrap_medians(diameters, weights, rng)
+        mean_ci = (mean - half, mean + half)
+        if len(candidates) >= MIN_IMAGES_FOR_D50_INTERVAL:
+            medians = _bootstrap_medians(diameters, weights, rng)
+            d50_ci = _interval(medians, len(candidates))
+        else:
+            notes.append(f"fewer than {MIN_IMAGES_FOR_D50_INTERVAL} images: no interval for the D50")
         draws = (se, df), medians
-        mean_ci, d50_ci = (mean - half, mean + half), _interval(medians)
     else:
         notes.append(f"fewer than {MIN_IMAGES_FOR_INTERVAL} images: no interval between fields")
     uncertain = [row["path"] for row in candidates if _true((row["measurements"] or {}).get("objects_uncertain"))]
