@@ -606,8 +606,8 @@ def measure(
         raise typer.Exit(1)
 
 
-def _write_summary(path: Path, summary: dict, diameters: dict[str, list[float]], with_histogram: bool,
-                   quiet: bool) -> None:
+def _write_summary(path: Path, summary: dict, diameters: dict[str, tuple[list[float], list[float]]],
+                   with_histogram: bool, quiet: bool) -> None:
     from maemi.fileio import atomic_write_json
     from maemi.measure.figures import histogram_png, write_png
     from maemi.measure.pooled import summary_lines
@@ -621,8 +621,9 @@ def _write_summary(path: Path, summary: dict, diameters: dict[str, list[float]],
     pooled = [sample for sample in summary["samples"] if sample["images"]]
     for number, sample in enumerate(pooled, start=1):
         picture = path.with_suffix(".png") if len(pooled) == 1 else path.with_name(f"{path.stem}-{number}.png")
-        write_png(picture, histogram_png(diameters[sample["name"]], sample["unit"],
-                                         f"{sample['name']}: {len(sample['images'])} images pooled"))
+        values, weights = diameters[sample["name"]]
+        write_png(picture, histogram_png(values, sample["unit"], f"{sample['name']}: {len(sample['images'])} images "
+                                         "pooled", weights=weights))
         typer.echo(f"{picture}: the histogram of {sample['name']}", err=True)
 
 

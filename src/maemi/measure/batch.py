@@ -185,11 +185,11 @@ def image_samples(inputs: list[Path]) -> dict[str, list[Path]]:
 
 
 def pooled_summary(results: list[Measured], resumed: bool, out: Path | None, objects: Path | None,
-                   samples: dict[str, list[Path]]) -> tuple[dict, dict[str, list[float]]]:
+                   samples: dict[str, list[Path]]) -> tuple[dict, dict[str, tuple[list[float], list[float]]]]:
     """The size distribution of each sample pooled over its images and the samples compared
-    (maemi.measure.pooled.pool_samples) as a JSON-ready dict, and each pooled sample's objects' equivalent diameters
-    (for its histogram); after a resume the images measured before are read back from the tables (`out` and
-    `objects`), which then hold them all."""
+    (maemi.measure.pooled.pool_samples) as a JSON-ready dict, and each pooled sample's objects' (equivalent
+    diameters, size weights) for its histogram; after a resume the images measured before are read back from the
+    tables (`out` and `objects`), which then hold them all."""
     from maemi.measure.pooled import pool_samples
     from maemi.serve.rows import read_rows
 
@@ -198,9 +198,10 @@ def pooled_summary(results: list[Measured], resumed: bool, out: Path | None, obj
     else:
         image_rows, object_rows = [r.row for r in results], [o for r in results for o in r.objects]
     summary = pool_samples(image_rows, object_rows, {name: [str(p) for p in paths] for name, paths in samples.items()})
-    diameters: dict[str, list[float]] = {}
+    diameters: dict[str, tuple[list[float], list[float]]] = {}
     for sample in summary["samples"]:
         if sample["images"]:
             pooled, column = set(sample["images"]), f"equivalent_diameter_{sample['unit']}"
-            diameters[sample["name"]] = [float(o[column]) for o in object_rows if o["path"] in pooled]
+            rows = [o for o in object_rows if o["path"] in pooled]
+            diameters[sample["name"]] = [float(o[column]) for o in rows], [float(o["size_weight"]) for o in rows]
     return summary, diameters

@@ -55,9 +55,11 @@ def _number(picture: Image.Image, labels: np.ndarray) -> None:
         draw.text((x, y), str(i), fill="white", font=font, anchor="mm", stroke_width=1, stroke_fill="black")
 
 
-def histogram_png(diameters: list[float], unit: str, title: str, things: str = "object") -> bytes:
+def histogram_png(diameters: list[float], unit: str, title: str, things: str = "object",
+                  weights: list[float] | None = None) -> bytes:
     """A histogram of diameters (already in `unit`, "nm" or "px") as PNG bytes: the objects' equivalent diameters, or
-    with things="fibre" a fibre mat's fibre diameters."""
+    with things="fibre" a fibre mat's fibre diameters; with `weights` (each object's size_weight), the
+    frame-weighted distribution, as the size distribution's percentiles take it."""
     # the object-oriented API, not pyplot: no global figure state, no display backend needed
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -67,13 +69,18 @@ def histogram_png(diameters: list[float], unit: str, title: str, things: str = "
     ax = figure.add_subplot()
     values = np.asarray(diameters, dtype=float)
     if len(values):
-        ax.hist(values, bins="auto", color="tab:blue", edgecolor="white")
-        ax.set_title(f"{title}\n{len(values)} {things}s, mean {values.mean():.4g} {unit}, std {values.std():.4g} {unit}",
-                     fontsize=10)
+        w = np.ones_like(values) if weights is None else np.asarray(weights, dtype=float)
+        # the bins from every object; the heights are the weighted counts (objects the frame cuts weigh 0)
+        ax.hist(values, bins=np.histogram_bin_edges(values, bins="auto"), weights=w, color="tab:blue",
+                edgecolor="white")
+        mean = float(np.average(values, weights=w))
+        std = float(np.sqrt(np.average((values - mean) ** 2, weights=w)))
+        ax.set_title(f"{title}\n{len(values)} {things}s, {'frame-weighted ' if weights is not None else ''}mean "
+                     f"{mean:.4g} {unit}, std {std:.4g} {unit}", fontsize=10)
     else:
         ax.set_title(f"{title}\nno {things}s segmented", fontsize=10)
     ax.set_xlabel(f"{'equivalent' if things == 'object' else things} diameter ({unit})")
-    ax.set_ylabel(f"{things}s")
+    ax.set_ylabel(f"{things}s" if weights is None else f"{things}s, frame-weighted")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -110,9 +110,12 @@ def pool_samples(image_rows: list[dict], object_rows: list[dict], samples: dict[
             comparison["note"] = f"one sample in {a['unit']}, the other in {b['unit']}: not comparable"
             continue
         comparison.update(unit=a["unit"], mean_difference=a["mean"] - b["mean"], d50_difference=a["d50"] - b["d50"])
+        if a["unit"] == "px":
+            comparison["note"] = "in pixels: a difference in size only if both were taken at one magnification"
         da, db = draws[a["name"]], draws[b["name"]]
         if da is None or db is None:
-            comparison["note"] = f"fewer than {MIN_IMAGES_FOR_INTERVAL} images in a sample: no interval"
+            comparison["note"] = "; ".join(filter(None, [comparison["note"], f"fewer than {MIN_IMAGES_FOR_INTERVAL} "
+                                                         "images in a sample: no interval"]))
             continue
         (se_a, df_a), (se_b, df_b) = da[0], db[0]
         se = math.hypot(se_a, se_b)
@@ -272,6 +275,6 @@ def summary_lines(summary: dict) -> list[str]:
         verdict = ("" if c["differ"] is None else
                    ": they differ" if c["differ"] else ": no difference shown at 95%")
         lines.append(f"{a} vs {b}: mean diameter {c['mean_difference']:+.4g} {u}"
-                     + (f" (95% {ci[0]:+.4g} to {ci[1]:+.4g})" if ci else f" ({c['note']})")
-                     + f", D50 {c['d50_difference']:+.4g} {u}{verdict}")
+                     + (f" (95% {ci[0]:+.4g} to {ci[1]:+.4g})" if ci else "")
+                     + f", D50 {c['d50_difference']:+.4g} {u}{verdict}" + (f" ({c['note']})" if c["note"] else ""))
     return lines
