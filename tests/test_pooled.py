@@ -79,6 +79,10 @@ def test_fields_of_two_sizes_pool_in_nm_with_an_interval_between_images(tmp_path
     # half the particles 32 nm across, half 64 nm: the percentiles and mean land on them, not between
     assert pooled["d10"] == pytest.approx(32, rel=0.1) and pooled["d90"] == pytest.approx(64, rel=0.1)
     assert pooled["mean"] == pytest.approx(48, rel=0.1)
+    # by volume the large particles hold 8/9 of the material: the D50 and D90 are theirs; the small ones, 1/9 of it,
+    # still hold the D10
+    assert pooled["d50_volume"] == pytest.approx(64, rel=0.1) and pooled["d90_volume"] == pytest.approx(64, rel=0.1)
+    assert pooled["d10_volume"] == pytest.approx(32, rel=0.1)
     low, high = pooled["mean_ci95"]
     # the fields differ (two of each size): with the images as the units the interval spans them (about 20-77 here);
     # with single particles as if independent it would be 44-51

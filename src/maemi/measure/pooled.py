@@ -57,6 +57,11 @@ class PooledSizes:
     d90: float
     geometric_mean: float  # the maximum-likelihood log-normal
     geometric_std: float
+    # volume-weighted percentiles (ISO 9276-2's Q3, each particle weighted by its diameter cubed): what laser
+    # diffraction reports, where a few large particles hold most of the material
+    d10_volume: float
+    d50_volume: float
+    d90_volume: float
     mean_ci95: tuple[float, float] | None  # over images (the ratio estimator, Student's t); None with too few images
     d50_ci95: tuple[float, float] | None  # over images (whole images resampled); None with too few images
     image_means_cv: float | None  # coefficient of variation of the images' own mean diameters: how alike the fields are
@@ -170,6 +175,7 @@ def _pool(image_rows: list[dict], objects_of: dict[str, list[dict]], rng: np.ran
         weights.append(np.array([_float(r["size_weight"]) for r in rows]))
     d, w = np.concatenate(diameters), np.concatenate(weights)
     d10, d50, d90, geometric_mean, geometric_std = weighted_sizes(d, w)
+    d10_volume, d50_volume, d90_volume = weighted_sizes(d, w * d**3)[:3]
     mean = float(np.average(d, weights=w))
     std = math.sqrt(float(np.average((d - mean) ** 2, weights=w)))
     image_means = [float(np.average(x, weights=v)) for x, v in zip(diameters, weights) if v.sum() > 0]
@@ -193,7 +199,8 @@ def _pool(image_rows: list[dict], objects_of: dict[str, list[dict]], rng: np.ran
     pooled = PooledSizes(
         name=name, unit=unit, images=[row["path"] for row in candidates], objects=int(d.size),
         objects_used=int((w > 0).sum()), mean=mean, std=std, d10=d10, d50=d50, d90=d90,
-        geometric_mean=geometric_mean, geometric_std=geometric_std, mean_ci95=mean_ci, d50_ci95=d50_ci,
+        geometric_mean=geometric_mean, geometric_std=geometric_std, d10_volume=d10_volume, d50_volume=d50_volume,
+        d90_volume=d90_volume, mean_ci95=mean_ci, d50_ci95=d50_ci,
         image_means_cv=float(np.std(image_means) / np.mean(image_means)) if len(image_means) >= 2 else None,
         uncertain=uncertain, left_out=left_out, notes=notes)
     return pooled, draws
@@ -260,7 +267,9 @@ def summary_lines(summary: dict) -> list[str]:
                       f"  D10 {sample['d10']:.4g}, D50 {sample['d50']:.4g}"
                       + (f" (95% {d50_ci[0]:.4g}-{d50_ci[1]:.4g})" if d50_ci else "")
                       + f", D90 {sample['d90']:.4g} {u}; log-normal: geometric mean {sample['geometric_mean']:.4g} "
-                      f"{u}, geometric standard deviation {sample['geometric_std']:.3g}"]
+                      f"{u}, geometric standard deviation {sample['geometric_std']:.3g}",
+                      f"  by volume (as laser diffraction): D10 {sample['d10_volume']:.4g}, D50 "
+                      f"{sample['d50_volume']:.4g}, D90 {sample['d90_volume']:.4g} {u}"]
             if sample["image_means_cv"] is not None:
                 lines.append(f"  the images' own mean diameters vary by {sample['image_means_cv']:.0%} (coefficient "
                              "of variation)")
