@@ -56,6 +56,19 @@ def test_feret_diameters_and_orientation_of_known_shapes():
     assert object_table(diagonal)[0].orientation_deg == pytest.approx(45, abs=2)
 
 
+def test_perimeter_and_solidity_as_imagej_gives_them():
+    labels = np.zeros((120, 120), int)
+    rr, cc = np.ogrid[:120, :120]
+    labels[(rr - 30) ** 2 + (cc - 30) ** 2 <= 20**2] = 1  # a disk 41 px across
+    labels[70:110, 10:20] = 2  # an L: two 10 px bars
+    labels[100:110, 10:50] = 2
+    disk, ell = object_table(labels)
+    assert disk.perimeter_px == pytest.approx(2 * math.pi * 20.5, rel=0.05)
+    assert disk.circularity == pytest.approx(4 * math.pi * disk.area_px / disk.perimeter_px**2)
+    # the L's 700 px over its hull's: the L and the triangle of 30 x 30 px between its arms
+    assert disk.solidity > 0.95 and ell.solidity == pytest.approx(700 / (700 + 450), abs=0.03)
+
+
 def test_min_feret_is_the_smallest_width_over_all_directions():
     points = np.random.default_rng(0).normal(size=(200, 2)) * [5.0, 2.0]
     angles = np.linspace(0, np.pi, 20000, endpoint=False)

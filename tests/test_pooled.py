@@ -75,7 +75,7 @@ def test_fields_of_two_sizes_pool_in_nm_with_an_interval_between_images(tmp_path
                                       "--histogram", str(tmp_path / "histograms")])
     assert result.exit_code == 0, result.output
     [pooled] = json.loads(summary.read_text())["samples"]
-    assert (pooled["name"], pooled["unit"], len(pooled["images"]), pooled["left_out"]) == ("images", "nm", 4, [])
+    assert (pooled["name"], pooled["unit"], len(pooled["images"]), pooled["left_out"]) == ("(files)", "nm", 4, [])
     # half the particles 32 nm across, half 64 nm: the percentiles and mean land on them, not between
     assert pooled["d10"] == pytest.approx(32, rel=0.1) and pooled["d90"] == pytest.approx(64, rel=0.1)
     assert pooled["mean"] == pytest.approx(48, rel=0.1)
@@ -88,7 +88,7 @@ def test_fields_of_two_sizes_pool_in_nm_with_an_interval_between_images(tmp_path
     # with single particles as if independent it would be 44-51
     assert low < pooled["mean"] < high and high - low > 20
     assert pooled["image_means_cv"] > 0.25
-    assert "images: pooled over 4 image(s)" in result.stdout and "D50" in result.stdout
+    assert "(files): pooled over 4 image(s)" in result.stdout and "D50" in result.stdout
     assert Image.open(summary.with_suffix(".png")).size[0] > 0
 
 
@@ -108,7 +108,7 @@ def test_images_without_a_scale_are_left_out_of_a_pool_in_nm_and_unreadable_ones
     alone = pool_sizes([rows[2]], objects[2])
     assert alone.unit == "px" and any("one magnification" in note for note in alone.notes)
     result = CliRunner().invoke(app, ["measure", str(broken), "--summary", str(tmp_path / "none.json")])
-    assert "images: no image could be pooled" in result.stdout
+    assert "(files): no image could be pooled" in result.stdout
     assert json.loads((tmp_path / "none.json").read_text())["samples"][0]["left_out"][0]["path"] == str(broken)
 
 

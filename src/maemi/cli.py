@@ -547,8 +547,8 @@ def measure(
     --summary pools the objects of a sample's images into one size distribution, as a sample is sized from several
     fields: each folder given is a sample, and the files given one by one another. In nm (images without a known
     scale left out), or in pixels where no image has a scale; each object weighted for the frame's bias as in each
-    image's own D10/D50/D90; 95% intervals from resampling whole images. With several samples, each pair is compared:
-    the difference of their mean diameters and D50s, with intervals, and whether they differ.
+    image's own D10/D50/D90; 95% intervals with the images, not the particles, as units. With several samples, each
+    pair is compared: the difference of their mean diameters and D50s, with intervals, and whether they differ.
     """
     from maemi.measure.batch import (MeasureJob, check_outputs, image_paths, image_samples, measure_many,
                                      pooled_summary)

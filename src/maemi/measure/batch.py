@@ -174,13 +174,15 @@ def _run(jobs: list[MeasureJob], workers: int | None) -> Iterator[Measured]:
 
 def image_samples(inputs: list[Path]) -> dict[str, list[Path]]:
     """The samples a pooled summary reports, each a name and its images: every folder given is one (named as given),
-    and the files given one by one are one more, "images"."""
+    and the files given one by one are one more (pooled.FILES_SAMPLE)."""
+    from maemi.measure.pooled import FILES_SAMPLE
+
     samples: dict[str, list[Path]] = {}
     for item in inputs:
         if item.is_dir():
             samples.setdefault(str(item), []).extend(image_paths([item]))
         else:
-            samples.setdefault("images", []).append(item)
+            samples.setdefault(FILES_SAMPLE, []).append(item)
     return samples
 
 

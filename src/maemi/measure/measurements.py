@@ -688,6 +688,7 @@ class ObjectShapes:
     diameters: np.ndarray  # equivalent diameter: of the disk of the same area
     circularity: np.ndarray  # 4 pi A / P^2, clipped to [0, 1]
     aspect: np.ndarray  # major / minor axis of the fitted ellipse (minor at least 1 px)
+    perimeter: np.ndarray  # px, scikit-image's, at least 1 (the circularity's)
 
 
 def object_shapes(labels: np.ndarray, moments: EllipseMoments | None = None) -> ObjectShapes:
@@ -703,6 +704,7 @@ def object_shapes(labels: np.ndarray, moments: EllipseMoments | None = None) -> 
         diameters=moments.diameters,
         circularity=np.clip(4 * np.pi * area / perimeter**2, 0, 1),
         aspect=moments.aspect,
+        perimeter=perimeter,
     )
 
 

@@ -28,11 +28,12 @@ from maemi.teachers.measure import MeasuredImage, measure_segmented
 from maemi.measure.measurements import DEFAULT_SEGMENTER, Segmentation, counted_fibres, object_shapes
 from maemi.measure.size_distribution import frame_extents, frame_weights
 
-LENGTHS = ("equivalent_diameter", "feret_max", "feret_min", "centroid_x", "centroid_y")  # px columns with a nm twin
+# px columns with a nm twin
+LENGTHS = ("equivalent_diameter", "feret_max", "feret_min", "perimeter", "centroid_x", "centroid_y")
 COLUMNS = ["path", "object_id", "nm_per_pixel", "scale_source", "area_px", "area_nm2",
            "equivalent_diameter_px", "equivalent_diameter_nm", "feret_max_px", "feret_max_nm", "feret_min_px",
-           "feret_min_nm", "aspect_ratio", "circularity", "centroid_x_px", "centroid_y_px", "centroid_x_nm",
-           "centroid_y_nm", "orientation_deg", "touches_frame", "size_weight"]
+           "feret_min_nm", "perimeter_px", "perimeter_nm", "aspect_ratio", "circularity", "solidity", "centroid_x_px",
+           "centroid_y_px", "centroid_x_nm", "centroid_y_nm", "orientation_deg", "touches_frame", "size_weight"]
 # a fibre mat's table: one row per fibre its count counts (maemi.measure.fibres), not per segmented region
 FIBRE_COLUMNS = ["path", "fibre_id", "nm_per_pixel", "scale_source", "length_px", "length_nm", "diameter_px",
                  "diameter_nm"]
@@ -47,8 +48,10 @@ class ObjectRow:
     equivalent_diameter_px: float  # of the disk of the same area
     feret_max_px: float  # the longest caliper width over all directions
     feret_min_px: float  # the shortest caliper width
+    perimeter_px: float  # the outline's length (scikit-image's, the one circularity takes)
     aspect_ratio: float  # major / minor axis of the fitted ellipse
     circularity: float  # 4 pi A / P^2, 1 for a disk
+    solidity: float  # area over its convex hull's: 1 for a convex object, less for an agglomerate or a crescent
     centroid_x_px: float
     centroid_y_px: float
     orientation_deg: float  # the major axis, 0-180 degrees counter-clockwise from horizontal as seen on screen
@@ -92,8 +95,10 @@ def object_table(labels: np.ndarray) -> list[ObjectRow]:
             equivalent_diameter_px=float(shapes.diameters[i]),
             feret_max_px=float(region.feret_diameter_max),
             feret_min_px=min_feret(_hull_outline(region.image_convex)),
+            perimeter_px=float(shapes.perimeter[i]),
             aspect_ratio=float(shapes.aspect[i]),
             circularity=float(shapes.circularity[i]),
+            solidity=float(region.solidity),
             centroid_x_px=float(shapes.centroids[i, 1]),
             centroid_y_px=float(shapes.centroids[i, 0]),
             # regionprops: the angle from the row axis, -90..90 degrees; +90 turns it to from the x axis

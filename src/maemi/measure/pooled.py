@@ -41,11 +41,14 @@ from maemi.measure.size_distribution import weighted_sizes
 MIN_IMAGES_FOR_INTERVAL = 3
 MIN_IMAGES_FOR_D50_INTERVAL = 5
 RESAMPLES = 2000
+# the name of the sample of the files given one by one (each folder given is a sample named as given): unlike a name
+# such as "images", no folder a lab would give is called so
+FILES_SAMPLE = "(files)"
 
 
 @dataclass
 class PooledSizes:
-    name: str  # the sample: a folder measured, or "images" for files given one by one
+    name: str  # the sample: a folder measured, or FILES_SAMPLE for the files given one by one
     unit: str  # "nm", or "px" when no pooled image has a known scale
     images: list[str]  # the pooled images' paths
     objects: int  # objects in them
@@ -78,7 +81,7 @@ def _true(value) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
-def pool_sizes(image_rows: list[dict], object_rows: list[dict], seed: int = 0, name: str = "images"
+def pool_sizes(image_rows: list[dict], object_rows: list[dict], seed: int = 0, name: str = FILES_SAMPLE
                ) -> PooledSizes | None:
     """The pooled distribution of the equivalent diameters of `object_rows` (the objects table, objects.COLUMNS)
     over the images of `image_rows` (the image table, batch.ROW_FIELDS); rows may be typed or read back from CSV as
