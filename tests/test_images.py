@@ -154,6 +154,30 @@ def test_sixteen_bit_uses_real_range_not_65535(tmp_path):
     np.testing.assert_allclose(x, (a - 1000) / 2000, atol=1e-6)
 
 
+def test_hot_dead_and_cosmic_ray_pixels_do_not_set_the_range_but_a_small_feature_stays(tmp_path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:300, :400]
+    clean = (2000 + 1500 * np.sin(xx / 23.0) * np.cos(yy / 17.0) + rng.normal(0, 30, (300, 400))).astype(np.uint16)
+    raw = clean.copy()
+    rows, cols = rng.integers(5, 295, 40), rng.integers(5, 395, 40)
+    raw[rows[:20], cols[:20]] = 65535  # hot pixels
+    raw[rows[20:], cols[20:]] = 0  # dead ones
+    raw[150:152, 200] = 60000  # a cosmic-ray hit across two pixels
+    tifffile.imwrite(tmp_path / "clean.tif", clean)
+    tifffile.imwrite(tmp_path / "raw.tif", raw)
+    x, expected = load_image(tmp_path / "raw.tif"), load_image(tmp_path / "clean.tif")
+    untouched = raw == clean
+    np.testing.assert_allclose(x[untouched], expected[untouched], atol=1e-6)  # stretched as the clean frame is
+    assert np.abs(x - expected).max() < 0.1  # the bad pixels now hold their neighbourhood's level
+    # a feature of 6 x 6 pixels far above an otherwise flat frame is a feature, not an outlier, however sparse
+    sparse = (1000 + rng.normal(0, 20, (400, 400))).astype(np.uint16)
+    sparse[200:206, 200:206] = 3000
+    sparse[10, 10] = 65535
+    tifffile.imwrite(tmp_path / "sparse.tif", sparse)
+    y = load_image(tmp_path / "sparse.tif")
+    assert (y[200:206, 200:206] == 1.0).all() and y[10, 10] < 0.2
+
+
 def test_float_tiff_with_nan_and_any_range(tmp_path):
     a = _ramp(np.float32, 250.0, 4250.0)
     a[0, 0] = np.nan  # a masked pixel

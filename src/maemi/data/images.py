@@ -9,7 +9,13 @@ Decisions (the paper leaves them open):
 - Grey content comes back as (H, W): a colour file whose channels agree within GREY_TOLERANCE (NEU-SDD JPEGs, grey
   PNGs saved as RGB) is returned as its luminance; true colour comes back as (H, W, 3).
 - 8-bit data is divided by 255; 16-bit, 32-bit and float data are stretched by their real range (min..max of the
-  data): a 12-bit detector stored in 16 bits would otherwise use 1/16 of [0, 1].
+  data): a 12-bit detector stored in 16 bits would otherwise use 1/16 of [0, 1]. A raw camera frame (16-bit TIFF,
+  DM3/DM4) also holds hot and dead pixels and cosmic-ray hits, single pixels far outside the image's range: stretched
+  by its min..max, 30 hot pixels in a 1024x700 frame left the image 4% of [0, 1], the model an almost uniform input
+  (its standard deviation 0.011 for 0.173) and the count of 104 particles at 124. So isolated outliers (groups of up
+  to 4 pixels far beyond the range of all but the data's 0.01% tails: _isolated_outliers) are replaced by their 3x3
+  neighbourhood's median before the stretch, as DigitalMicrograph's X-ray removal does; a feature of more pixels,
+  however sparse, stays whole, and a frame without such pixels is stretched as it was.
 
 References:
 - Pillow: ImageOps.exif_transpose, its decompression-bomb guard, ImageFile.LOAD_TRUNCATED_IMAGES (kept False).
@@ -30,6 +36,7 @@ import numpy as np
 import tifffile
 import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dm3", ".dm4"})
 GATAN_EXTENSIONS: frozenset[str] = frozenset({".dm3", ".dm4"})  # Gatan DigitalMicrograph, read with RosettaSciIO
@@ -299,9 +306,45 @@ def _to_unit_range(p: Path, pixels: np.ndarray) -> np.ndarray:
         raise ImageReadError(p, "no finite pixel values (all NaN or infinite)")
     low, high = x[finite].min(), x[finite].max()
     x[~finite] = low  # NaN/inf (masked or failed pixels in float TIFFs) become the darkest value
+    if x.ndim == 2 and high > low:
+        integer = np.iinfo(pixels.dtype) if pixels.dtype.kind in "iu" else None
+        rows, cols, medians = _isolated_outliers(x, (integer.min, integer.max) if integer else None)
+        if rows.size:
+            x[rows, cols] = medians
+            low, high = x.min(), x.max()
     if high == low:
         return np.zeros(x.shape, np.float32)  # a flat image has no range to stretch
     return ((x - low) / (high - low)).astype(np.float32)
+
+
+OUTLIER_TAIL = 0.005  # the share of pixels on each side that may be outliers: the bulk lies between these quantiles
+OUTLIER_MARGIN = 0.5  # an outlier lies beyond the bulk by more than this share of the bulk's range (Gaussian noise: 5 sigma)
+OUTLIER_MAX_PX = 4  # ... in a group of at most this many pixels: a hot pixel or a cosmic-ray hit, not a feature
+# ... or, at the integer type's extremes (a dead pixel reads 0, a hot one saturates), beyond it by this share
+OUTLIER_EXTREME_MARGIN = 0.1
+
+
+def _isolated_outliers(x: np.ndarray, extremes: tuple[float, float] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, columns, 3x3 neighbourhood medians) of the pixels beyond the bulk (OUTLIER_TAIL, OUTLIER_MARGIN), or at
+    one of the integer type's `extremes` beyond it by OUTLIER_EXTREME_MARGIN, in groups of at most OUTLIER_MAX_PX
+    (8-connected): hot, dead and cosmic-ray pixels; a feature of more pixels, however sparse, is kept whole, and the
+    noise's own extremes lie within the margin. Such a group leaves its pixels' 3x3 medians in
+    the bulk. Hand-written: scipy's median_filter over a 4-megapixel frame takes about half a second, and only these
+    few pixels need one."""
+    low, high = np.quantile(x, [OUTLIER_TAIL, 1 - OUTLIER_TAIL])
+    margin = OUTLIER_MARGIN * (high - low)
+    beyond = (x < low - margin) | (x > high + margin)
+    if extremes is not None:
+        near = OUTLIER_EXTREME_MARGIN * (high - low)
+        beyond |= ((x == extremes[0]) & (x < low - near)) | ((x == extremes[1]) & (x > high + near))
+    groups, _ = ndimage.label(beyond, structure=np.ones((3, 3), bool))
+    rows, cols = np.nonzero(beyond)
+    small = np.bincount(groups.ravel())[groups[rows, cols]] <= OUTLIER_MAX_PX
+    rows, cols = rows[small], cols[small]
+    padded = np.pad(x, 1, mode="reflect")
+    neighbourhood = np.stack([padded[rows + 1 + dy, cols + 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    return rows, cols, np.median(neighbourhood, axis=0)
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:
