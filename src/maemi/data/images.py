@@ -318,7 +318,8 @@ def _to_unit_range(p: Path, pixels: np.ndarray) -> np.ndarray:
 
 
 OUTLIER_TAIL = 0.005  # the share of pixels on each side that may be outliers: the bulk lies between these quantiles
-OUTLIER_MARGIN = 0.5  # an outlier lies beyond the bulk by more than this share of the bulk's range (Gaussian noise: 5 sigma)
+# an outlier lies beyond the bulk by more than this share of the bulk's range (on Gaussian noise: 5 sigma)
+OUTLIER_MARGIN = 0.5
 OUTLIER_MAX_PX = 4  # ... in a group of at most this many pixels: a hot pixel or a cosmic-ray hit, not a feature
 # ... or, at the integer type's extremes (a dead pixel reads 0, a hot one saturates), beyond it by this share
 OUTLIER_EXTREME_MARGIN = 0.1
