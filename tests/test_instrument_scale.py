@@ -74,6 +74,29 @@ def test_fei_pixel_width_in_metres(tmp_path):
     assert read_instrument_scale(tmp_path / "hfw.tif").nm_per_pixel == pytest.approx(5.0)
 
 
+def test_a_tilted_stage_is_reported_with_what_it_does_to_lengths(tmp_path):
+    pixel = {"AP_IMAGE_PIXEL_SIZE": "Image Pixel Size = 4.961 nm"}
+    _write_zeiss(tmp_path / "tilted.tif", {**pixel, "AP_STAGE_AT_T": "Stage at T = 52.0 \xb0",
+                                           "DP_TILT_CORRECTION": "Tilt Corrn. = Off"})
+    tilted = read_instrument_scale(tmp_path / "tilted.tif")
+    assert (tilted.stage_tilt_deg, tilted.tilt_corrected) == (52.0, False)
+    [note] = read_scale(tmp_path / "tilted.tif", read_bar=False).notes
+    assert "tilted 52 degrees" in note and "0.62 of their size" in note
+    _write_zeiss(tmp_path / "corrected.tif", {**pixel, "AP_STAGE_AT_T": "Stage at T = 52.0 \xb0",
+                                              "DP_TILT_CORRECTION": "Tilt Corrn. = On"})
+    [note] = read_scale(tmp_path / "corrected.tif", read_bar=False).notes
+    assert "tilt correction on" in note and "not for heights" in note
+    _write_zeiss(tmp_path / "flat.tif", {**pixel, "AP_STAGE_AT_T": "Stage at T = 0.0 \xb0"})
+    assert read_scale(tmp_path / "flat.tif", read_bar=False).notes == ()
+    # Thermo Fisher / FEI: the stage's tilt in radians, the correction as yes / no
+    fei = ("[EBeam]\r\nHV=5000\r\nTiltCorrectionIsOn=no\r\n[Scan]\r\nPixelWidth=2.5e-09\r\n"
+           "[Stage]\r\nStageT=0.907571\r\n")
+    tifffile.imwrite(tmp_path / "fei.tif", IMAGE, extratags=[(34682, "s", 0, fei, True)])
+    s = read_instrument_scale(tmp_path / "fei.tif")
+    assert s.stage_tilt_deg == pytest.approx(52.0, abs=0.01) and s.tilt_corrected is False
+    assert "0.62 of their size" in read_scale(tmp_path / "fei.tif", read_bar=False).notes[0]
+
+
 def test_tescan_ini_tag(tmp_path):
     tescan = "[MAIN]\r\nDevice=VEGA3\r\nHV=15000\r\nMagnification=5000\r\nPixelSizeX=1.2e-08\r\nWD=0.01\r\n"
     tifffile.imwrite(tmp_path / "t.tif", IMAGE, extratags=[(50431, "s", 0, tescan, True)])

@@ -26,6 +26,7 @@ Known traps handled:
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ class InstrumentScale:
     wd_mm: float | None = None
     field_width_nm: float | None = None
     note: str | None = None  # why nm_per_pixel is None although the file has instrument metadata
+    stage_tilt_deg: float | None = None  # the specimen stage's tilt (Zeiss 'Stage at T', FEI StageT), where stated
+    tilt_corrected: bool | None = None  # whether the instrument's tilt correction was on (None: not stated)
 
 
 def read_instrument_scale(path: str | Path) -> InstrumentScale | None:
@@ -131,8 +134,13 @@ def _zeiss(sem: dict, width: int) -> InstrumentScale:
     kv = _zeiss_number(sem.get("ap_actualkv") or sem.get("ap_manualkv"))
     wd = _zeiss_length_nm(sem.get("ap_wd"))
     field_width = _zeiss_length_nm(sem.get("ap_width"))
+    tilt = _zeiss_number(sem.get("ap_stage_at_t"))
+    correction = sem.get("dp_tilt_correction")
     common = dict(magnification=magnification, eht_kv=kv[0] if kv else None,
-                  wd_mm=wd / 1e6 if wd else None, field_width_nm=field_width)
+                  wd_mm=wd / 1e6 if wd else None, field_width_nm=field_width,
+                  stage_tilt_deg=tilt[0] if tilt else None,
+                  tilt_corrected=_switch(correction[1]) if isinstance(correction, tuple) and len(correction) > 1
+                  else None)
     image_pixel = _zeiss_length_nm(sem.get("ap_image_pixel_size"))
     if image_pixel:
         return InstrumentScale(image_pixel, "zeiss", f"Zeiss tag 34118 'Image Pixel Size' = "
@@ -151,8 +159,11 @@ def _fei(fei: dict, width: int) -> InstrumentScale:
     hv = _positive(beam.get("HV"))
     wd = _positive(beam.get("WD") or (fei.get("Stage") or {}).get("WorkingDistance"))
     hfw = _positive(beam.get("HFW") or scan.get("HorFieldsize"))
+    tilt_rad = _number((fei.get("Stage") or {}).get("StageT"), beam.get("StageTa"))  # FEI angles are in radians
     common = dict(eht_kv=hv / 1e3 if hv else None, wd_mm=wd * 1e3 if wd else None,
-                  field_width_nm=hfw * 1e9 if hfw else None)
+                  field_width_nm=hfw * 1e9 if hfw else None,
+                  stage_tilt_deg=math.degrees(tilt_rad) if tilt_rad is not None else None,
+                  tilt_corrected=_switch(beam.get("TiltCorrectionIsOn")))
     if pixel_m:
         return InstrumentScale(pixel_m * 1e9, "fei", f"FEI/Thermo Fisher [Scan] PixelWidth = {pixel_m} m", **common)
     if hfw and width > 0:  # the horizontal field width spans the stored image's width
@@ -292,6 +303,26 @@ def _ini_fields(text: str) -> dict[str, str]:
         if sep and key.strip() and key.strip() not in fields:
             fields[key.strip()] = value.strip()
     return fields
+
+
+def _number(*values) -> float | None:
+    """The first of `values` that reads as a finite number (tifffile gives numbers, or strings it could not parse)."""
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            return number
+    return None
+
+
+def _switch(value) -> bool | None:
+    """An on/off field as the vendors write it (True/False, "On"/"Off", "yes"/"no", 1/0); None when unreadable."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    return True if text in ("on", "yes", "true", "1") else False if text in ("off", "no", "false", "0") else None
 
 
 def _positive(value) -> float | None:
