@@ -169,3 +169,34 @@ def test_the_intervals_hold_the_truth_about_as_often_as_they_say_and_particles_a
         held_mean += pooled.mean_ci95[0] <= TRUE_MEAN <= pooled.mean_ci95[1]
         held_d50 += pooled.d50_ci95[0] <= TRUE_D50 <= pooled.d50_ci95[1]
     assert held_mean >= 53 and held_d50 >= 53  # 88% of 60: the nominal 95% less sampling noise (plain percentiles: ~86%)
+
+
+def test_the_fibres_of_fibre_mats_are_pooled_apart_from_the_particles(tmp_path):
+    from test_measurements import _draw_rod
+
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    layouts = [[(0, 20, 239, 300), (0, 300, 239, 10), (120, 0, 120, 319)],
+               [(0, 60, 239, 260), (0, 260, 239, 40), (60, 0, 180, 319)],
+               [(0, 100, 239, 220), (20, 319, 220, 0), (200, 0, 40, 319)]]
+    for i, rods in enumerate(layouts):
+        image = np.full((240, 320), 0.2, np.float32)
+        for rod in rods:  # three crossing fibres, 9 px wide
+            _draw_rod(image, *rod, 9)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"mat{i}.png")
+    _save(folder / "particles.png", 20, 0)
+    summary = tmp_path / "summary.json"
+    result = CliRunner().invoke(app, ["measure", str(folder), "--nm-per-pixel", "2", "--summary", str(summary),
+                                      "--histogram", str(tmp_path / "h"), "--out", str(tmp_path / "images.jsonl")])
+    assert result.exit_code == 0, result.output
+    counted = sum(row["measurements"]["fibre_count"] or 0 for row in read_rows(tmp_path / "images.jsonl"))
+    particles, fibres = json.loads(summary.read_text())["samples"]
+    assert (particles["kind"], fibres["kind"]) == ("particles", "fibres")
+    assert particles["images"] == [str(folder / "particles.png")] and particles["d50"] == pytest.approx(40, rel=0.1)
+    assert sorted(item["path"] for item in particles["left_out"]) == [str(folder / f"mat{i}.png") for i in range(3)]
+    assert all("pooled with the fibres" in item["reason"] for item in particles["left_out"])
+    # every fibre the mats' counts count (9 drawn: the tracer's count is measure_mats.md's business, not the pool's)
+    assert len(fibres["images"]) == 3 and fibres["objects"] == counted >= 9 and fibres["d50_volume"] is None
+    assert fibres["mean"] == pytest.approx(18, rel=0.15) and fibres["mean_ci95"] is not None  # 9 px at 2 nm
+    assert f"sample, fibres: pooled over 3 image(s), {counted} fibres" in result.stdout.replace(str(tmp_path) + "/", "")
+    assert (tmp_path / "summary-1.png").is_file() and (tmp_path / "summary-2.png").is_file()

@@ -568,8 +568,9 @@ def measure(
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             _fail(f"{folder}: cannot create the folder: {e.strerror or e}")
-    jobs = [MeasureJob(path, name, nm_per_pixel, segmenter, objects is not None or summary is not None,
-                       fibres is not None, overlay, histogram) for path, name in zip(paths, output_names(paths))]
+    wanted = summary is not None  # the summary pools every image's objects and every mat's fibres
+    jobs = [MeasureJob(path, name, nm_per_pixel, segmenter, objects is not None or wanted, fibres is not None or wanted,
+                       overlay, histogram) for path, name in zip(paths, output_names(paths))]
     printed = not as_json and (out is None or len(jobs) == 1)
     try:
         skipped, results = measure_many(jobs, out, objects, fibres, resume, workers,
@@ -600,14 +601,14 @@ def measure(
         if folder is not None:
             typer.echo(f"{folder}: {measured_count} {kind}", err=True)
     if summary is not None:
-        _write_summary(summary, *pooled_summary(results, resume, out, objects, image_samples(images)),
+        _write_summary(summary, *pooled_summary(results, resume, out, objects, fibres, image_samples(images)),
                        histogram is not None, as_json)
     if rows and all(r["error"] for r in rows):
         raise typer.Exit(1)
 
 
-def _write_summary(path: Path, summary: dict, diameters: dict[str, tuple[list[float], list[float]]],
-                   with_histogram: bool, quiet: bool) -> None:
+def _write_summary(path: Path, summary: dict, histograms: list[tuple[list, list]], with_histogram: bool,
+                   quiet: bool) -> None:
     from maemi.fileio import atomic_write_json
     from maemi.measure.figures import histogram_png, write_png
     from maemi.measure.pooled import summary_lines
@@ -615,16 +616,18 @@ def _write_summary(path: Path, summary: dict, diameters: dict[str, tuple[list[fl
     atomic_write_json(path, summary)
     for line in summary_lines(summary) if not quiet else []:
         typer.echo(line)
-    typer.echo(f"{path}: the size distribution pooled over each of {len(summary['samples'])} sample(s)", err=True)
+    samples = {pool["name"] for pool in summary["samples"]}
+    typer.echo(f"{path}: the size distributions pooled over each of {len(samples)} sample(s)", err=True)
     if not with_histogram:
         return
-    pooled = [sample for sample in summary["samples"] if sample["images"]]
-    for number, sample in enumerate(pooled, start=1):
+    pooled = [(pool, histogram) for pool, histogram in zip(summary["samples"], histograms) if pool["images"]]
+    for number, (pool, (values, weights)) in enumerate(pooled, start=1):
         picture = path.with_suffix(".png") if len(pooled) == 1 else path.with_name(f"{path.stem}-{number}.png")
-        values, weights = diameters[sample["name"]]
-        write_png(picture, histogram_png(values, sample["unit"], f"{sample['name']}: {len(sample['images'])} images "
-                                         "pooled", weights=weights))
-        typer.echo(f"{picture}: the histogram of {sample['name']}", err=True)
+        fibres = pool["kind"] == "fibres"
+        write_png(picture, histogram_png(values, pool["unit"], f"{pool['name']}{', fibres' if fibres else ''}: "
+                                         f"{len(pool['images'])} images pooled", "fibre" if fibres else "object",
+                                         weights=None if fibres else weights))
+        typer.echo(f"{picture}: the histogram of {pool['name']}{' (fibres)' if fibres else ''}", err=True)
 
 
 def _print_measurement(row: dict) -> None:

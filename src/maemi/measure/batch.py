@@ -187,23 +187,27 @@ def image_samples(inputs: list[Path]) -> dict[str, list[Path]]:
 
 
 def pooled_summary(results: list[Measured], resumed: bool, out: Path | None, objects: Path | None,
-                   samples: dict[str, list[Path]]) -> tuple[dict, dict[str, tuple[list[float], list[float]]]]:
-    """The size distribution of each sample pooled over its images and the samples compared
-    (maemi.measure.pooled.pool_samples) as a JSON-ready dict, and each pooled sample's objects' (equivalent
-    diameters, size weights) for its histogram; after a resume the images measured before are read back from the
-    tables (`out` and `objects`), which then hold them all."""
-    from maemi.measure.pooled import pool_samples
+                   fibres: Path | None, samples: dict[str, list[Path]]) -> tuple[dict, list[tuple[list, list]]]:
+    """The size distributions of each sample's particles and fibres pooled over its images and the samples compared
+    (maemi.measure.pooled.pool_samples) as a JSON-ready dict, and for each pool (in its order) its (diameters,
+    weights) for the histogram. After a resume the images measured before are read back from the tables (`out`,
+    `objects`, and `fibres` where given), which then hold them all."""
+    from maemi.measure.pooled import KINDS, pool_samples
     from maemi.serve.rows import read_rows
 
+    fibre_rows = [f for r in results for f in r.fibres]
     if resumed:
         image_rows, object_rows = read_rows(out), read_rows(objects)
+        fibre_rows = read_rows(fibres) if fibres is not None else fibre_rows
     else:
         image_rows, object_rows = [r.row for r in results], [o for r in results for o in r.objects]
-    summary = pool_samples(image_rows, object_rows, {name: [str(p) for p in paths] for name, paths in samples.items()})
-    diameters: dict[str, tuple[list[float], list[float]]] = {}
-    for sample in summary["samples"]:
-        if sample["images"]:
-            pooled, column = set(sample["images"]), f"equivalent_diameter_{sample['unit']}"
-            rows = [o for o in object_rows if o["path"] in pooled]
-            diameters[sample["name"]] = [float(o[column]) for o in rows], [float(o["size_weight"]) for o in rows]
-    return summary, diameters
+    summary = pool_samples(image_rows, object_rows, {name: [str(p) for p in paths] for name, paths in samples.items()},
+                           fibre_rows=fibre_rows)
+    histograms = []
+    for pool in summary["samples"]:
+        column, weight = KINDS[pool["kind"]]
+        pooled = set(pool["images"])
+        rows = [r for r in (object_rows if pool["kind"] == "particles" else fibre_rows) if r["path"] in pooled]
+        histograms.append(([float(r[f"{column}_{pool['unit']}"]) for r in rows] if pooled else [],
+                           [float(r[weight]) if weight else 1.0 for r in rows] if pooled else []))
+    return summary, histograms

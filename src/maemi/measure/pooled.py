@@ -46,14 +46,20 @@ RESAMPLES = 2000
 FILES_SAMPLE = "(files)"
 
 
+# What is pooled: the particles' equivalent diameters (objects table, frame-weighted), or the fibres' diameters of the
+# fibre mats (fibres table, each fibre once: a fibre's own diameter, not its length, is what the field reports)
+KINDS = {"particles": ("equivalent_diameter", "size_weight"), "fibres": ("diameter", None)}
+
+
 @dataclass
 class PooledSizes:
     name: str  # the sample: a folder measured, or FILES_SAMPLE for the files given one by one
+    kind: str  # "particles" (the objects of the images that are not fibre mats) or "fibres" (those of the mats)
     unit: str  # "nm", or "px" when no pooled image has a known scale
     images: list[str]  # the pooled images' paths
-    objects: int  # objects in them
-    objects_used: int  # of them, those wholly inside their field (weight > 0): the distribution's
-    mean: float  # number-weighted mean equivalent diameter, frame-weighted
+    objects: int  # objects (particles or fibres) in them
+    objects_used: int  # of them, those in the distribution: for particles, those wholly inside their field
+    mean: float  # number-weighted mean diameter (particles: equivalent diameter, frame-weighted)
     std: float
     d10: float
     d50: float
@@ -62,9 +68,9 @@ class PooledSizes:
     geometric_std: float
     # volume-weighted percentiles (ISO 9276-2's Q3, each particle weighted by its diameter cubed): what laser
     # diffraction reports, where a few large particles hold most of the material
-    d10_volume: float
-    d50_volume: float
-    d90_volume: float
+    d10_volume: float | None  # None for fibres
+    d50_volume: float | None
+    d90_volume: float | None
     mean_ci95: tuple[float, float] | None  # over images (the ratio estimator, Student's t); None with too few images
     d50_ci95: tuple[float, float] | None  # over images (whole images resampled); None with too few images
     image_means_cv: float | None  # coefficient of variation of the images' own mean diameters: how alike the fields are
@@ -81,38 +87,47 @@ def _true(value) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
-def pool_sizes(image_rows: list[dict], object_rows: list[dict], seed: int = 0, name: str = FILES_SAMPLE
-               ) -> PooledSizes | None:
-    """The pooled distribution of the equivalent diameters of `object_rows` (the objects table, objects.COLUMNS)
-    over the images of `image_rows` (the image table, batch.ROW_FIELDS); rows may be typed or read back from CSV as
-    text (serve.rows.read_rows). None when no image can be pooled."""
-    return _pool(image_rows, _objects_by_image(object_rows), np.random.default_rng(seed), name)[0]
+def pool_sizes(image_rows: list[dict], object_rows: list[dict], seed: int = 0, name: str = FILES_SAMPLE,
+               kind: str = "particles") -> PooledSizes | None:
+    """The pooled distribution of the diameters of `object_rows` (the objects table, objects.COLUMNS; for kind
+    "fibres", the fibres table, objects.FIBRE_COLUMNS) over the images of `image_rows` (the image table,
+    batch.ROW_FIELDS); rows may be typed or read back from CSV as text (serve.rows.read_rows). None when no image can
+    be pooled."""
+    return _pool(image_rows, _by_image(object_rows), np.random.default_rng(seed), name, kind)[0]
 
 
-def pool_samples(image_rows: list[dict], object_rows: list[dict], samples: dict[str, list[str]], seed: int = 0
-                 ) -> dict:
-    """{"samples": [pool_sizes of each sample's images, as a dict with its name], "comparisons": [...]}: `samples`
-    maps a name to its images' paths. A sample without any image to pool is {"name", "images": [], "left_out"}. Each
-    pair of pooled samples is compared: the difference of their mean diameters (95% interval: Welch's t over the
-    two ratio estimators) and of their D50s (95% interval: the difference of their bootstrap draws), and "differ"
-    when the mean's interval excludes 0; None where they cannot be (two units, or a sample of fewer than
+def pool_samples(image_rows: list[dict], object_rows: list[dict], samples: dict[str, list[str]], seed: int = 0,
+                 fibre_rows: list[dict] | None = None) -> dict:
+    """{"samples": [...], "comparisons": [...]}: `samples` maps a name to its images' paths. Each sample gives the
+    pool_sizes of its particles (as a dict; {"name", "kind", "images": [], "left_out"} when no image can be pooled)
+    and, where it holds fibre mats and `fibre_rows` (the fibres table), the pool of its fibres. Each pair of pools of
+    one kind is compared: the difference of their mean diameters (95% interval: Welch's t over the two ratio
+    estimators) and of their D50s (95% interval: the difference of their bootstrap draws), and "differ" when the
+    mean's interval excludes 0; None where they cannot be (two units, or a sample of fewer than
     MIN_IMAGES_FOR_INTERVAL images), with the note saying why."""
-    objects_of = _objects_by_image(object_rows)
+    items_of = {"particles": _by_image(object_rows), "fibres": _by_image(fibre_rows or [])}
     pooled, draws = [], {}
     for index, (name, paths) in enumerate(samples.items()):
         wanted = set(map(str, paths))
         rows = [row for row in image_rows if row["path"] in wanted]
-        sample, sample_draws = _pool(rows, objects_of, np.random.default_rng([seed, index]), name)
-        if sample is None:
-            pooled.append({"name": name, "images": [], "left_out": _left_out_of_pool(rows, objects_of)[0]})
-            continue
-        pooled.append(asdict(sample))
-        draws[name] = sample_draws
+        mats = [row for row in rows if _is_mat(row)]
+        for kind in ("particles", "fibres") if mats else ("particles",):
+            sample, sample_draws = _pool(rows, items_of[kind], np.random.default_rng([seed, index, len(pooled)]),
+                                         name, kind)
+            if sample is None:
+                pooled.append({"name": name, "kind": kind, "images": [],
+                               "left_out": _left_out_of_pool(rows, items_of[kind], kind)[0]})
+                continue
+            pooled.append(asdict(sample))
+            draws[len(pooled) - 1] = sample_draws
     comparisons = []
-    valid = [p for p in pooled if p["images"]]
-    for a, b in combinations(valid, 2):
-        comparison = dict(samples=[a["name"], b["name"]], unit=None, mean_difference=None, mean_difference_ci95=None,
-                          d50_difference=None, d50_difference_ci95=None, differ=None, note=None)
+    valid = [(i, p) for i, p in enumerate(pooled) if p["images"]]
+    for (ia, a), (ib, b) in combinations(valid, 2):
+        if a["kind"] != b["kind"]:
+            continue
+        comparison = dict(samples=[a["name"], b["name"]], kind=a["kind"], unit=None, mean_difference=None,
+                          mean_difference_ci95=None, d50_difference=None, d50_difference_ci95=None, differ=None,
+                          note=None)
         comparisons.append(comparison)
         if a["unit"] != b["unit"]:
             comparison["note"] = f"one sample in {a['unit']}, the other in {b['unit']}: not comparable"
@@ -120,7 +135,7 @@ def pool_samples(image_rows: list[dict], object_rows: list[dict], samples: dict[
         comparison.update(unit=a["unit"], mean_difference=a["mean"] - b["mean"], d50_difference=a["d50"] - b["d50"])
         if a["unit"] == "px":
             comparison["note"] = "in pixels: a difference in size only if both were taken at one magnification"
-        da, db = draws[a["name"]], draws[b["name"]]
+        da, db = draws[ia], draws[ib]
         if da is None or db is None:
             comparison["note"] = "; ".join(filter(None, [comparison["note"], f"fewer than {MIN_IMAGES_FOR_INTERVAL} "
                                                          "images in a sample: no interval"]))
@@ -136,11 +151,16 @@ def pool_samples(image_rows: list[dict], object_rows: list[dict], samples: dict[
     return {"samples": pooled, "comparisons": comparisons}
 
 
-def _objects_by_image(object_rows: list[dict]) -> dict[str, list[dict]]:
-    objects_of: dict[str, list[dict]] = defaultdict(list)
-    for row in object_rows:
-        objects_of[row["path"]].append(row)
-    return objects_of
+def _is_mat(row: dict) -> bool:
+    return not row["error"] and row["measurements"] is not None and _float(row["measurements"].get("fibre_count")) \
+        is not None
+
+
+def _by_image(rows: list[dict]) -> dict[str, list[dict]]:
+    of: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        of[row["path"]].append(row)
+    return of
 
 
 def _interval(draws: np.ndarray, images: int) -> tuple[float, float]:
@@ -152,12 +172,12 @@ def _interval(draws: np.ndarray, images: int) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _pool(image_rows: list[dict], objects_of: dict[str, list[dict]], rng: np.random.Generator, name: str
+def _pool(image_rows: list[dict], items_of: dict[str, list[dict]], rng: np.random.Generator, name: str, kind: str
           ) -> tuple[PooledSizes | None, tuple[tuple[float, int], np.ndarray] | None]:
     """pool_sizes, and what comparing it takes: ((its mean's standard error, degrees of freedom), the bootstrap draws
     of its D50 [RESAMPLES] or None with fewer than MIN_IMAGES_FOR_D50_INTERVAL images); None with fewer than
     MIN_IMAGES_FOR_INTERVAL."""
-    left_out, candidates = _left_out_of_pool(image_rows, objects_of)
+    left_out, candidates = _left_out_of_pool(image_rows, items_of, kind)
     known = [row for row in candidates if _float(row["nm_per_pixel"])]
     unit = "nm" if known else "px"
     notes = []
@@ -171,14 +191,17 @@ def _pool(image_rows: list[dict], objects_of: dict[str, list[dict]], rng: np.ran
     if not candidates:
         return None, None
 
+    column, weight = KINDS[kind]
     diameters, weights = [], []
     for row in candidates:
-        rows = objects_of[row["path"]]
-        diameters.append(np.array([_float(r[f"equivalent_diameter_{unit}"]) for r in rows]))
-        weights.append(np.array([_float(r["size_weight"]) for r in rows]))
+        rows = items_of[row["path"]]
+        diameters.append(np.array([_float(r[f"{column}_{unit}"]) for r in rows]))
+        weights.append(np.array([_float(r[weight]) if weight else 1.0 for r in rows]))
     d, w = np.concatenate(diameters), np.concatenate(weights)
     d10, d50, d90, geometric_mean, geometric_std = weighted_sizes(d, w)
-    d10_volume, d50_volume, d90_volume = weighted_sizes(d, w * d**3)[:3]
+    d10_volume = d50_volume = d90_volume = None
+    if kind == "particles":
+        d10_volume, d50_volume, d90_volume = weighted_sizes(d, w * d**3)[:3]
     mean = float(np.average(d, weights=w))
     std = math.sqrt(float(np.average((d - mean) ** 2, weights=w)))
     image_means = [float(np.average(x, weights=v)) for x, v in zip(diameters, weights) if v.sum() > 0]
@@ -200,7 +223,7 @@ def _pool(image_rows: list[dict], objects_of: dict[str, list[dict]], rng: np.ran
         notes.append(f"{len(uncertain)} of the {len(candidates)} pooled images do not separate their objects from the "
                      "background by grey level: their counts and sizes may be far off")
     pooled = PooledSizes(
-        name=name, unit=unit, images=[row["path"] for row in candidates], objects=int(d.size),
+        name=name, kind=kind, unit=unit, images=[row["path"] for row in candidates], objects=int(d.size),
         objects_used=int((w > 0).sum()), mean=mean, std=std, d10=d10, d50=d50, d90=d90,
         geometric_mean=geometric_mean, geometric_std=geometric_std, d10_volume=d10_volume, d50_volume=d50_volume,
         d90_volume=d90_volume, mean_ci95=mean_ci, d50_ci95=d50_ci,
@@ -209,17 +232,24 @@ def _pool(image_rows: list[dict], objects_of: dict[str, list[dict]], rng: np.ran
     return pooled, draws
 
 
-def _left_out_of_pool(image_rows: list[dict], objects_of: dict[str, list[dict]]) -> tuple[list[dict], list[dict]]:
-    """({"path", "reason"} for each image that cannot be pooled whatever the units, the image rows that can)."""
+def _left_out_of_pool(image_rows: list[dict], items_of: dict[str, list[dict]], kind: str
+                      ) -> tuple[list[dict], list[dict]]:
+    """({"path", "reason"} for each image that cannot be pooled whatever the units, the image rows that can). A pool
+    of fibres looks at the fibre mats only, and one of particles leaves them out, each saying so."""
     left_out, candidates = [], []
     for row in image_rows:
+        if kind == "fibres" and not _is_mat(row):
+            continue  # the particles' pool lists it
         m = row["measurements"]
         if row["error"] or m is None:
             left_out.append({"path": row["path"], "reason": f"not measured: {row['error']}"})
-        elif _float(m.get("fibre_count")) is not None:
+        elif kind == "particles" and _is_mat(row):
             left_out.append({"path": row["path"], "reason": "a fibre mat: its objects are segmented regions, not "
-                                                            "particles (its fibres are in --fibres)"})
-        elif not any(_float(r["size_weight"]) for r in objects_of.get(row["path"], [])):
+                                                            "particles; its fibres are pooled with the fibres"})
+        elif kind == "fibres" and not items_of.get(row["path"]):
+            left_out.append({"path": row["path"], "reason": "a fibre mat whose fibres are not at hand (none traced, "
+                                                            "or measured before a resume without --fibres)"})
+        elif kind == "particles" and not any(_float(r["size_weight"]) for r in items_of.get(row["path"], [])):
             left_out.append({"path": row["path"], "reason": "no objects found"})
         else:
             candidates.append(row)
@@ -257,22 +287,27 @@ def summary_lines(summary: dict) -> list[str]:
     """The pooled summary (pool_samples) as lines for a terminal."""
     lines = []
     for sample in summary["samples"]:
+        fibres = sample["kind"] == "fibres"
+        title = f"{sample['name']}, fibres" if fibres else sample["name"]
         if not sample["images"]:
-            lines.append(f"{sample['name']}: no image could be pooled")
+            lines.append(f"{title}: no image could be pooled")
         else:
             u = sample["unit"]
             mean_ci, d50_ci = sample["mean_ci95"], sample["d50_ci95"]
-            lines += [f"{sample['name']}: pooled over {len(sample['images'])} image(s), {sample['objects']:,} objects "
-                      f"({sample['objects_used']:,} wholly inside their field); equivalent diameters in {u}",
+            what = (f"{sample['objects']:,} fibres; fibre diameters" if fibres else
+                    f"{sample['objects']:,} objects ({sample['objects_used']:,} wholly inside their field); equivalent "
+                    "diameters")
+            lines += [f"{title}: pooled over {len(sample['images'])} image(s), {what} in {u}",
                       f"  mean {sample['mean']:.4g} {u}"
                       + (f" (95% between images {mean_ci[0]:.4g}-{mean_ci[1]:.4g})" if mean_ci else "")
                       + f", standard deviation {sample['std']:.4g} {u}",
                       f"  D10 {sample['d10']:.4g}, D50 {sample['d50']:.4g}"
                       + (f" (95% {d50_ci[0]:.4g}-{d50_ci[1]:.4g})" if d50_ci else "")
                       + f", D90 {sample['d90']:.4g} {u}; log-normal: geometric mean {sample['geometric_mean']:.4g} "
-                      f"{u}, geometric standard deviation {sample['geometric_std']:.3g}",
-                      f"  by volume (as laser diffraction): D10 {sample['d10_volume']:.4g}, D50 "
-                      f"{sample['d50_volume']:.4g}, D90 {sample['d90_volume']:.4g} {u}"]
+                      f"{u}, geometric standard deviation {sample['geometric_std']:.3g}"]
+            if sample["d50_volume"] is not None:
+                lines.append(f"  by volume (as laser diffraction): D10 {sample['d10_volume']:.4g}, D50 "
+                             f"{sample['d50_volume']:.4g}, D90 {sample['d90_volume']:.4g} {u}")
             if sample["image_means_cv"] is not None:
                 lines.append(f"  the images' own mean diameters vary by {sample['image_means_cv']:.0%} (coefficient "
                              "of variation)")
@@ -280,13 +315,14 @@ def summary_lines(summary: dict) -> list[str]:
         lines += [f"  left out: {item['path']}: {item['reason']}" for item in sample["left_out"]]
     for c in summary["comparisons"]:
         a, b = c["samples"]
+        label = f"{a} vs {b}" + (", fibres" if c["kind"] == "fibres" else "")
         if c["unit"] is None:
-            lines.append(f"{a} vs {b}: {c['note']}")
+            lines.append(f"{label}: {c['note']}")
             continue
         u, ci = c["unit"], c["mean_difference_ci95"]
         verdict = ("" if c["differ"] is None else
                    ": they differ" if c["differ"] else ": no difference shown at 95%")
-        lines.append(f"{a} vs {b}: mean diameter {c['mean_difference']:+.4g} {u}"
+        lines.append(f"{label}: mean diameter {c['mean_difference']:+.4g} {u}"
                      + (f" (95% {ci[0]:+.4g} to {ci[1]:+.4g})" if ci else "")
                      + f", D50 {c['d50_difference']:+.4g} {u}{verdict}" + (f" ({c['note']})" if c["note"] else ""))
     return lines
