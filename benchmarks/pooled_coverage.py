@@ -89,8 +89,8 @@ def main() -> None:
              f"Commit {m['commit']}, {m['date']}. {samples} simulated samples per row: field means log-normal "
              f"(sigma {FIELD_SIGMA}), 20-120 particles per field log-normal about it (sigma {PARTICLE_SIGMA}). "
              "Nominal: 0.95.", "",
-             "| fields | mean (ratio estimator, t) | D50 (image bootstrap, expanded percentiles) | D50, plain percentiles "
-             "| mean, particles as independent |", "|---:|---:|---:|---:|---:|"]
+             "| fields | mean (ratio estimator, t) | D50 (image bootstrap, expanded percentiles) "
+             "| D50, plain percentiles | mean, particles as independent |", "|---:|---:|---:|---:|---:|"]
     for r in rows:
         d50 = "none given" if r["d50"] is None else f"{r['d50']:.3f}"
         lines.append(f"| {r['fields']} | {r['mean']:.3f} | {d50} | {r['d50_plain_percentiles']:.3f} | "

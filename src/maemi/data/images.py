@@ -13,9 +13,9 @@ Decisions (the paper leaves them open):
   DM3/DM4) also holds hot and dead pixels and cosmic-ray hits, single pixels far outside the image's range: stretched
   by its min..max, 30 hot pixels in a 1024x700 frame left the image 4% of [0, 1], the model an almost uniform input
   (its standard deviation 0.011 for 0.173) and the count of 104 particles at 124. So isolated outliers (groups of up
-  to 4 pixels far beyond the range of all but the data's 0.01% tails: _isolated_outliers) are replaced by their 3x3
-  neighbourhood's median before the stretch, as DigitalMicrograph's X-ray removal does; a feature of more pixels,
-  however sparse, stays whole, and a frame without such pixels is stretched as it was.
+  to 4 pixels far beyond the range of all but the data's 0.5% extremes on either side: _isolated_outliers) are
+  replaced by their 3x3 neighbourhood's median before the stretch, as DigitalMicrograph's X-ray removal does; a
+  feature of more pixels, however sparse, stays whole, and a frame without such pixels is stretched as it was.
 
 References:
 - Pillow: ImageOps.exif_transpose, its decompression-bomb guard, ImageFile.LOAD_TRUNCATED_IMAGES (kept False).
@@ -330,9 +330,8 @@ def _isolated_outliers(x: np.ndarray, extremes: tuple[float, float] | None = Non
     """(rows, columns, 3x3 neighbourhood medians) of the pixels beyond the bulk (OUTLIER_TAIL, OUTLIER_MARGIN), or at
     one of the integer type's `extremes` beyond it by OUTLIER_EXTREME_MARGIN, in groups of at most OUTLIER_MAX_PX
     (8-connected): hot, dead and cosmic-ray pixels; a feature of more pixels, however sparse, is kept whole, and the
-    noise's own extremes lie within the margin. Such a group leaves its pixels' 3x3 medians in
-    the bulk. Hand-written: scipy's median_filter over a 4-megapixel frame takes about half a second, and only these
-    few pixels need one."""
+    noise's own extremes lie within the margin. Such a group leaves its pixels' 3x3 medians in the bulk. Hand-written:
+    scipy's median_filter over a 4-megapixel frame takes about half a second, and only these few pixels need one."""
     low, high = np.quantile(x, [OUTLIER_TAIL, 1 - OUTLIER_TAIL])
     margin = OUTLIER_MARGIN * (high - low)
     beyond = (x < low - margin) | (x > high + margin)

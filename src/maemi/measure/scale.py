@@ -159,9 +159,9 @@ def _tilt_note(tilt_deg: float | None, corrected: bool | None) -> str | None:
         return (f"the stage was tilted {tilt_deg:.0f} degrees with the instrument's tilt correction on: lengths across "
                 "the tilt axis are stretched back for what lies in the tilted surface, not for heights out of it")
     unstated = "" if corrected is False else " (tilt correction not stated)"
-    return (f"the stage was tilted {tilt_deg:.0f} degrees{unstated}: on the specimen's surface, lengths across the tilt axis (the image's vertical, for a tilt about its "
-            f"horizontal) read {math.cos(math.radians(tilt_deg)):.2f} of their size, and sizes, areas and spacings "
-            "with them")
+    return (f"the stage was tilted {tilt_deg:.0f} degrees{unstated}: on the specimen's surface, lengths across the "
+            f"tilt axis (the image's vertical, for a tilt about its horizontal) read "
+            f"{math.cos(math.radians(tilt_deg)):.2f} of their size, and sizes, areas and spacings with them")
 
 
 def _set(extras: dict, key: str, value, source: str | None = None) -> None:
