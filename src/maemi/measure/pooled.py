@@ -152,8 +152,9 @@ def pool_samples(image_rows: list[dict], object_rows: list[dict], samples: dict[
 
 
 def _is_mat(row: dict) -> bool:
-    return not row["error"] and row["measurements"] is not None and _float(row["measurements"].get("fibre_count")) \
-        is not None
+    """Whether an image row is of a fibre mat, whose objects are counted as the fibres traced through them."""
+    m = row["measurements"]
+    return not row["error"] and m is not None and _float(m.get("fibre_count")) is not None
 
 
 def _by_image(rows: list[dict]) -> dict[str, list[dict]]:
