@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 import maemi.cpu
 from maemi.assistant import (DIHEDRAL_VIEWS, Assistant, RunError, caveats, dihedral_view, measurement_record,
-                             objects_caveat, question_prompt, area_caveat)
+                             objects_caveat, question_prompt, area_caveat, tilt_caveat)
 from maemi.teachers.records import few_shot_prompt
 from maemi.cli import app
 from maemi.data.datasets import scan_dataset
@@ -467,3 +467,19 @@ def test_the_eval_reference_carries_the_caveat_the_assistant_adds(tiny, assistan
     assert counted == "2 objects. " + objects_caveat({"objects": "2 objects"}, [{"objects_uncertain": True}])
     grey = record("Mean grey level 0.85.", "Mean grey level {brightness_mean}.", {"brightness_mean": "0.85"})
     assert as_the_assistant_says_it(grey, assistant, tiny["images"]) == "Mean grey level 0.85."
+
+
+def test_lengths_measured_on_a_tilted_stage_say_they_read_short():
+    """A stage tilted without tilt correction foreshortens the lengths across the tilt axis: an answer quoting a size
+    says so (without a number of its own: the scale's notes have the angle); a count, a corrected or a flat stage do
+    not need it."""
+    tilted = {"scale": {"stage_tilt_deg": 52.0, "tilt_corrected": False}}
+    caveat = caveats({"diameter_mean": "40 nm"}, [tilted])
+    assert caveat.startswith("(The stage was tilted for this image") and not any(ch.isdigit() for ch in caveat)
+    assert tilt_caveat({"diameter_mean": "40 nm"}, [{"scale": {"stage_tilt_deg": 52.0}}])  # correction not stated
+    assert tilt_caveat({"object_count": "40"}, [tilted]) is None
+    corrected = {"scale": {"stage_tilt_deg": 52.0, "tilt_corrected": True}}
+    assert tilt_caveat({"diameter_mean": "40 nm"}, [corrected]) is None
+    assert tilt_caveat({"diameter_mean": "40 nm"}, [{"scale": {"stage_tilt_deg": 2.0}}, {"scale": None}]) is None
+    assert "for image 2," in tilt_caveat({"diameter_mean#1": "4 nm", "nn_distance_mean#2": "9 nm"},
+                                         [{"scale": None}, tilted])

@@ -80,7 +80,9 @@ def test_a_tilted_stage_is_reported_with_what_it_does_to_lengths(tmp_path):
                                            "DP_TILT_CORRECTION": "Tilt Corrn. = Off"})
     tilted = read_instrument_scale(tmp_path / "tilted.tif")
     assert (tilted.stage_tilt_deg, tilted.tilt_corrected) == (52.0, False)
-    [note] = read_scale(tmp_path / "tilted.tif", read_bar=False).notes
+    scale = read_scale(tmp_path / "tilted.tif", read_bar=False)
+    assert (scale.stage_tilt_deg, scale.tilt_corrected) == (52.0, False)  # for the answers' caveat
+    [note] = scale.notes
     assert "tilted 52 degrees" in note and "0.62 of their size" in note
     _write_zeiss(tmp_path / "corrected.tif", {**pixel, "AP_STAGE_AT_T": "Stage at T = 52.0 \xb0",
                                               "DP_TILT_CORRECTION": "Tilt Corrn. = On"})

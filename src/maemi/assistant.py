@@ -42,6 +42,7 @@ from maemi.evaluate.calibration import probabilities
 from maemi.evaluate.familiarity import Familiarity, flag
 from maemi.measure.field_notes import field_notes
 from maemi.measure.measurements import DEFAULT_SEGMENTER, SEGMENTERS
+from maemi.measure.scale import TILT_NOTE_DEG
 from maemi.measure.slots import fill
 from maemi.model import IMAGE_TOKEN, MAEMI, GenerationConfig
 from maemi.teachers.measure import (OBJECT_SLOTS, ImageFacts, MeasuredImage, compare_values, measure_in_parallel,
@@ -171,10 +172,32 @@ def area_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
     return " ".join(found) or None
 
 
+# The slots that are lengths in the specimen's surface: on a tilted stage those across the tilt axis read short
+LENGTH_SLOTS = frozenset({"diameter_mean", "diameter_std", "diameter_min", "diameter_max", "width_mean", "length_mean",
+                          "nn_distance_mean", "fibre_diameter"})
+
+
+def tilt_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
+    """What an answer must add when it quotes a length measured on an image whose stage was tilted (from
+    TILT_NOTE_DEG) without the instrument's tilt correction, or with none stated: lengths across the tilt axis read
+    cos(tilt) of their size. No number in it (the scale's notes in the measurement record have the angle and the
+    factor), as area_caveat."""
+    quoted = {int(name.partition("#")[2] or 1) for name in used if name.partition("#")[0] in LENGTH_SLOTS}
+    tilted = {i + 1 for i, m in enumerate(per_image) if (scale := m.get("scale")) and scale.get("stage_tilt_deg")
+              is not None and abs(scale["stage_tilt_deg"]) >= TILT_NOTE_DEG and not scale.get("tilt_corrected")}
+    images = sorted(tilted & quoted)
+    if not images:
+        return None
+    where = "this image" if len(per_image) == 1 else "image " + ", ".join(str(i) for i in images)
+    return (f"(The stage was tilted for {where}, and no tilt correction was applied or stated: lengths across the "
+            "tilt axis read short, by the cosine of the tilt.)")
+
+
 def caveats(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
     """Every caveat an answer quoting the slots `used` must carry, in one string (None when there is none)."""
     used = list(used)
-    found = [c for c in (objects_caveat(used, per_image), area_caveat(used, per_image)) if c]
+    found = [c for c in (objects_caveat(used, per_image), area_caveat(used, per_image), tilt_caveat(used, per_image))
+             if c]
     return " ".join(found) or None
 
 

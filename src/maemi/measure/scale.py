@@ -43,6 +43,8 @@ class Scale:
     wd_mm: float | None = None
     readings: dict = field(default_factory=dict)  # source -> nm per pixel, for every source that gave one
     notes: tuple[str, ...] = ()  # disagreements, and why a source gave no scale
+    stage_tilt_deg: float | None = None  # the stage's tilt, where the instrument's metadata states it
+    tilt_corrected: bool | None = None  # whether the instrument's tilt correction was on (None: not stated)
 
     @property
     def known(self) -> bool:
@@ -100,6 +102,8 @@ def read_scale(
         _set(extras, "magnification", instrument.magnification, "instrument")
         _set(extras, "eht_kv", instrument.eht_kv)
         _set(extras, "wd_mm", instrument.wd_mm)
+        _set(extras, "stage_tilt_deg", instrument.stage_tilt_deg)
+        _set(extras, "tilt_corrected", instrument.tilt_corrected)
         tilt_note = _tilt_note(instrument.stage_tilt_deg, instrument.tilt_corrected)
         if tilt_note:
             notes.append(tilt_note)
@@ -117,7 +121,8 @@ def read_scale(
     if not readings:
         return Scale(None, None, magnification=extras.get("magnification"),
                      magnification_source=extras.get("magnification_source"), eht_kv=extras.get("eht_kv"),
-                     wd_mm=extras.get("wd_mm"), notes=tuple(notes))
+                     wd_mm=extras.get("wd_mm"), notes=tuple(notes), stage_tilt_deg=extras.get("stage_tilt_deg"),
+                     tilt_corrected=extras.get("tilt_corrected"))
     source, nm, detail = readings[0]
     for other, other_nm, other_detail in readings[1:]:
         if abs(other_nm - nm) / nm > DISAGREEMENT:
@@ -125,7 +130,8 @@ def read_scale(
                          f"{abs(other_nm / nm - 1):.0%} from {SOURCE_NAMES[source]} ({nm:.4g}), which is kept")
     return Scale(nm, source, detail, magnification=extras.get("magnification"),
                  magnification_source=extras.get("magnification_source"), eht_kv=extras.get("eht_kv"),
-                 wd_mm=extras.get("wd_mm"), readings={s: v for s, v, _ in readings}, notes=tuple(notes))
+                 wd_mm=extras.get("wd_mm"), readings={s: v for s, v, _ in readings}, notes=tuple(notes),
+                 stage_tilt_deg=extras.get("stage_tilt_deg"), tilt_corrected=extras.get("tilt_corrected"))
 
 
 def _read_bar(path, grey, info_bar_top, label_engine, annotations) -> ScaleBarReading:
