@@ -183,14 +183,17 @@ def tilt_caveat(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
     cos(tilt) of their size. No number in it (the scale's notes in the measurement record have the angle and the
     factor), as area_caveat."""
     quoted = {int(name.partition("#")[2] or 1) for name in used if name.partition("#")[0] in LENGTH_SLOTS}
-    tilted = {i + 1 for i, m in enumerate(per_image) if (scale := m.get("scale")) and scale.get("stage_tilt_deg")
-              is not None and abs(scale["stage_tilt_deg"]) >= TILT_NOTE_DEG and not scale.get("tilt_corrected")}
-    images = sorted(tilted & quoted)
+    images = sorted({i + 1 for i, m in enumerate(per_image) if _tilted_uncorrected(m.get("scale"))} & quoted)
     if not images:
         return None
     where = "this image" if len(per_image) == 1 else "image " + ", ".join(str(i) for i in images)
     return (f"(The stage was tilted for {where}, and no tilt correction was applied or stated: lengths across the "
             "tilt axis read short, by the cosine of the tilt.)")
+
+
+def _tilted_uncorrected(scale: dict | None) -> bool:
+    tilt = (scale or {}).get("stage_tilt_deg")
+    return tilt is not None and abs(tilt) >= TILT_NOTE_DEG and not scale.get("tilt_corrected")
 
 
 def caveats(used: Iterable[str], per_image: Sequence[dict]) -> str | None:
