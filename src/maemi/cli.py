@@ -560,7 +560,8 @@ def measure(
     _check_segmenter(segmenter)
     try:
         check_outputs(out, objects, fibres, resume, summary)
-        paths = image_paths(images)
+        inputs = image_paths(images)
+        paths = [path for found in inputs.values() for path in found]
     except (FileExistsError, ValueError) as e:  # an existing table without --resume, a bad suffix, no images
         _fail(str(e))
     for folder in [f for f in (overlay, histogram) if f is not None]:
@@ -601,7 +602,7 @@ def measure(
         if folder is not None:
             typer.echo(f"{folder}: {measured_count} {kind}", err=True)
     if summary is not None:
-        _write_summary(summary, *pooled_summary(results, resume, out, objects, fibres, image_samples(images)),
+        _write_summary(summary, *pooled_summary(results, resume, out, objects, fibres, image_samples(inputs)),
                        histogram is not None, as_json)
     if rows and all(r["error"] for r in rows):
         raise typer.Exit(1)

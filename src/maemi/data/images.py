@@ -8,14 +8,14 @@ Decisions (the paper leaves them open):
   samples are what the detector measured.
 - Grey content comes back as (H, W): a colour file whose channels agree within GREY_TOLERANCE (NEU-SDD JPEGs, grey
   PNGs saved as RGB) is returned as its luminance; true colour comes back as (H, W, 3).
-- 8-bit data is divided by 255; 16-bit, 32-bit and float data are stretched by their real range (min..max of the
-  data): a 12-bit detector stored in 16 bits would otherwise use 1/16 of [0, 1]. A raw camera frame (16-bit TIFF,
-  DM3/DM4) also holds hot and dead pixels and cosmic-ray hits, single pixels far outside the image's range: stretched
-  by its min..max, 30 hot pixels in a 1024x700 frame left the image 4% of [0, 1], the model an almost uniform input
-  (its standard deviation 0.011 for 0.173) and the count of 104 particles at 124. So isolated outliers (groups of up
-  to 4 pixels far beyond the range of all but the data's 0.5% extremes on either side: _isolated_outliers) are
-  replaced by their 3x3 neighbourhood's median before the stretch, as DigitalMicrograph's X-ray removal does; a
-  feature of more pixels, however sparse, stays whole, and a frame without such pixels is stretched as it was.
+- 8-bit data is divided by 255; 16-bit, 32-bit and float data are stretched by their real range (min..max of the data):
+  a 12-bit detector stored in 16 bits would otherwise use 1/16 of [0, 1]. A raw camera frame (16-bit TIFF, DM3/DM4) also
+  holds hot and dead pixels and cosmic-ray hits, single pixels far outside the image's range: stretched by its min..max,
+  a few dozen hot pixels squeeze the image into a few per cent of [0, 1], which the model then sees as almost uniform
+  and the segmentation as another image (tests/test_images.py builds such a frame). So isolated outliers (groups of up
+  to 4 pixels far beyond the range of all but the data's 0.5% extremes on either side: _isolated_outliers) are replaced
+  by their 3x3 neighbourhood's median before the stretch, as DigitalMicrograph's X-ray removal does; a feature of more
+  pixels, however sparse, stays whole, and a frame without such pixels is stretched as it was.
 
 References:
 - Pillow: ImageOps.exif_transpose, its decompression-bomb guard, ImageFile.LOAD_TRUNCATED_IMAGES (kept False).

@@ -27,18 +27,19 @@ ROW_FIELDS = ("path", "nm_per_pixel", "scale_source", "scale_detail", "scale_not
               "left_out", "measurements", "error")
 
 
-def image_paths(inputs: list[Path]) -> list[Path]:
-    """The files given, and every image under each folder given (recursively, sorted, as datasets are scanned:
-    folders starting with `_` or `.` skipped). A folder without images is a ValueError naming it."""
-    paths: list[Path] = []
+def image_paths(inputs: list[Path]) -> dict[Path, list[Path]]:
+    """Each input with the images it stands for: a file itself, a folder every image under it (recursively, sorted,
+    as datasets are scanned: folders starting with `_` or `.` skipped); in input order. A folder without images is a
+    ValueError naming it."""
+    paths: dict[Path, list[Path]] = {}
     for item in inputs:
         if item.is_dir():
             found = [sample.path for sample in scan_dataset(item)]
             if not found:
                 raise ValueError(f"{item}: no image files found in the folder")
-            paths.extend(found)
+            paths.setdefault(item, []).extend(found)
         else:
-            paths.append(item)
+            paths.setdefault(item, []).append(item)
     return paths
 
 
@@ -172,17 +173,14 @@ def _run(jobs: list[MeasureJob], workers: int | None) -> Iterator[Measured]:
     yield from map(measure_one, jobs) if workers <= 1 else map_in_processes(measure_one, jobs, workers)
 
 
-def image_samples(inputs: list[Path]) -> dict[str, list[Path]]:
-    """The samples a pooled summary reports, each a name and its images: every folder given is one (named as given),
-    and the files given one by one are one more (pooled.FILES_SAMPLE)."""
+def image_samples(paths: dict[Path, list[Path]]) -> dict[str, list[Path]]:
+    """The samples a pooled summary reports, from image_paths: every folder given is one (named as given), and the
+    files given one by one are one more (pooled.FILES_SAMPLE)."""
     from maemi.measure.pooled import FILES_SAMPLE
 
     samples: dict[str, list[Path]] = {}
-    for item in inputs:
-        if item.is_dir():
-            samples.setdefault(str(item), []).extend(image_paths([item]))
-        else:
-            samples.setdefault(FILES_SAMPLE, []).append(item)
+    for item, images in paths.items():
+        samples.setdefault(str(item) if item.is_dir() else FILES_SAMPLE, []).extend(images)
     return samples
 
 
@@ -206,8 +204,8 @@ def pooled_summary(results: list[Measured], resumed: bool, out: Path | None, obj
     histograms = []
     for pool in summary["samples"]:
         column, weight = KINDS[pool["kind"]]
-        pooled = set(pool["images"])
+        pooled = set(pool["images"])  # empty for a pool without images, which has no "unit" and no rows
         rows = [r for r in (object_rows if pool["kind"] == "particles" else fibre_rows) if r["path"] in pooled]
-        histograms.append(([float(r[f"{column}_{pool['unit']}"]) for r in rows] if pooled else [],
-                           [float(r[weight]) if weight else 1.0 for r in rows] if pooled else []))
+        histograms.append(([float(r[f"{column}_{pool['unit']}"]) for r in rows],
+                           [float(r[weight]) if weight else 1.0 for r in rows]))
     return summary, histograms

@@ -205,7 +205,7 @@ def _pool(image_rows: list[dict], items_of: dict[str, list[dict]], rng: np.rando
         d10_volume, d50_volume, d90_volume = weighted_sizes(d, w * d**3)[:3]
     mean = float(np.average(d, weights=w))
     std = math.sqrt(float(np.average((d - mean) ** 2, weights=w)))
-    image_means = [float(np.average(x, weights=v)) for x, v in zip(diameters, weights) if v.sum() > 0]
+    image_means = [float(np.average(x, weights=v)) for x, v in zip(diameters, weights)]  # each pooled has weight
     draws = mean_ci = d50_ci = medians = None
     if len(candidates) >= MIN_IMAGES_FOR_INTERVAL:
         se, df = _ratio_standard_error(diameters, weights, mean)
